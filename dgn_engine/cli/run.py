@@ -1,0 +1,168 @@
+"""dgn-engine run: synthesise the preferred input of each target."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from ..errors import UsageError
+from ..spec import GAUSSIAN_DROPOUT_SIGMA, REGULARIZERS, Snapshots, default_spec
+from .common import (add_classifier_options, classifier_from_args, ensure_writable_dir, need_torch,
+                     read_lines, set_threads)
+
+HELP = "synthesise preferred inputs for targets (classes, filters, neurons)"
+DESCRIPTION = """\
+Couples a generator G to the classifier D and, for each target, optimises G's free values by
+backpropagation through the frozen D so that G's image drives the target as high as possible.
+Writes OUT/targets/<id>.png (the median of the last snapshots, as the paper shows), <id>.json
+(final activation, top-5 of D on the written PNG, loss curve) and OUT/run.json. Running the same
+command again skips finished targets.
+
+Targets: class:668, channel:features.28:17 (a filter's mean activation), neuron:features.28:17:7:7,
+weighted mixes such as 0.5*class:9+class:339. Defaults follow the paper per mode (Table 1)."""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help=HELP, description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_argument_group("what to synthesise")
+    what.add_argument("--target", action="append", default=[], metavar="SPEC",
+                      help="a target (repeat for several)")
+    what.add_argument("--targets-file", metavar="FILE", help="targets, one per line")
+    what.add_argument("--all-classes", action="store_true", help="every class of D, one target each")
+    what.add_argument("--labels", metavar="FILE", help="class names, one per line, for the results")
+    p.add_argument("--out", required=True, metavar="DIR", help="results folder (created if missing)")
+    p.add_argument("--force", action="store_true",
+                   help="recompute targets in OUT whose results were made with other settings")
+    p.add_argument("--backend", choices=("torch",), default="torch",
+                   help="torch: the eager torch reference (default: %(default)s)")
+    add_classifier_options(p)
+    g = p.add_argument_group("generator G and method")
+    g.add_argument("--mode", choices=("pretrained", "untrained"), default="pretrained",
+                   help="pretrained: G is a trained decoder and only alpha (3,200 values at 224 px) is "
+                        "optimised (needs --decoder); untrained: all of G is optimised from a random start "
+                        "(default: %(default)s)")
+    g.add_argument("--decoder", metavar="FILE", help="the pretrained G (made by dgn-engine train-decoder)")
+    g.add_argument("--g-width", type=float, metavar="X",
+                   help="untrained G: scale of the paper's layer widths (default: 1 at 224 px, "
+                        "image size / 224 below)")
+    g.add_argument("--steps", type=int, help="steps per target (default: 1200 pretrained, 500 untrained)")
+    g.add_argument("--seed", type=int, default=0, help="seeds G's start and the noise (default: %(default)s)")
+    g.add_argument("--lambda", dest="lam", type=float, default=0.01,
+                   help="penalty on the classes a target does not name (default: %(default)s)")
+    g.add_argument("--lr", type=float, help="learning rate (default: 0.01 Nesterov, 0.002 AdaMax)")
+    g.add_argument("--momentum", type=float, help="Nesterov momentum (default: 0.1)")
+    g.add_argument("--optimizer", choices=("adamax", "nesterov"),
+                   help="default: nesterov pretrained, adamax untrained (the paper's)")
+    g.add_argument("--noise-sigma", metavar="SIGMA",
+                   help="feature noise: a number, or gaussian-dropout for the original code's "
+                        f"sqrt(0.05/0.95) = {GAUSSIAN_DROPOUT_SIGMA:.3f} (default: 0.05 multiplicative "
+                        "pretrained, 2 additive untrained)")
+    g.add_argument("--regularizer", choices=REGULARIZERS,
+                   help="default: l2-alpha (eq. 4, 0.1 * ||alpha||_2) pretrained, l1-final-gamma "
+                        "(eq. 3) untrained; l2sq-alpha is the original Keras code's sum of squares")
+    g.add_argument("--reg-weight", type=float, help="regulariser weight (default: 0.1 / 0.01)")
+    g.add_argument("--snapshots", type=int, default=30, help="images taken over the run (default: %(default)s)")
+    g.add_argument("--keep", type=int, default=10,
+                   help="the final image is the per-pixel median of the last KEEP snapshots (default: %(default)s)")
+    e = p.add_argument_group("execution")
+    e.add_argument("--batch", type=int, default=1, help="targets optimised together (default: %(default)s)")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
+    e.add_argument("--precision", choices=("float32", "float64"), default="float32",
+                   help="torch backend arithmetic (default: %(default)s)")
+    e.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    e.add_argument("--display", choices=("model", "original"), default="model",
+                   help="model: the PNG is the image D saw, through its preprocessing; original: per-image "
+                        "min-max (and a square root for untrained G), as the original code showed it "
+                        "(default: %(default)s)")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=main)
+
+
+def build_spec(args, targets):
+    spec = default_spec(args.mode)
+    opt, noise, reg = spec.optimizer, spec.noise, spec.regularizer
+    if args.optimizer and args.optimizer != opt.name:
+        opt = default_spec("untrained" if args.optimizer == "adamax" else "pretrained").optimizer
+    if args.lr is not None:
+        opt = replace(opt, lr=args.lr)
+    if args.momentum is not None:
+        opt = replace(opt, momentum=args.momentum)
+    if args.noise_sigma is not None:
+        if args.noise_sigma == "gaussian-dropout":
+            sigma = GAUSSIAN_DROPOUT_SIGMA
+        else:
+            try:
+                sigma = float(args.noise_sigma)
+            except ValueError:
+                raise UsageError(f"--noise-sigma must be a number or gaussian-dropout, got {args.noise_sigma!r}") \
+                    from None
+        noise = replace(noise, sigma=sigma)
+    if args.regularizer:
+        reg = replace(reg, kind=args.regularizer)
+    if args.reg_weight is not None:
+        reg = replace(reg, weight=args.reg_weight)
+    return replace(spec, targets=tuple(targets), optimizer=opt, noise=noise, regularizer=reg, lam=args.lam,
+                   steps=args.steps if args.steps is not None else spec.steps, seed=args.seed,
+                   snapshots=Snapshots(args.snapshots, args.keep)).validated()
+
+
+def requested_targets(args) -> list[str]:
+    targets = list(args.target)
+    if args.targets_file:
+        targets += read_lines(args.targets_file, "targets file")
+    if not targets and not args.all_classes:
+        raise UsageError("say what to synthesise: --target SPEC, --targets-file FILE or --all-classes")
+    return targets
+
+
+def main(args) -> int:
+    from ..engine.jobs import Job, JobOptions
+    from ..targets import all_classes, check_target, parse_target
+
+    if args.batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    targets = requested_targets(args)
+    build_spec(args, [parse_target(t).text for t in targets])  # fail fast on bad settings
+    ensure_writable_dir(args.out)
+    need_torch("--backend torch")
+    set_threads(args.threads)
+    backend = torch_backend(args, targets)
+    layout = backend.layout
+    if args.all_classes:
+        targets = [t.text for t in all_classes(layout["output"][0])] + targets
+    for t in targets:
+        check_target(parse_target(t), layout, backend.coupled.classifier.layer_names())
+    labels = read_lines(args.labels, "labels file") if args.labels else None
+    if labels is not None and len(labels) != layout["output"][0]:
+        raise UsageError(f"labels file {args.labels!r} has {len(labels)} names, the classifier has "
+                         f"{layout['output'][0]} classes")
+    spec = build_spec(args, list(dict.fromkeys(parse_target(t).text for t in targets)))
+    job = Job(backend, spec, args.out, JobOptions(batch=args.batch, display=args.display, force=args.force,
+                                                  labels=labels, progress=not args.quiet))
+    result = job.run()
+    print(f"{result['done']} of {result['total']} targets finished in {args.out!r} "
+          f"({result['computed']} computed now)")
+    return 0
+
+
+def torch_backend(args, targets: list[str]):
+    from ..export.autoencoder import load_decoder
+    from ..export.coupled import CoupledStep
+    from ..export.reference import TorchBackend
+    from ..plan import generator_plan
+    from ..targets import parse_target
+
+    classifier = classifier_from_args(args, seed=args.seed)
+    pp = classifier.preprocessing
+    taps = sorted({layer for t in targets for layer in parse_target(t).layers})
+    if args.mode == "pretrained":
+        if not args.decoder:
+            raise UsageError("--mode pretrained needs --decoder FILE (make one with dgn-engine train-decoder), "
+                             "or use --mode untrained")
+        plan, tensors, _ = load_decoder(args.decoder, pp)
+    else:
+        width = args.g_width if args.g_width else min(1.0, pp.image_size / 224)
+        plan, tensors = generator_plan("untrained", pp.image_size, pp.channels, width), None
+    spec = build_spec(args, [])
+    coupled = CoupledStep(classifier, plan, spec, taps, tensors)
+    return TorchBackend(coupled, args.precision, args.device)

@@ -1,0 +1,67 @@
+"""One batch of targets through N steps on any backend."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..rng import NoiseStreams
+from ..spec import RunSpec
+from ..targets import Target
+from .backend import Backend
+from .outputs import median_image
+
+CURVE_POINTS = 100  # loss-curve samples per target (and the host reads per batch)
+
+
+class Interrupted(Exception):
+    """The user asked to stop (Ctrl-C); the batch in flight is dropped."""
+
+
+@dataclass
+class Outcome:
+    target: Target
+    image: np.ndarray | None  # median of the kept snapshots, model space [C, H, W]
+    curve: list[list[float]] = field(default_factory=list)  # [step, loss, activation]
+    last_activation: float = float("nan")
+    diverged: str | None = None
+    seconds: float = 0.0
+
+
+def run_batch(backend: Backend, targets: list[Target], spec: RunSpec,
+              on_step: Callable[[int], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> list[Outcome]:
+    started = time.perf_counter()
+    backend.start(targets, spec)
+    noise = NoiseStreams(spec.seed, targets, backend.features)
+    keep = set(spec.snapshots.steps(spec.steps))
+    read_every = max(1, spec.steps // CURVE_POINTS)
+    outcomes = [Outcome(t, None) for t in targets]
+    snapshots: list[np.ndarray] = []
+    for step in range(spec.steps):
+        if should_stop is not None and should_stop():
+            raise Interrupted()
+        read = step == 0 or (step + 1) % read_every == 0 or step == spec.steps - 1
+        out = backend.step(noise.next(), read=read, image=step in keep)
+        if out.image is not None:
+            snapshots.append(out.image)
+        if read:
+            bad = ~np.isfinite(out.loss)
+            for o, loss, act in zip(outcomes, out.loss, out.activation):
+                o.curve.append([step + 1, float(loss), float(act)])
+                o.last_activation = float(act)
+            if bad.any():
+                why = f"loss became {out.loss[bad][0]} at step {step + 1}; the batch was stopped"
+                for o in outcomes:
+                    o.diverged = why
+                break
+        if on_step is not None:
+            on_step(step + 1)
+    seconds = time.perf_counter() - started
+    for row, o in enumerate(outcomes):
+        o.seconds = seconds / len(targets)
+        if o.diverged is None and snapshots:
+            o.image = median_image([s[row] for s in snapshots])
+    return outcomes

@@ -1,0 +1,1 @@
+"""The torch side: models, weights, the reference loop and the exporters."""

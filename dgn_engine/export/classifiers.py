@@ -1,0 +1,179 @@
+"""D: the classifier a user names, with its preprocessing and the layers that can be tapped.
+
+--classifier vgg16              the real VGG-16; --weights FILE.pth (torchvision layout),
+                                FILE.h5 (Keras-1 layout) or 'random' (seeded, for timing and tests)
+--classifier PATH               a TorchScript file (its class outputs only: no layer taps)
+--classifier module:factory     factory() builds the module; --weights optionally a state dict
+The file cannot always tell the input format: --image-size, --channels, --mean, --std say it.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from ..errors import UsageError
+from ..preprocessing import IMAGENET_CAFFE, IMAGENET_TORCHVISION, Preprocessing
+from ..targets import OUTPUT
+from .vgg import vgg16
+from .weights import apply_state_dict, keras1_state_dict, sha256_file, state_dict_from_file
+
+
+@dataclass
+class Classifier:
+    module: nn.Module
+    preprocessing: Preprocessing
+    name: str
+    sources: dict[str, str] = field(default_factory=dict)  # file path -> sha256
+    tappable: bool = True
+    labels: list[str] | None = None
+
+    def __post_init__(self):
+        self.module.eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    def layer_names(self) -> list[str]:
+        if not self.tappable:
+            return []
+        return [n for n, m in self.module.named_modules() if n and not list(m.children())]
+
+    def layout(self, taps: list[str] = ()) -> dict[str, tuple[int, ...]]:
+        """Shapes (without batch) of the class outputs and of each tapped layer's output."""
+        pp = self.preprocessing
+        x = torch.zeros(1, pp.channels, pp.image_size, pp.image_size,
+                        dtype=next(self.module.parameters()).dtype)
+        tapped = Tapped(self, taps)
+        with torch.no_grad():
+            try:
+                out, acts = tapped(x)
+            except RuntimeError as e:
+                raise UsageError(f"classifier {self.name!r} does not accept {pp.channels}x{pp.image_size}x"
+                                 f"{pp.image_size} input ({str(e).splitlines()[0][:160]}); "
+                                 "set --image-size/--channels") from None
+        if out.dim() != 2:
+            raise UsageError(f"classifier {self.name!r} returns shape {tuple(out.shape)}; "
+                             "it must return [batch, classes]")
+        return {OUTPUT: (out.shape[1],), **{n: tuple(a.shape[1:]) for n, a in acts.items()}}
+
+    @property
+    def num_classes(self) -> int:
+        return self.layout()[OUTPUT][0]
+
+
+class Tapped(nn.Module):
+    """D returning (class outputs, {layer: activation}) for the requested layers."""
+
+    def __init__(self, classifier: Classifier, taps: list[str]):
+        super().__init__()
+        self.module = classifier.module
+        self.taps = list(taps)
+        known = classifier.layer_names()
+        for t in self.taps:
+            if t not in known:
+                if not classifier.tappable:
+                    raise UsageError(f"classifier {classifier.name!r} is a TorchScript file, whose layers "
+                                     "cannot be tapped; use class targets or give it as module:factory")
+                raise UsageError(f"unknown layer {t!r}; valid layers: {', '.join(known)}")
+        self._modules_by_name = dict(self.module.named_modules())
+
+    def forward(self, x):
+        acts: dict[str, torch.Tensor] = {}
+        handles = [self._modules_by_name[t].register_forward_hook(
+            lambda _m, _i, out, name=t: acts.__setitem__(name, out)) for t in self.taps]
+        try:
+            out = self.module(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return out, acts
+
+
+def _preprocessing(default: Preprocessing | None, image_size, channels, mean, std, what: str) -> Preprocessing:
+    """The weights' own preprocessing, with what the user said on top of it."""
+    if default is None and image_size is None:
+        raise UsageError(f"{what} does not tell its input size: give --image-size "
+                         "(and --channels, --mean, --std if not RGB in 0..1)")
+    order = channels or (default.order if default else "RGB")
+    n = 1 if order == "L" else 3
+    same = default is not None and default.order == order
+    return Preprocessing(image_size or default.image_size, order,
+                         tuple(mean) if mean is not None else (default.mean if same else (0.0,) * n),
+                         tuple(std) if std is not None else (default.std if same else (1.0,) * n))
+
+
+def load_classifier(name: str, weights: str | None = None, *, image_size: int | None = None,
+                    channels: str | None = None, mean=None, std=None, seed: int = 0) -> Classifier:
+    sources: dict[str, str] = {}
+    if name == "vgg16":
+        module = vgg16()
+        if weights is None:
+            raise UsageError("--classifier vgg16 needs --weights FILE (.pth torchvision or .h5 Keras-1 "
+                             "layout), or --weights random for random weights")
+        if weights == "random":
+            module = _seeded(vgg16, seed)
+            default = IMAGENET_TORCHVISION
+        elif weights.endswith((".h5", ".hdf5")):
+            apply_state_dict(module, keras1_state_dict(weights, module), weights)
+            default = IMAGENET_CAFFE
+        else:
+            apply_state_dict(module, state_dict_from_file(weights), weights)
+            default = IMAGENET_TORCHVISION
+        if weights != "random":
+            sources[weights] = sha256_file(weights)
+        pp = _preprocessing(default, image_size, channels, mean, std, name)
+        return Classifier(module, pp, name, sources)
+    if ":" in name and not os.path.exists(name):
+        module = _from_factory(name)
+        if weights:
+            apply_state_dict(module, state_dict_from_file(weights), weights)
+            sources[weights] = sha256_file(weights)
+        default = getattr(module, "preprocessing", None)
+        return Classifier(module, _preprocessing(default, image_size, channels, mean, std, name), name, sources)
+    if os.path.exists(name):
+        try:
+            module = torch.jit.load(name, map_location="cpu")
+        except Exception as e:
+            raise UsageError(f"classifier file {name!r} is not a TorchScript archive (truncated?): "
+                             f"{str(e).splitlines()[0][:160]}") from None
+        sources[name] = sha256_file(name)
+        pp = _preprocessing(None, image_size, channels, mean, std, f"TorchScript file {name!r}")
+        return Classifier(module, pp, name, sources, tappable=False)
+    raise UsageError(f"unknown classifier {name!r}: give vgg16, a TorchScript file or module:factory")
+
+
+def _seeded(build, seed: int) -> nn.Module:
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return build()
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def _from_factory(spec: str) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:  # the user's own modules, as `python -m` would find them
+        sys.path.insert(0, os.getcwd())
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"cannot load classifier factory {spec!r}: {e}") from None
+    module = factory()
+    if not isinstance(module, nn.Module):
+        raise UsageError(f"classifier factory {spec!r} returned {type(module).__name__}, not a torch module")
+    return module
+
+
+def resolve_preprocessing(name: str, weights: str | None = None, *, image_size=None, channels=None, mean=None,
+                          std=None) -> Preprocessing:
+    """The input format of a classifier without loading its weights where the name tells it."""
+    if name == "vgg16":
+        default = IMAGENET_CAFFE if weights and weights.endswith((".h5", ".hdf5")) else IMAGENET_TORCHVISION
+        return _preprocessing(default, image_size, channels, mean, std, name)
+    return load_classifier(name, weights, image_size=image_size, channels=channels, mean=mean,
+                           std=std).preprocessing

@@ -1,0 +1,92 @@
+"""G coupled to the frozen D, and one optimisation step of the pair as a pure function.
+
+`CoupledStep.step` is the single definition of the method: the torch reference runs it eagerly
+(float32 or float64, CPU or CUDA) and the exporter traces it into the ONNX step graph.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels.objective import objective, regularizer
+from ..kernels.optim import adamax, nesterov
+from ..plan import GeneratorPlan
+from ..spec import RunSpec
+from ..state import SLOTS, STEP_COUNT, trainable_shapes
+from ..targets import OUTPUT
+from .classifiers import Classifier, Tapped
+from .generator import frozen_generator, generator_forward, stacked_generator
+
+
+class CoupledStep:
+    """mode, G's plan, D with its taps, and the structural choices of the spec (noise kind,
+    regulariser kind, optimiser); the numeric settings arrive per call as the `hyper` tensor
+    [lr, beta1, beta2, eps, momentum, sigma, reg_weight]."""
+
+    def __init__(self, classifier: Classifier, plan: GeneratorPlan, spec: RunSpec, taps: list[str] = (),
+                 decoder: dict[str, torch.Tensor] | None = None):
+        if spec.mode == "pretrained" and decoder is None:
+            raise ValueError("pretrained mode needs the decoder's tensors")
+        self.classifier, self.plan, self.mode = classifier, plan, spec.mode
+        self.noise_kind, self.reg_kind, self.optimizer = spec.noise.kind, spec.regularizer.kind, spec.optimizer.name
+        self.taps = list(taps)
+        self.tapped = Tapped(classifier, self.taps)
+        self.layout = classifier.layout(self.taps)
+        self.decoder = decoder
+        self.trainables = list(trainable_shapes(self.mode, plan))
+
+    def to(self, dtype: torch.dtype, device: str | torch.device = "cpu") -> "CoupledStep":
+        self.classifier.module.to(dtype=dtype, device=device)
+        if self.decoder is not None:
+            self.decoder = {k: v.to(dtype=dtype, device=device) for k, v in self.decoder.items()}
+        return self
+
+    def features(self, alpha: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
+        """Eq. 1: f = alpha * eps(f0) with f0 = 1; the decoder's alpha passes a ReLU (original code)."""
+        f0 = 1.0
+        eps = f0 + sigma * noise if self.noise_kind == "additive" else f0 * (1 + sigma * noise)
+        f = alpha * eps
+        return F.relu(f) if self.mode == "pretrained" else f
+
+    def generate(self, params: dict[str, torch.Tensor], noise: torch.Tensor, sigma) -> torch.Tensor:
+        f = self.features(params["alpha"], noise, sigma)
+        if self.mode == "untrained":
+            return generator_forward(self.plan, f, *stacked_generator(self.plan, params), groups=f.shape[0])
+        return generator_forward(self.plan, f, *frozen_generator(self.decoder))
+
+    def classify(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """D's class outputs after the final ReLU (the paper's replacement of softmax) and the taps."""
+        out, acts = self.tapped(image)
+        return {OUTPUT: F.relu(out), **acts}
+
+    def step(self, state: dict[str, torch.Tensor], noise: torch.Tensor, weights: dict[str, torch.Tensor],
+             penalty: torch.Tensor, hyper: torch.Tensor):
+        """One step for K targets -> (new state, loss [K], target activation [K], image [K,C,H,W]).
+
+        The image and activation are those of the forward pass before the update."""
+        lr, b1, b2, eps, mu, sigma, reg_weight = (hyper[i] for i in range(7))
+        with torch.enable_grad():
+            params = {n: state[n].detach().requires_grad_(True) for n in self.trainables}
+            image = self.generate(params, noise, sigma)
+            activation, pen = objective(self.classify(image), weights, penalty)
+            final_gamma = params.get(f"{self.plan.last_bn()}.weight")
+            loss = -activation + pen + regularizer(self.reg_kind, reg_weight, params["alpha"], final_gamma)
+            grads = torch.autograd.grad(loss.sum(), [params[n] for n in self.trainables])
+        new = {}
+        t = state[STEP_COUNT] + 1
+        for name, g in zip(self.trainables, grads):
+            p = state[name]
+            if self.optimizer == "adamax":
+                new[name], new[f"m.{name}"], new[f"u.{name}"] = adamax(
+                    p, g, state[f"m.{name}"], state[f"u.{name}"], t, lr, b1, b2, eps)
+            else:
+                new[name], new[f"v.{name}"] = nesterov(p, g, state[f"v.{name}"], lr, mu)
+        new[STEP_COUNT] = t
+        order = list(state)
+        return {n: new[n] for n in order}, loss.detach(), activation.detach(), image.detach()
+
+    def state_names(self) -> list[str]:
+        names = list(self.trainables)
+        for slot in SLOTS[self.optimizer]:
+            names += [f"{slot}.{n}" for n in self.trainables]
+        return names + [STEP_COUNT]

@@ -1,0 +1,68 @@
+"""The torch reference backend: the coupled step run eagerly (float32 or float64, CPU or CUDA)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..engine.backend import StepReadout
+from ..errors import UsageError
+from ..spec import RunSpec
+from ..state import initial_state
+from ..targets import Target, objective_weights
+from .coupled import CoupledStep
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def torch_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: this torch build sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, coupled: CoupledStep, dtype: str = "float32", device: str = "cpu",
+                 labels: list[str] | None = None):
+        self.coupled = coupled
+        self.dtype, self.device = DTYPES[dtype], torch_device(device)
+        coupled.to(self.dtype, self.device)
+        self.mode = coupled.mode
+        self.preprocessing = coupled.classifier.preprocessing
+        self.layout = coupled.layout
+        self.features = coupled.plan.features
+        self.labels = labels or coupled.classifier.labels
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
+
+    def start(self, targets: list[Target], spec: RunSpec) -> None:
+        c = self.coupled
+        state = initial_state(c.mode, c.plan, c.optimizer, spec.seed, targets)
+        self.state = {n: self._tensor(v) for n, v in state.items()}
+        weights, penalty = objective_weights(targets, self.layout, spec.lam)
+        self.weights = {n: self._tensor(w) for n, w in weights.items()}
+        self.penalty = self._tensor(penalty)
+        self.hyper = self._tensor(np.array(spec.hyper()))
+
+    def step(self, noise: np.ndarray, read: bool, image: bool) -> StepReadout:
+        self.state, loss, act, img = self.coupled.step(self.state, self._tensor(noise), self.weights,
+                                                       self.penalty, self.hyper)
+        out = StepReadout()
+        if read:
+            out.loss, out.activation = loss.cpu().numpy(), act.cpu().numpy()
+        if image:
+            out.image = img.float().cpu().numpy()
+        return out
+
+    def classify(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            acts = self.coupled.classify(self._tensor(images))
+        return {n: a.double().cpu().numpy() for n, a in acts.items()}
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": str(self.device), "precision": str(self.dtype).split(".")[-1],
+                "torch": torch.__version__}

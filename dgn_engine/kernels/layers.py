@@ -1,0 +1,36 @@
+"""Layers written with ops that export to plain ONNX and differentiate everywhere.
+
+Nearest upsampling is unsqueeze + expand + reshape (no Resize, whose gradient some runtimes lack);
+"same" padding with an even kernel is an explicit Pad before a pad-free convolution (asymmetric
+conv pads have broken gradients in some runtimes).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pads: tuple[int, int],
+           groups: int = 1) -> torch.Tensor:
+    before, after = pads
+    if before or after:
+        x = F.pad(x, (before, after, before, after))
+    return F.conv2d(x, weight, bias, groups=groups)
+
+
+def batch_norm_train(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
+    """BatchNorm on the batch's own statistics (biased variance, as Keras normalises)."""
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = (x - mean).square().mean(dim=(0, 2, 3), keepdim=True)
+    return (x - mean) * torch.rsqrt(var + eps) * gamma[None, :, None, None] + beta[None, :, None, None]
+
+
+def batch_norm_eval(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, mean: torch.Tensor,
+                    var: torch.Tensor, eps: float) -> torch.Tensor:
+    scale = gamma * torch.rsqrt(var + eps)
+    return x * scale[None, :, None, None] + (beta - mean * scale)[None, :, None, None]

@@ -1,0 +1,47 @@
+"""Deterministic randomness shared by every backend (numpy only).
+
+Each target owns its streams, keyed by (seed, target): a batch of K targets draws exactly what K
+single-target runs draw, whatever the batch size, backend or device.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .plan import GeneratorPlan
+from .targets import Target
+
+_INIT, _NOISE = 0, 1
+
+
+def _generator(seed: int, target: Target, purpose: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, target.key, purpose])))
+
+
+class NoiseStreams:
+    """Standard-normal noise on the feature vector, one row per target and step."""
+
+    def __init__(self, seed: int, targets: list[Target], features: int):
+        self._rngs = [_generator(seed, t, _NOISE) for t in targets]
+        self.features = features
+
+    def next(self) -> np.ndarray:
+        return np.stack([rng.standard_normal(self.features) for rng in self._rngs])
+
+
+def init_generator(plan: GeneratorPlan, seed: int, target: Target) -> dict[str, np.ndarray]:
+    """A fresh untrained G for one target, as Keras initialises it: Glorot-uniform kernels, zero
+    biases, BatchNorm gamma 1 and beta 0; alpha (the 1x1 locally connected layer) starts at 1."""
+    rng = _generator(seed, target, _INIT)
+    params = {}
+    for name, shape in plan.param_shapes().items():
+        if name.endswith(".weight") and name.startswith("conv"):
+            cout, cin, k, _ = shape
+            limit = math.sqrt(6.0 / ((cin + cout) * k * k))
+            params[name] = rng.uniform(-limit, limit, shape).astype(np.float32)
+        elif name == "alpha" or name.startswith("bn") and name.endswith(".weight"):
+            params[name] = np.ones(shape, np.float32)
+        else:
+            params[name] = np.zeros(shape, np.float32)
+    return params

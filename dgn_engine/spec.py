@@ -1,0 +1,148 @@
+"""The run specification: one validated, JSON-serialisable description shared by every path.
+
+Defaults are the paper's (Table 1, eq. 3 and 4) for each mode; see DESIGN.md section 2.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from .errors import UsageError
+from .targets import parse_target
+
+MODES = ("untrained", "pretrained")
+OPTIMIZERS = ("adamax", "nesterov")
+NOISE_KINDS = ("additive", "multiplicative")
+REGULARIZERS = ("l1-final-gamma", "l2-alpha", "l2sq-alpha", "none")
+HYPER = ("lr", "beta1", "beta2", "eps", "momentum", "sigma", "reg_weight")  # numeric settings, a graph input
+GAUSSIAN_DROPOUT_SIGMA = math.sqrt(0.05 / 0.95)  # Keras GaussianDropout(0.05), used by the original code
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    name: str
+    lr: float
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    momentum: float = 0.0
+
+
+@dataclass(frozen=True)
+class Noise:
+    kind: str  # additive: f0 + sigma*n ; multiplicative: f0 * (1 + sigma*n)
+    sigma: float
+
+
+@dataclass(frozen=True)
+class Regularizer:
+    kind: str  # l1-final-gamma (eq. 3) | l2-alpha (eq. 4, the root) | l2sq-alpha (Keras' sum of squares)
+    weight: float
+
+
+@dataclass(frozen=True)
+class Snapshots:
+    count: int = 30  # snapshots spread over the run (the original took 30)
+    keep: int = 10  # the final image is the per-pixel median of the last `keep`
+
+    def every(self, steps: int) -> int:
+        return max(1, steps // self.count)
+
+    def steps(self, steps: int) -> list[int]:
+        """0-based step indices whose image is kept for the median."""
+        every = self.every(steps)
+        taken = [s for s in range(steps) if (s + 1) % every == 0] or [steps - 1]
+        return taken[-self.keep:]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    mode: str
+    targets: tuple[str, ...] = ()
+    lam: float = 0.01
+    optimizer: Optimizer = None
+    noise: Noise = None
+    regularizer: Regularizer = None
+    steps: int = 0
+    snapshots: Snapshots = field(default_factory=Snapshots)
+    seed: int = 0
+
+    def validated(self) -> "RunSpec":
+        _require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        targets = tuple(parse_target(t).text for t in self.targets)
+        _require(len(set(targets)) == len(targets), "a target is listed twice")
+        _require(math.isfinite(self.lam) and self.lam >= 0, f"lambda must be >= 0, got {self.lam}")
+        o = self.optimizer
+        _require(o.name in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {o.name!r}")
+        _require(o.lr > 0, f"learning rate must be > 0, got {o.lr}")
+        _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "AdaMax betas must lie in [0, 1)")
+        _require(o.eps > 0, "AdaMax eps must be > 0")
+        _require(0 <= o.momentum < 1, f"momentum must lie in [0, 1), got {o.momentum}")
+        _require(self.noise.kind in NOISE_KINDS, f"noise must be one of {', '.join(NOISE_KINDS)}")
+        _require(self.noise.sigma >= 0, f"noise sigma must be >= 0, got {self.noise.sigma}")
+        r = self.regularizer
+        _require(r.kind in REGULARIZERS, f"regulariser must be one of {', '.join(REGULARIZERS)}")
+        _require(r.weight >= 0, f"regulariser weight must be >= 0, got {r.weight}")
+        _require(not (r.kind == "l1-final-gamma" and self.mode == "pretrained"),
+              "the l1-final-gamma regulariser needs --mode untrained (pretrained mode trains only alpha)")
+        _require(isinstance(self.steps, int) and self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        s = self.snapshots
+        _require(s.count >= 1 and 1 <= s.keep <= s.count, "snapshots: need count >= 1 and 1 <= keep <= count")
+        _require(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed must be an integer >= 0")
+        return replace(self, targets=targets)
+
+    def with_targets(self, targets) -> "RunSpec":
+        return replace(self, targets=tuple(targets)).validated()
+
+    def hyper(self) -> list[float]:
+        o = self.optimizer
+        return [o.lr, o.beta1, o.beta2, o.eps, o.momentum, self.noise.sigma, self.regularizer.weight]
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["targets"] = list(self.targets)
+        return d
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True)
+
+    @staticmethod
+    def from_json(d: dict) -> "RunSpec":
+        d = dict(d)
+        try:
+            parts = {"optimizer": Optimizer, "noise": Noise, "regularizer": Regularizer,
+                     "snapshots": Snapshots}
+            for key, cls in parts.items():
+                if key in d:
+                    d[key] = cls(**d[key])
+            if "targets" in d:
+                d["targets"] = tuple(d["targets"])
+            known = {f.name for f in fields(RunSpec)}
+            unknown = set(d) - known
+            if unknown:
+                raise UsageError(f"unknown spec field(s): {', '.join(sorted(unknown))}")
+            base = default_spec(d["mode"])
+            return replace(base, **d).validated()
+        except (TypeError, KeyError) as e:
+            raise UsageError(f"malformed run specification: {e}") from None
+
+
+def default_spec(mode: str, **overrides) -> RunSpec:
+    """The paper's settings for a mode (Table 1), with optional field overrides."""
+    if mode == "untrained":
+        spec = RunSpec(mode, optimizer=Optimizer("adamax", 0.002, 0.9, 0.999, 1e-8),
+                       noise=Noise("additive", 2.0), regularizer=Regularizer("l1-final-gamma", 0.01),
+                       steps=500)
+    elif mode == "pretrained":
+        spec = RunSpec(mode, optimizer=Optimizer("nesterov", 0.01, momentum=0.1),
+                       noise=Noise("multiplicative", 0.05), regularizer=Regularizer("l2-alpha", 0.1),
+                       steps=1200)
+    else:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return replace(spec, **overrides).validated()
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)

@@ -1,0 +1,48 @@
+"""What one optimisation carries from step to step (numpy only, shared by every backend).
+
+State = the trainable tensors (untrained mode: all of G, alpha included; pretrained mode: alpha
+only), one optimiser slot per trainable tensor and slot kind ("m."/"u." for AdaMax, "v." for
+Nesterov), and the step count "t". Every tensor except t has a leading target axis K.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .plan import GeneratorPlan
+from .rng import init_generator
+from .targets import Target
+
+SLOTS = {"adamax": ("m", "u"), "nesterov": ("v",)}
+STEP_COUNT = "t"
+
+
+def trainable_shapes(mode: str, plan: GeneratorPlan) -> dict[str, tuple[int, ...]]:
+    if mode == "untrained":
+        return plan.param_shapes()
+    return {"alpha": (plan.features,)}
+
+
+def state_shapes(mode: str, plan: GeneratorPlan, optimizer: str) -> dict[str, tuple[int, ...]]:
+    """Per-target shapes, in the fixed order every backend and graph uses; t is a scalar."""
+    trainables = trainable_shapes(mode, plan)
+    shapes = dict(trainables)
+    for slot in SLOTS[optimizer]:
+        shapes.update({f"{slot}.{n}": s for n, s in trainables.items()})
+    shapes[STEP_COUNT] = ()
+    return shapes
+
+
+def initial_state(mode: str, plan: GeneratorPlan, optimizer: str, seed: int,
+                  targets: list[Target]) -> dict[str, np.ndarray]:
+    """Untrained mode: a fresh G per target (seeded by seed and target); pretrained: alpha = 1."""
+    k = len(targets)
+    if mode == "untrained":
+        gens = [init_generator(plan, seed, t) for t in targets]
+        state = {n: np.stack([g[n] for g in gens]) for n in plan.param_shapes()}
+    else:
+        state = {"alpha": np.ones((k, plan.features), np.float32)}
+    for name, shape in state_shapes(mode, plan, optimizer).items():
+        if name not in state and name != STEP_COUNT:
+            state[name] = np.zeros((k, *shape), np.float32)
+    state[STEP_COUNT] = np.zeros((), np.float32)
+    return {n: state[n] for n in state_shapes(mode, plan, optimizer)}

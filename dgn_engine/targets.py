@@ -1,0 +1,165 @@
+"""Targets: what an optimisation drives up, parsed from text and turned into objective weights.
+
+Grammar (terms joined by '+', each with an optional weight):
+    class:668    channel:features.28:17    neuron:features.28:17:7:7    0.5*class:9+class:339
+The objective of a target is sum_k w_k a_k over its terms; a class term reads D's output (after the
+final ReLU), a channel term the mean of one channel of a layer, a neuron term one spatial value.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UsageError
+
+OUTPUT = "output"  # the layout key of D's class outputs
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_TERM = re.compile(rf"^(?:(?P<w>{_NUMBER})\*)?(?P<kind>class|channel|neuron):(?P<rest>.+)$")
+_LAYER = r"[A-Za-z_][\w.]*"
+
+
+@dataclass(frozen=True)
+class Term:
+    kind: str  # class | channel | neuron
+    index: int  # class index or channel index
+    layer: str = OUTPUT
+    y: int = -1
+    x: int = -1
+    weight: float = 1.0
+
+    def text(self) -> str:
+        if self.kind == "class":
+            body = f"class:{self.index}"
+        elif self.kind == "channel":
+            body = f"channel:{self.layer}:{self.index}"
+        else:
+            body = f"neuron:{self.layer}:{self.index}:{self.y}:{self.x}"
+        return body if self.weight == 1.0 else f"{self.weight:g}*{body}"
+
+
+@dataclass(frozen=True)
+class Target:
+    terms: tuple[Term, ...]
+
+    @property
+    def text(self) -> str:
+        return "+".join(t.text() for t in self.terms)
+
+    @property
+    def id(self) -> str:
+        """A file-name-safe identifier, unique per canonical text."""
+        return self.text.replace(":", "-").replace("*", "x").replace("+", "_")
+
+    @property
+    def key(self) -> int:
+        """A stable 63-bit number derived from the text (seeds per-target random streams)."""
+        return int.from_bytes(hashlib.sha256(self.text.encode()).digest()[:8], "little") >> 1
+
+    @property
+    def has_class_terms(self) -> bool:
+        return any(t.kind == "class" for t in self.terms)
+
+    @property
+    def layers(self) -> set[str]:
+        return {t.layer for t in self.terms if t.kind != "class"}
+
+
+def _int(text: str, what: str, spec: str) -> int:
+    if not re.fullmatch(r"\d+", text):
+        raise UsageError(f"target {spec!r}: {what} must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def parse_term(text: str, spec: str) -> Term:
+    m = _TERM.match(text.strip())
+    if not m:
+        raise UsageError(
+            f"target {spec!r}: cannot read {text!r}; write class:N, channel:LAYER:C, "
+            "neuron:LAYER:C:Y:X, optionally weighted as 0.5*class:N, joined by '+'")
+    weight = float(m["w"]) if m["w"] else 1.0
+    if not np.isfinite(weight) or weight == 0.0:
+        raise UsageError(f"target {spec!r}: the weight of {text!r} must be a finite non-zero number")
+    kind, rest = m["kind"], m["rest"]
+    if kind == "class":
+        return Term("class", _int(rest, "the class index", spec), weight=weight)
+    parts = rest.rsplit(":", 3 if kind == "neuron" else 1)
+    expected = 4 if kind == "neuron" else 2
+    if len(parts) != expected or not re.fullmatch(_LAYER, parts[0]):
+        form = "neuron:LAYER:C:Y:X" if kind == "neuron" else "channel:LAYER:C"
+        raise UsageError(f"target {spec!r}: {text!r} is not of the form {form}")
+    layer, channel = parts[0], _int(parts[1], "the channel index", spec)
+    if kind == "channel":
+        return Term("channel", channel, layer=layer, weight=weight)
+    return Term("neuron", channel, layer=layer, y=_int(parts[2], "y", spec),
+                x=_int(parts[3], "x", spec), weight=weight)
+
+
+def parse_target(spec: str) -> Target:
+    if not spec or not spec.strip():
+        raise UsageError("empty target; write e.g. class:668")
+    terms = tuple(parse_term(part, spec) for part in spec.split("+"))
+    seen = set()
+    for t in terms:
+        where = (t.kind, t.layer, t.index, t.y, t.x)
+        if where in seen:
+            raise UsageError(f"target {spec!r}: {t.text()!r} appears twice; merge the weights")
+        seen.add(where)
+    return Target(terms)
+
+
+def check_target(target: Target, layout: dict[str, tuple[int, ...]], layers: list[str] | None = None) -> None:
+    """Raise UsageError when a term falls outside the classifier (layout: name -> shape, no batch)."""
+    n_classes = layout[OUTPUT][0]
+    for t in target.terms:
+        if t.kind == "class":
+            if t.index >= n_classes:
+                raise UsageError(f"target {target.text!r}: class {t.index} is outside the classifier, "
+                                 f"which has classes 0..{n_classes - 1}")
+            continue
+        if t.layer not in layout:
+            known = layers if layers is not None else [n for n in layout if n != OUTPUT]
+            raise UsageError(f"target {target.text!r}: unknown layer {t.layer!r}; valid layers: "
+                             + ", ".join(known))
+        shape = layout[t.layer]
+        addressable = len(shape) == 3 or (len(shape) == 1 and t.kind == "channel")
+        if not addressable:
+            raise UsageError(f"target {target.text!r}: layer {t.layer!r} has shape {shape}, "
+                             "which has no channels and positions to address")
+        if t.index >= shape[0]:
+            raise UsageError(f"target {target.text!r}: layer {t.layer!r} has channels 0..{shape[0] - 1}")
+        if t.kind == "neuron" and not (t.y < shape[1] and t.x < shape[2]):
+            raise UsageError(f"target {target.text!r}: layer {t.layer!r} has positions "
+                             f"y 0..{shape[1] - 1}, x 0..{shape[2] - 1}")
+
+
+def objective_weights(targets: list[Target], layout: dict[str, tuple[int, ...]], lam: float
+                      ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-target weights over every tapped value, and the other-classes penalty per target.
+
+    weights[name][k] has the layer's shape; a channel term spreads its weight evenly over the
+    channel (so it reads the channel mean). penalty[k] is lambda for targets with a class term
+    (it multiplies the sum of the classes the target does not name) and 0 otherwise.
+    """
+    k = len(targets)
+    weights = {name: np.zeros((k, *shape), np.float32) for name, shape in layout.items()}
+    penalty = np.zeros(k, np.float32)
+    for row, target in enumerate(targets):
+        check_target(target, layout)
+        for t in target.terms:
+            w = weights[t.layer][row]
+            if t.kind == "class":
+                w[t.index] = t.weight
+            elif t.kind == "channel":
+                w[t.index] = t.weight / (w[t.index].size or 1)
+            else:
+                w[t.index, t.y, t.x] = t.weight
+        penalty[row] = lam if target.has_class_terms else 0.0
+    return weights, penalty
+
+
+def all_classes(n_classes: int) -> list[Target]:
+    return [Target((Term("class", c),)) for c in range(n_classes)]
