@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dgn_engine.kernels.objective import objective, regularizer
-from dgn_engine.kernels.optim import adamax, nesterov
+from dgn_engine.kernels.optim import adamax, adamax_step_size, nesterov
 from dgn_engine.targets import OUTPUT, objective_weights, parse_target
 
 
@@ -49,11 +49,12 @@ def test_adamax_matches_its_definition():
         m = b1 * m + (1 - b1) * g
         u = np.maximum(b2 * u, np.abs(g))
         p = p - lr / (1 - b1 ** t) * m / (u + eps)
-        tp, tm, tu = adamax(tp, torch.tensor(g), tm, tu, torch.tensor(float(t), dtype=torch.float64), lr, b1, b2, eps)
+        step_size = adamax_step_size(torch.tensor(float(t), dtype=torch.float64), lr, b1)
+        tp, tm, tu = adamax(tp, torch.tensor(g), tm, tu, step_size, b1, b2, eps)
     np.testing.assert_allclose(tp.numpy(), p, rtol=1e-12)
     # the first step moves every value by lr * sign(g)
     first, _, _ = adamax(torch.zeros(2), torch.tensor([3.0, -0.1]), torch.zeros(2), torch.zeros(2),
-                         torch.tensor(1.0), lr, b1, b2, eps)
+                         adamax_step_size(torch.tensor(1.0), lr, b1), b1, b2, eps)
     np.testing.assert_allclose(first.numpy(), [-lr, lr], rtol=1e-6)
 
 

@@ -145,24 +145,17 @@ def main(args) -> int:
     return 0
 
 
+def sources_from_args(args):
+    from ..export.coupled import Sources
+    return Sources(args.mode, args.classifier, args.weights, args.image_size, args.channels, args.mean, args.std,
+                   args.decoder, args.g_width, args.seed)
+
+
 def torch_backend(args, targets: list[str]):
-    from ..export.autoencoder import load_decoder
-    from ..export.coupled import CoupledStep
+    from ..export.coupled import build_coupled
     from ..export.reference import TorchBackend
-    from ..plan import generator_plan
     from ..targets import parse_target
 
-    classifier = classifier_from_args(args, seed=args.seed)
-    pp = classifier.preprocessing
     taps = sorted({layer for t in targets for layer in parse_target(t).layers})
-    if args.mode == "pretrained":
-        if not args.decoder:
-            raise UsageError("--mode pretrained needs --decoder FILE (make one with dgn-engine train-decoder), "
-                             "or use --mode untrained")
-        plan, tensors, _ = load_decoder(args.decoder, pp)
-    else:
-        width = args.g_width if args.g_width else min(1.0, pp.image_size / 224)
-        plan, tensors = generator_plan("untrained", pp.image_size, pp.channels, width), None
-    spec = build_spec(args, [])
-    coupled = CoupledStep(classifier, plan, spec, taps, tensors)
+    coupled = build_coupled(sources_from_args(args), build_spec(args, []), taps)
     return TorchBackend(coupled, args.precision, args.device)

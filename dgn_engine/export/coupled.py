@@ -5,17 +5,23 @@
 """
 from __future__ import annotations
 
+import os
+from dataclasses import asdict, dataclass
+
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from ..kernels.objective import objective, regularizer
-from ..kernels.optim import adamax, nesterov
-from ..plan import GeneratorPlan
+from ..kernels.optim import adamax, adamax_step_size, nesterov
+from ..plan import GeneratorPlan, generator_plan
 from ..spec import RunSpec
-from ..state import SLOTS, STEP_COUNT, trainable_shapes
+from ..state import STEP_COUNT, trainable_shapes
 from ..targets import OUTPUT
-from .classifiers import Classifier, Tapped
+from .autoencoder import load_decoder
+from .classifiers import Classifier, Tapped, load_classifier
 from .generator import frozen_generator, generator_forward, stacked_generator
+from .weights import sha256_file
 
 
 class CoupledStep:
@@ -74,19 +80,64 @@ class CoupledStep:
             grads = torch.autograd.grad(loss.sum(), [params[n] for n in self.trainables])
         new = {}
         t = state[STEP_COUNT] + 1
+        step_size = adamax_step_size(t, lr, b1)
         for name, g in zip(self.trainables, grads):
             p = state[name]
             if self.optimizer == "adamax":
                 new[name], new[f"m.{name}"], new[f"u.{name}"] = adamax(
-                    p, g, state[f"m.{name}"], state[f"u.{name}"], t, lr, b1, b2, eps)
+                    p, g, state[f"m.{name}"], state[f"u.{name}"], step_size, b1, b2, eps)
             else:
                 new[name], new[f"v.{name}"] = nesterov(p, g, state[f"v.{name}"], lr, mu)
         new[STEP_COUNT] = t
         order = list(state)
         return {n: new[n] for n in order}, loss.detach(), activation.detach(), image.detach()
 
-    def state_names(self) -> list[str]:
-        names = list(self.trainables)
-        for slot in SLOTS[self.optimizer]:
-            names += [f"{slot}.{n}" for n in self.trainables]
-        return names + [STEP_COUNT]
+
+@dataclass(frozen=True)
+class Sources:
+    """How to build G and D from files: what `run --backend torch`, `export` and `verify` share."""
+    mode: str
+    classifier: str = "vgg16"
+    weights: str | None = None
+    image_size: int | None = None
+    channels: str | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    decoder: str | None = None
+    g_width: float | None = None
+    seed: int = 0  # of random classifier weights
+
+    def absolute(self) -> "Sources":
+        """File paths made absolute, so that a manifest still finds them from elsewhere."""
+        def fix(p):
+            return os.path.abspath(p) if p and p != "random" and os.path.exists(p) else p
+        return Sources(**{**asdict(self), "weights": fix(self.weights), "decoder": fix(self.decoder),
+                          "classifier": fix(self.classifier)})
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(d: dict) -> "Sources":
+        d = dict(d)
+        for k in ("mean", "std"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return Sources(**d)
+
+
+def build_coupled(sources: Sources, spec: RunSpec, taps: list[str]) -> CoupledStep:
+    classifier = load_classifier(sources.classifier, sources.weights, image_size=sources.image_size,
+                                 channels=sources.channels, mean=sources.mean, std=sources.std,
+                                 seed=sources.seed)
+    pp = classifier.preprocessing
+    if sources.mode == "pretrained":
+        if not sources.decoder:
+            raise UsageError("--mode pretrained needs --decoder FILE (make one with dgn-engine train-decoder), "
+                             "or use --mode untrained")
+        plan, tensors, _ = load_decoder(sources.decoder, pp)
+        classifier.sources[sources.decoder] = sha256_file(sources.decoder)
+    else:
+        width = sources.g_width if sources.g_width else min(1.0, pp.image_size / 224)
+        plan, tensors = generator_plan("untrained", pp.image_size, pp.channels, width), None
+    return CoupledStep(classifier, plan, spec, taps, tensors)

@@ -7,12 +7,16 @@ from __future__ import annotations
 import torch
 
 
-def adamax(p, g, m, u, t, lr, b1, b2, eps):
-    """AdaMax (Kingma & Ba, sec. 7.1). t is the 1-based step number (a tensor)."""
+def adamax_step_size(t, lr, b1):
+    """lr / (1 - beta1^t): computed once per step, shared by every tensor. t is 1-based."""
+    return lr / (1 - torch.pow(b1, t))
+
+
+def adamax(p, g, m, u, step_size, b1, b2, eps):
+    """AdaMax (Kingma & Ba, sec. 7.1)."""
     m = b1 * m + (1 - b1) * g
     u = torch.maximum(b2 * u, g.abs())
-    p = p - (lr / (1 - torch.pow(b1, t))) * m / (u + eps)
-    return p, m, u
+    return p - step_size * m / (u + eps), m, u
 
 
 def nesterov(p, g, v, lr, mu):

@@ -1,0 +1,1 @@
+"""Backends behind the engine's one interface (dgn_engine.engine.backend.Backend)."""

@@ -1,0 +1,103 @@
+"""The default backend: the exported step graph in onnxruntime, on CUDA or CPU.
+
+The state lives in two sets of OrtValues on the device for the whole batch: each step reads one
+set and writes the other (IOBinding, ping-pong; an output must never alias its own input), so the
+only per-step traffic is the noise going in and, when asked for, the loss, activation and image
+coming out.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...artifacts import Artifacts
+from ...spec import RunSpec
+from ...state import initial_state
+from ...targets import OUTPUT, Target, objective_weights
+from ..backend import StepReadout
+from .onnx_session import ort, providers, session
+
+
+class StepGraphBackend:
+    name = "step-graph"
+
+    def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None):
+        self.art = art
+        self.mode, self.k = art.mode, art.batch
+        self.preprocessing, self.layout, self.labels = art.preprocessing, art.layout, art.labels
+        self.plan = art.plan
+        self.features = self.plan.features
+        self.providers, self.device_type = providers(device)
+        self.threads = threads
+        self.session = session(art.graph("step"), self.providers, threads)
+        self._classifier = None
+        self.state_names = [s["name"] for s in art.manifest["state"]]
+        self.binding = None
+
+    def _value(self, array: np.ndarray):
+        return ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, np.float32), self.device_type, 0)
+
+    def _pad(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) == self.k:
+            return rows
+        pad = np.zeros((self.k - len(rows), *rows.shape[1:]), rows.dtype)
+        return np.concatenate([rows, pad])
+
+    def start(self, targets: list[Target], spec: RunSpec) -> None:
+        if len(targets) > self.k:
+            raise ValueError(f"{len(targets)} targets for a graph of batch {self.k}")
+        self.art.check_spec(spec)
+        self.n = len(targets)
+        padded = targets + [targets[-1]] * (self.k - len(targets))  # rows are independent; extras are dropped
+        state = initial_state(self.mode, self.plan, spec.optimizer.name, spec.seed, padded)
+        weights, penalty = objective_weights(padded, self.layout, spec.lam)
+        self.state = [self._value(state[n]) for n in self.state_names]
+        self.spare = [self._value(np.zeros_like(state[n])) for n in self.state_names]
+        self.binding = self.session.io_binding()
+        for name, w in weights.items():
+            self.binding.bind_ortvalue_input(f"weight.{name}", self._value(w))
+        self.binding.bind_ortvalue_input("penalty", self._value(penalty))
+        self.binding.bind_ortvalue_input("hyper", self._value(np.array(spec.hyper())))
+        self.readouts = {}
+        for o in self.session.get_outputs():
+            if not o.name.startswith("new."):
+                shape = [self.k if d is None or isinstance(d, str) else d for d in o.shape]
+                self.readouts[o.name] = ort().OrtValue.ortvalue_from_shape_and_type(
+                    shape, np.float32, self.device_type, 0)
+                self.binding.bind_ortvalue_output(o.name, self.readouts[o.name])
+
+    def step(self, noise: np.ndarray, read: bool, image: bool) -> StepReadout:
+        b = self.binding
+        for name, current, spare in zip(self.state_names, self.state, self.spare):
+            b.bind_ortvalue_input(name, current)
+            b.bind_ortvalue_output(f"new.{name}", spare)
+        b.bind_ortvalue_input("noise", self._value(self._pad(noise)))
+        self.session.run_with_iobinding(b)
+        self.state, self.spare = self.spare, self.state
+        result = StepReadout()
+        if read:
+            result.loss = self.readouts["loss"].numpy()[:self.n]
+            result.activation = self.readouts["activation"].numpy()[:self.n]
+        if image:
+            result.image = self.readouts["image"].numpy()[:self.n]
+        return result
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The current state on the host (for verification), real rows only except for t."""
+        return {n: (v.numpy() if n == "t" else v.numpy()[:self.n]) for n, v in zip(self.state_names, self.state)}
+
+    def classify(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        if self._classifier is None:
+            self._classifier = session(self.art.graph("classifier"), self.providers, self.threads)
+        names = [o.name for o in self._classifier.get_outputs()]
+        results = {n: [] for n in names}
+        for i in range(0, len(images), self.k):
+            chunk = images[i:i + self.k]
+            outs = self._classifier.run(None, {"image": self._pad(chunk.astype(np.float32))})
+            for n, o in zip(names, outs):
+                results[n].append(o[:len(chunk)].astype(np.float64))
+        return {n: np.concatenate(v) for n, v in results.items()}
+
+    def describe(self) -> dict:
+        rt = ort()
+        return {"backend": self.name, "device": self.device_type, "precision": "float32",
+                "onnxruntime": rt.__version__, "providers": self.providers, "artifacts": self.art.path}
