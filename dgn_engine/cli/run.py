@@ -5,9 +5,8 @@ import argparse
 from dataclasses import replace
 
 from ..errors import UsageError
-from ..spec import GAUSSIAN_DROPOUT_SIGMA, REGULARIZERS, Snapshots, default_spec
-from .common import (add_classifier_options, classifier_from_args, ensure_writable_dir, need_torch,
-                     read_lines, set_threads)
+from .common import (add_classifier_options, add_method_options, ensure_writable_dir, need_torch, read_lines,
+                     set_threads, sources_from_args, spec_from_args)
 
 HELP = "synthesise preferred inputs for targets (classes, filters, neurons)"
 DESCRIPTION = """\
@@ -36,34 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", choices=("torch",), default="torch",
                    help="torch: the eager torch reference (default: %(default)s)")
     add_classifier_options(p)
-    g = p.add_argument_group("generator G and method")
-    g.add_argument("--mode", choices=("pretrained", "untrained"), default="pretrained",
-                   help="pretrained: G is a trained decoder and only alpha (3,200 values at 224 px) is "
-                        "optimised (needs --decoder); untrained: all of G is optimised from a random start "
-                        "(default: %(default)s)")
-    g.add_argument("--decoder", metavar="FILE", help="the pretrained G (made by dgn-engine train-decoder)")
-    g.add_argument("--g-width", type=float, metavar="X",
-                   help="untrained G: scale of the paper's layer widths (default: 1 at 224 px, "
-                        "image size / 224 below)")
-    g.add_argument("--steps", type=int, help="steps per target (default: 1200 pretrained, 500 untrained)")
-    g.add_argument("--seed", type=int, default=0, help="seeds G's start and the noise (default: %(default)s)")
-    g.add_argument("--lambda", dest="lam", type=float, default=0.01,
-                   help="penalty on the classes a target does not name (default: %(default)s)")
-    g.add_argument("--lr", type=float, help="learning rate (default: 0.01 Nesterov, 0.002 AdaMax)")
-    g.add_argument("--momentum", type=float, help="Nesterov momentum (default: 0.1)")
-    g.add_argument("--optimizer", choices=("adamax", "nesterov"),
-                   help="default: nesterov pretrained, adamax untrained (the paper's)")
-    g.add_argument("--noise-sigma", metavar="SIGMA",
-                   help="feature noise: a number, or gaussian-dropout for the original code's "
-                        f"sqrt(0.05/0.95) = {GAUSSIAN_DROPOUT_SIGMA:.3f} (default: 0.05 multiplicative "
-                        "pretrained, 2 additive untrained)")
-    g.add_argument("--regularizer", choices=REGULARIZERS,
-                   help="default: l2-alpha (eq. 4, 0.1 * ||alpha||_2) pretrained, l1-final-gamma "
-                        "(eq. 3) untrained; l2sq-alpha is the original Keras code's sum of squares")
-    g.add_argument("--reg-weight", type=float, help="regulariser weight (default: 0.1 / 0.01)")
-    g.add_argument("--snapshots", type=int, default=30, help="images taken over the run (default: %(default)s)")
-    g.add_argument("--keep", type=int, default=10,
-                   help="the final image is the per-pixel median of the last KEEP snapshots (default: %(default)s)")
+    add_method_options(p)
     e = p.add_argument_group("execution")
     e.add_argument("--batch", type=int, default=1, help="targets optimised together (default: %(default)s)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
@@ -76,34 +48,6 @@ def add_parser(sub) -> None:
                         "(default: %(default)s)")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=main)
-
-
-def build_spec(args, targets):
-    spec = default_spec(args.mode)
-    opt, noise, reg = spec.optimizer, spec.noise, spec.regularizer
-    if args.optimizer and args.optimizer != opt.name:
-        opt = default_spec("untrained" if args.optimizer == "adamax" else "pretrained").optimizer
-    if args.lr is not None:
-        opt = replace(opt, lr=args.lr)
-    if args.momentum is not None:
-        opt = replace(opt, momentum=args.momentum)
-    if args.noise_sigma is not None:
-        if args.noise_sigma == "gaussian-dropout":
-            sigma = GAUSSIAN_DROPOUT_SIGMA
-        else:
-            try:
-                sigma = float(args.noise_sigma)
-            except ValueError:
-                raise UsageError(f"--noise-sigma must be a number or gaussian-dropout, got {args.noise_sigma!r}") \
-                    from None
-        noise = replace(noise, sigma=sigma)
-    if args.regularizer:
-        reg = replace(reg, kind=args.regularizer)
-    if args.reg_weight is not None:
-        reg = replace(reg, weight=args.reg_weight)
-    return replace(spec, targets=tuple(targets), optimizer=opt, noise=noise, regularizer=reg, lam=args.lam,
-                   steps=args.steps if args.steps is not None else spec.steps, seed=args.seed,
-                   snapshots=Snapshots(args.snapshots, args.keep)).validated()
 
 
 def requested_targets(args) -> list[str]:
@@ -122,7 +66,7 @@ def main(args) -> int:
     if args.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
     targets = requested_targets(args)
-    build_spec(args, [parse_target(t).text for t in targets])  # fail fast on bad settings
+    spec_from_args(args, [parse_target(t).text for t in targets])  # fail fast on bad settings
     ensure_writable_dir(args.out)
     need_torch("--backend torch")
     set_threads(args.threads)
@@ -136,7 +80,7 @@ def main(args) -> int:
     if labels is not None and len(labels) != layout["output"][0]:
         raise UsageError(f"labels file {args.labels!r} has {len(labels)} names, the classifier has "
                          f"{layout['output'][0]} classes")
-    spec = build_spec(args, list(dict.fromkeys(parse_target(t).text for t in targets)))
+    spec = spec_from_args(args, list(dict.fromkeys(parse_target(t).text for t in targets)))
     job = Job(backend, spec, args.out, JobOptions(batch=args.batch, display=args.display, force=args.force,
                                                   labels=labels, progress=not args.quiet))
     result = job.run()
@@ -145,17 +89,11 @@ def main(args) -> int:
     return 0
 
 
-def sources_from_args(args):
-    from ..export.coupled import Sources
-    return Sources(args.mode, args.classifier, args.weights, args.image_size, args.channels, args.mean, args.std,
-                   args.decoder, args.g_width, args.seed)
-
-
 def torch_backend(args, targets: list[str]):
     from ..export.coupled import build_coupled
     from ..export.reference import TorchBackend
     from ..targets import parse_target
 
     taps = sorted({layer for t in targets for layer in parse_target(t).layers})
-    coupled = build_coupled(sources_from_args(args), build_spec(args, []), taps)
+    coupled = build_coupled(sources_from_args(args), spec_from_args(args, []), taps)
     return TorchBackend(coupled, args.precision, args.device)

@@ -58,6 +58,12 @@ class TorchBackend:
             out.image = img.float().cpu().numpy()
         return out
 
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.state = {n: self._tensor(state[n]) for n in self.state}
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        return {n: v.cpu().numpy() for n, v in self.state.items()}
+
     def classify(self, images: np.ndarray) -> dict[str, np.ndarray]:
         with torch.no_grad():
             acts = self.coupled.classify(self._tensor(images))

@@ -74,16 +74,22 @@ class StepGraphBackend:
         self.session.run_with_iobinding(b)
         self.state, self.spare = self.spare, self.state
         result = StepReadout()
-        if read:
-            result.loss = self.readouts["loss"].numpy()[:self.n]
-            result.activation = self.readouts["activation"].numpy()[:self.n]
+        if read:  # copies: on the CPU an OrtValue's numpy() is a view the next step overwrites
+            result.loss = self.readouts["loss"].numpy()[:self.n].copy()
+            result.activation = self.readouts["activation"].numpy()[:self.n].copy()
         if image:
-            result.image = self.readouts["image"].numpy()[:self.n]
+            result.image = self.readouts["image"].numpy()[:self.n].copy()
         return result
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the current state (real rows; verification steps every path from one state)."""
+        for i, name in enumerate(self.state_names):
+            value = state[name] if name == "t" else self._pad(np.asarray(state[name]))
+            self.state[i] = self._value(value)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The current state on the host (for verification), real rows only except for t."""
-        return {n: (v.numpy() if n == "t" else v.numpy()[:self.n]) for n, v in zip(self.state_names, self.state)}
+        return {n: (v.numpy() if n == "t" else v.numpy()[:self.n]).copy() for n, v in zip(self.state_names, self.state)}
 
     def classify(self, images: np.ndarray) -> dict[str, np.ndarray]:
         if self._classifier is None:

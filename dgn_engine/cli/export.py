@@ -1,0 +1,54 @@
+"""dgn-engine export: write the artifacts that `run` executes in onnxruntime."""
+from __future__ import annotations
+
+import argparse
+
+from ..errors import UsageError
+from .common import (add_classifier_options, add_method_options, need_torch, read_lines, set_threads,
+                     sources_from_args, spec_from_args)
+
+HELP = "export G + D as ONNX graphs (one optimisation step of K targets) plus a manifest"
+DESCRIPTION = """\
+Builds G and D in torch from the files you name, traces one whole optimisation step (forward,
+backward, AdaMax or Nesterov update) of K targets into one standard-ONNX graph, and writes an
+artifacts folder: step.onnx, render.onnx (G alone), classifier.onnx (D alone), weights.bin (their
+constants, stored once) and manifest.json. Mode, optimiser, noise kind and regulariser are fixed by
+the export; learning rate, momentum, noise sigma, regulariser weight, lambda, steps and seed stay
+free for each run. Channel and neuron targets need their layer exported: --taps (or --target)."""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("export", help=HELP, description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, metavar="DIR", help="the artifacts folder to write")
+    p.add_argument("--batch", type=int, default=1, metavar="K",
+                   help="targets per step graph: K rows of alpha (pretrained) or K generators as one grouped "
+                        "network (untrained) (default: %(default)s)")
+    p.add_argument("--taps", nargs="+", default=[], metavar="LAYER",
+                   help="layers whose activations channel/neuron targets may read, e.g. features.28")
+    p.add_argument("--target", action="append", default=[], metavar="SPEC",
+                   help="a target whose layers are tapped (repeatable)")
+    p.add_argument("--targets-file", metavar="FILE", help="targets whose layers are tapped, one per line")
+    p.add_argument("--force", action="store_true", help="replace the artifacts already in --out")
+    p.add_argument("--threads", type=int, help="CPU threads for tracing (default: all cores)")
+    add_classifier_options(p)
+    add_method_options(p)
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    need_torch("export")
+    from ..export.coupled import build_coupled
+    from ..export.step_graph import export_artifacts, prepare_out
+    from ..targets import parse_target
+
+    if args.batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    prepare_out(args.out, args.force)
+    set_threads(args.threads)
+    targets = list(args.target) + (read_lines(args.targets_file, "targets file") if args.targets_file else [])
+    taps = list(dict.fromkeys(args.taps + sorted({l for t in targets for l in parse_target(t).layers})))
+    spec = spec_from_args(args, [])
+    coupled = build_coupled(sources_from_args(args), spec, taps)
+    export_artifacts(coupled, spec, sources_from_args(args), args.batch, args.out, args.force)
+    return 0

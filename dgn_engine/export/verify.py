@@ -1,0 +1,119 @@
+"""Numerical verification: the step graph in onnxruntime and torch float32 against torch float64.
+
+The same targets, initial state and noise go through every path for N steps. Each step of each
+path starts from float64's state before that step, so what is measured is the error of one step's
+computation, not chaos compounded over steps (AdaMax turns any gradient near zero into a full
+lr-sized move of either sign). Per step and path we compare the change of the state, part by part
+(the trainables, then each optimiser slot, each part as one vector: ||da - db|| / ||db||), and the
+loss (max |a - b| over targets, over max |b|); the worst over the steps is reported.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import UsageError
+from ..rng import NoiseStreams
+from ..targets import Target, Term, parse_target
+from .coupled import Sources, build_coupled
+from .reference import TorchBackend
+from .weights import sha256_file
+
+# A path passes when its error is at most this multiple of torch float32's own error against
+# float64 (the accuracy float32 arithmetic allows on this graph), or below the floor (float32
+# sums of thousands of products carry relative errors of ~1e-6; 1e-4 leaves room for the order).
+RELATIVE_TO_FLOAT32 = 5.0
+FLOOR = 1e-4
+
+
+def verify_targets(art) -> list[Target]:
+    n = art.manifest["num_classes"]
+    targets = [Target((Term("class", i % n),)) for i in range(art.batch)]
+    if art.manifest["taps"] and art.batch > 1:
+        targets[-1] = parse_target(f"channel:{art.manifest['taps'][0]}:0")
+    elif art.manifest["taps"]:
+        targets[0] = parse_target(f"class:0+channel:{art.manifest['taps'][0]}:0")
+    return targets
+
+
+def _parts(names) -> dict[str, list[str]]:
+    parts: dict[str, list[str]] = {}
+    for name in names:
+        head = name.split(".")[0]
+        part = head + "." if head in ("m", "u", "v") else ("t" if name == "t" else "trainables")
+        parts.setdefault(part, []).append(name)
+    return parts
+
+
+def step_error(after: dict, ref_after: dict, before: dict) -> tuple[float, str]:
+    """Worst relative L2 error of one step's change of the state, over the state's parts."""
+    worst, where = 0.0, ""
+    for part, names in _parts(ref_after).items():
+        delta = np.concatenate([np.ravel(after[n] - before[n]) for n in names])
+        ref = np.concatenate([np.ravel(ref_after[n] - before[n]) for n in names])
+        norm = np.linalg.norm(ref)
+        err = float(np.linalg.norm(delta - ref) / norm) if norm > 0 else float(np.abs(delta).max(initial=0))
+        if err >= worst:
+            worst, where = err, part
+    return worst, where
+
+
+def loss_error(loss: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(loss - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+def verify(art, steps: int, device: str, log=print, engine_backends=()) -> tuple[bool, dict]:
+    """Run every available path; print their errors and tolerances.
+
+    Returns (all passed, {path: {"state", "loss", "state_tolerance", "loss_tolerance"}})."""
+    sources = Sources.from_json(art.manifest["sources"])
+    spec, targets = art.spec, verify_targets(art)
+    taps = art.manifest["taps"]
+    reference = TorchBackend(build_coupled(sources, spec, taps), "float64", device)
+    paths = [TorchBackend(build_coupled(sources, spec, taps), "float32", device), *engine_backends]
+    names = ["torch-float32", *(b.name for b in engine_backends)]
+    for backend in (reference, *paths):
+        backend.start(targets, spec)
+    noise = NoiseStreams(spec.seed, targets, reference.features)
+    errors = {n: [0.0, "", 0.0] for n in names}
+    for _ in range(steps):
+        n = noise.next()
+        before = {k: v.astype(np.float64) for k, v in reference.state_arrays().items()}
+        ref_loss = reference.step(n, read=True, image=False).loss.astype(np.float64)
+        ref_after = reference.state_arrays()
+        for name, backend in zip(names, paths):
+            backend.load_state(before)
+            loss = backend.step(n, read=True, image=False).loss.astype(np.float64)
+            s_err, where = step_error({k: v.astype(np.float64) for k, v in backend.state_arrays().items()},
+                                      ref_after, before)
+            e = errors[name]
+            if s_err >= e[0]:
+                e[0], e[1] = s_err, where
+            e[2] = max(e[2], loss_error(loss, ref_loss))
+    log(f"{steps} steps, {len(targets)} targets ({', '.join(t.text for t in targets)}); "
+        "error of each step against torch float64:")
+    base_state, _, base_loss = errors["torch-float32"]
+    ok, report = True, {}
+    for name in names:
+        s_err, where, l_err = errors[name]
+        report[name] = {"state": s_err, "loss": l_err}
+        if name == "torch-float32":
+            log(f"  {name:14s} state {s_err:.2e} (worst part: {where})  loss {l_err:.2e}  (the float32 baseline)")
+            continue
+        s_tol, l_tol = max(RELATIVE_TO_FLOAT32 * base_state, FLOOR), max(RELATIVE_TO_FLOAT32 * base_loss, FLOOR)
+        passed = s_err <= s_tol and l_err <= l_tol
+        ok &= passed
+        report[name].update(state_tolerance=s_tol, loss_tolerance=l_tol)
+        log(f"  {name:14s} state {s_err:.2e} (worst part: {where}, tolerance {s_tol:.2e})  "
+            f"loss {l_err:.2e} (tolerance {l_tol:.2e})  {'ok' if passed else 'FAILED'}")
+    return ok, report
+
+
+def check_sources(art) -> None:
+    """The files the manifest names must still be the files the graphs were made from."""
+    for path, digest in art.manifest["sha256"].items():
+        if not os.path.isfile(path):
+            raise UsageError(f"{path!r}, from which these artifacts were exported, is gone; verify needs it")
+        if sha256_file(path) != digest:
+            raise UsageError(f"{path!r} changed since these artifacts were exported (sha256 differs)")

@@ -1,0 +1,144 @@
+"""Export: the ONNX step graph against the float64 torch reference, batching, determinism, errors."""
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from dgn_engine.artifacts import load_artifacts
+from dgn_engine.cli.main import main
+from dgn_engine.engine.backends.step_graph import StepGraphBackend
+from dgn_engine.engine.loop import run_batch
+from dgn_engine.errors import UsageError
+from dgn_engine.export.verify import verify
+from dgn_engine.spec import default_spec
+from dgn_engine.targets import parse_target
+from tests.small_models import write_calibrated_decoder
+
+SMALL = ["--classifier", "tests.small_models:tiny_rgb"]
+
+
+@pytest.fixture(scope="module")
+def decoder_file(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("dec") / "decoder.pt")
+    write_calibrated_decoder(path, 32, "RGB")
+    return path
+
+
+def export(out, mode, batch, decoder=None, *extra):
+    argv = ["export", *SMALL, "--mode", mode, "--batch", str(batch), "--out", str(out), *extra]
+    if mode == "pretrained":
+        argv += ["--decoder", decoder]
+    assert main(argv) == 0
+    return load_artifacts(str(out))
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, decoder_file):
+    """Batch-3 artifacts with a tapped layer, both modes."""
+    root = tmp_path_factory.mktemp("art")
+    return {mode: export(root / mode, mode, 3, decoder_file, "--taps", "features.3")
+            for mode in ("untrained", "pretrained")}
+
+
+@pytest.mark.parametrize("mode", ["untrained", "pretrained"])
+def test_step_graph_matches_float64_reference(artifacts, mode):
+    """Each of 6 steps, started from float64's state, is as exact in onnxruntime as float32 torch
+    allows: verify's tolerance is 5x torch float32's own error against float64, floor 1e-4."""
+    art = artifacts[mode]
+    ok, report = verify(art, 6, "cpu", log=lambda *_: None, engine_backends=[StepGraphBackend(art, "cpu")])
+    assert ok, report
+    # and in absolute terms: the loss of every step to 1e-5, the state's change to 1e-3
+    assert report["step-graph"]["loss"] < 1e-5
+    assert report["step-graph"]["state"] < 1e-3
+
+
+def test_verify_command(artifacts, capsys):
+    assert main(["verify", "--artifacts", artifacts["pretrained"].path, "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "torch-float32" in out and "step-graph" in out and "tolerance" in out
+
+
+@pytest.mark.parametrize("mode", ["untrained", "pretrained"])
+def test_batch_equals_single_runs(tmp_path, artifacts, decoder_file, mode):
+    """K targets in one graph (rows, or grouped generators) = K runs of a batch-1 graph."""
+    single = export(tmp_path / "k1", mode, 1, decoder_file, "--taps", "features.3")
+    targets = [parse_target(t) for t in ("class:4", "0.5*class:2+class:7", "channel:features.3:5")]
+    spec = default_spec(mode, steps=8)
+    batched = run_batch(StepGraphBackend(artifacts[mode], "cpu"), targets, spec)
+    one_by_one = [run_batch(StepGraphBackend(single, "cpu"), [t], spec)[0] for t in targets]
+    for a, b in zip(batched, one_by_one):
+        # float32, different convolution groupings: rounding only, over 8 steps
+        np.testing.assert_allclose(np.array(a.curve), np.array(b.curve), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a.image, b.image, rtol=1e-4, atol=1e-4)
+
+
+def test_short_batch_is_padded(artifacts):
+    spec = default_spec("pretrained", steps=3)
+    out = run_batch(StepGraphBackend(artifacts["pretrained"], "cpu"), [parse_target("class:1")], spec)
+    assert len(out) == 1 and out[0].image.shape == (3, 32, 32)
+
+
+def test_only_standard_onnx_domains(artifacts):
+    for art in artifacts.values():
+        for name in ("step", "render", "classifier"):
+            model = onnx.load(art.graph(name), load_external_data=False)
+            assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}, name
+            assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}, name
+
+
+def test_export_twice_gives_the_same_graph(tmp_path, artifacts, decoder_file):
+    again = export(tmp_path / "again", "untrained", 3, decoder_file, "--taps", "features.3")
+    for f in ("step.onnx", "render.onnx", "classifier.onnx", "weights.bin"):
+        assert (open(os.path.join(again.path, f), "rb").read() ==
+                open(os.path.join(artifacts["untrained"].path, f), "rb").read()), f
+
+
+def test_manifest(artifacts, decoder_file):
+    m = artifacts["pretrained"].manifest
+    assert m["format_version"] == 1 and m["mode"] == "pretrained" and m["batch"] == 3
+    assert m["taps"] == ["features.3"] and m["layout"]["features.3"] == [16, 16, 16]
+    assert m["num_classes"] == 10 and m["trainable_per_target"] == artifacts["pretrained"].plan.features
+    assert os.path.abspath(decoder_file) in m["sha256"] and len(m["sha256"][os.path.abspath(decoder_file)]) == 64
+    assert set(m["versions"]) >= {"torch", "onnx", "onnxruntime"}
+    assert m["preprocessing"]["image_size"] == 32
+    step = m["graphs"]["step"]
+    assert [i["name"] for i in step["inputs"]][:3] == ["alpha", "v.alpha", "t"]
+    assert [o["name"] for o in step["outputs"]][-3:] == ["loss", "activation", "image"]
+    u = artifacts["untrained"].manifest
+    assert u["trainable_per_target"] == artifacts["untrained"].plan.trainable_count()
+
+
+def test_unknown_format_version_refused(tmp_path, artifacts):
+    import shutil
+    copy = tmp_path / "old"
+    shutil.copytree(artifacts["pretrained"].path, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UsageError, match="format version 99"):
+        load_artifacts(str(copy))
+
+
+def error_line(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_export_bad_input(tmp_path, capsys, artifacts):
+    base = ["export", *SMALL, "--mode", "untrained"]
+    assert "--batch must be at least 1" in error_line(capsys, base + ["--batch", "0", "--out", str(tmp_path / "a")])
+    err = error_line(capsys, base + ["--taps", "features.77", "--out", str(tmp_path / "b")])
+    assert "unknown layer 'features.77'; valid layers: features.0" in err
+    err = error_line(capsys, base + ["--out", artifacts["untrained"].path])
+    assert "already holds artifacts; use --force" in err
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert "not empty" in error_line(capsys, base + ["--out", str(tmp_path / "busy")])
+    gray = str(tmp_path / "gray.pt")
+    write_calibrated_decoder(gray, 28, "L")
+    err = error_line(capsys, ["export", *SMALL, "--mode", "pretrained", "--decoder", gray, "--out", str(tmp_path / "c")])
+    assert "makes 1x28x28 images; the classifier takes 3x32x32" in err
