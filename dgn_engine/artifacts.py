@@ -13,6 +13,7 @@ dgn_engine.state.initial_state, the same code for every backend.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -31,6 +32,11 @@ GRAPHS = ("step", "render", "classifier")
 class Artifacts:
     path: str
     manifest: dict
+
+    @property
+    def manifest_sha256(self) -> str:
+        with open(os.path.join(self.path, MANIFEST), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
 
     @property
     def mode(self) -> str:

@@ -11,7 +11,7 @@ CLASSIFIER = ["--classifier", "tests.small_models:tiny_rgb"]
 
 
 def run(out, *extra):
-    assert main(["run", *CLASSIFIER, "--out", str(out), "--quiet", *extra]) == 0
+    assert main(["run", "--backend", "torch", *CLASSIFIER, "--out", str(out), "--quiet", *extra]) == 0
 
 
 def record(out, target_id):

@@ -71,10 +71,10 @@ def set_threads(n: int | None) -> None:
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generator G and method")
-    g.add_argument("--mode", choices=("pretrained", "untrained"), default="pretrained",
+    g.add_argument("--mode", choices=("pretrained", "untrained"),
                    help="pretrained: G is a trained decoder and only alpha (3,200 values at 224 px) is "
                         "optimised (needs --decoder); untrained: all of G is optimised from a random start "
-                        "(default: %(default)s)")
+                        "(default: pretrained, or the artifacts' mode)")
     g.add_argument("--decoder", metavar="FILE", help="the pretrained G (made by dgn-engine train-decoder)")
     g.add_argument("--g-width", type=float, metavar="X",
                    help="untrained G: scale of the paper's layer widths (default: 1 at 224 px, "
@@ -100,8 +100,9 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
                    help="the final image is the per-pixel median of the last KEEP snapshots (default: %(default)s)")
 
 
-def spec_from_args(args, targets):
-    spec = default_spec(args.mode)
+def spec_from_args(args, targets, base=None):
+    """The paper's defaults for the mode (or `base`, e.g. the artifacts' spec) with the options given."""
+    spec = base or default_spec(args.mode or "pretrained")
     opt, noise, reg = spec.optimizer, spec.noise, spec.regularizer
     if args.optimizer and args.optimizer != opt.name:
         opt = default_spec("untrained" if args.optimizer == "adamax" else "pretrained").optimizer
@@ -130,5 +131,5 @@ def spec_from_args(args, targets):
 
 def sources_from_args(args):
     from ..export.coupled import Sources
-    return Sources(args.mode, args.classifier, args.weights, args.image_size, args.channels, args.mean, args.std,
+    return Sources(args.mode or "pretrained", args.classifier, args.weights, args.image_size, args.channels, args.mean, args.std,
                    args.decoder, args.g_width, args.seed)

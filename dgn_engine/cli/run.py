@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
-
 from ..errors import UsageError
 from .common import (add_classifier_options, add_method_options, ensure_writable_dir, need_torch, read_lines,
                      set_threads, sources_from_args, spec_from_args)
@@ -32,12 +30,16 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="results folder (created if missing)")
     p.add_argument("--force", action="store_true",
                    help="recompute targets in OUT whose results were made with other settings")
-    p.add_argument("--backend", choices=("torch",), default="torch",
-                   help="torch: the eager torch reference (default: %(default)s)")
+    p.add_argument("--artifacts", metavar="DIR", help="an artifacts folder made by dgn-engine export")
+    p.add_argument("--backend", choices=("step-graph", "torch"), default="step-graph",
+                   help="step-graph: the exported step graph in onnxruntime (needs --artifacts); torch: the "
+                        "eager torch reference, built from the classifier options or from the files the "
+                        "artifacts' manifest names (default: %(default)s)")
     add_classifier_options(p)
     add_method_options(p)
     e = p.add_argument_group("execution")
-    e.add_argument("--batch", type=int, default=1, help="targets optimised together (default: %(default)s)")
+    e.add_argument("--batch", type=int,
+                   help="targets optimised together (default: the artifacts' batch; 1 for --backend torch)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
     e.add_argument("--precision", choices=("float32", "float64"), default="float32",
                    help="torch backend arithmetic (default: %(default)s)")
@@ -61,39 +63,67 @@ def requested_targets(args) -> list[str]:
 
 def main(args) -> int:
     from ..engine.jobs import Job, JobOptions
-    from ..targets import all_classes, check_target, parse_target
+    from ..targets import all_classes, parse_target
 
-    if args.batch < 1:
+    if args.batch is not None and args.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
-    targets = requested_targets(args)
-    spec_from_args(args, [parse_target(t).text for t in targets])  # fail fast on bad settings
+    targets = [parse_target(t).text for t in requested_targets(args)]
+    art = None
+    if args.artifacts:
+        from ..artifacts import load_artifacts
+        art = load_artifacts(args.artifacts)
+        if args.mode and args.mode != art.mode:
+            raise UsageError(f"the artifacts in {args.artifacts!r} are for --mode {art.mode}, not {args.mode}")
+    elif args.backend != "torch":
+        raise UsageError("give --artifacts DIR (made by dgn-engine export), or --backend torch with the "
+                         "classifier options")
+    spec = spec_from_args(args, targets, base=art.spec if art else None)  # fail fast on bad settings
+    if art:
+        art.check_spec(spec)
     ensure_writable_dir(args.out)
-    need_torch("--backend torch")
-    set_threads(args.threads)
-    backend = torch_backend(args, targets)
+    backend, layers = make_backend(args, art, spec, targets)
     layout = backend.layout
     if args.all_classes:
         targets = [t.text for t in all_classes(layout["output"][0])] + targets
-    for t in targets:
-        check_target(parse_target(t), layout, backend.coupled.classifier.layer_names())
+    check_targets(targets, layout, layers, art)
     labels = read_lines(args.labels, "labels file") if args.labels else None
     if labels is not None and len(labels) != layout["output"][0]:
         raise UsageError(f"labels file {args.labels!r} has {len(labels)} names, the classifier has "
                          f"{layout['output'][0]} classes")
-    spec = spec_from_args(args, list(dict.fromkeys(parse_target(t).text for t in targets)))
-    job = Job(backend, spec, args.out, JobOptions(batch=args.batch, display=args.display, force=args.force,
+    spec = spec_from_args(args, list(dict.fromkeys(targets)), base=art.spec if art else None)
+    batch = args.batch or (art.batch if art and args.backend == "step-graph" else 1)
+    job = Job(backend, spec, args.out, JobOptions(batch=batch, display=args.display, force=args.force,
                                                   labels=labels, progress=not args.quiet))
-    result = job.run()
-    print(f"{result['done']} of {result['total']} targets finished in {args.out!r} "
-          f"({result['computed']} computed now)")
+    job.run()
     return 0
 
 
-def torch_backend(args, targets: list[str]):
-    from ..export.coupled import build_coupled
-    from ..export.reference import TorchBackend
-    from ..targets import parse_target
+def check_targets(targets: list[str], layout, layers: list[str], art) -> None:
+    from ..targets import check_target, parse_target
+    for text in targets:
+        target = parse_target(text)
+        missing = [layer for layer in target.layers if layer not in layout]
+        if art is not None and missing:
+            taps = ", ".join(art.manifest["taps"]) or "none"
+            raise UsageError(f"target {text!r} reads layer {missing[0]!r}, which these artifacts do not tap "
+                             f"(taps: {taps}); export again with --taps {missing[0]}")
+        check_target(target, layout, layers)
 
+
+def make_backend(args, art, spec, targets: list[str]):
+    """(backend, the layer names D has) for the chosen backend."""
+    from ..targets import parse_target
+    if args.backend == "step-graph":
+        from ..engine.backends.step_graph import StepGraphBackend
+        if args.batch is not None and args.batch != art.batch:
+            raise UsageError(f"the artifacts in {args.artifacts!r} run batches of {art.batch}; omit --batch or "
+                             f"export again with --batch {args.batch}")
+        return StepGraphBackend(art, args.device, args.threads), art.manifest["taps"]
+    need_torch("--backend torch")
+    from ..export.coupled import Sources, build_coupled
+    from ..export.reference import TorchBackend
+    set_threads(args.threads)
     taps = sorted({layer for t in targets for layer in parse_target(t).layers})
-    coupled = build_coupled(sources_from_args(args), spec_from_args(args, []), taps)
-    return TorchBackend(coupled, args.precision, args.device)
+    sources = Sources.from_json(art.manifest["sources"]) if art else sources_from_args(args)
+    coupled = build_coupled(sources, spec, taps)
+    return TorchBackend(coupled, args.precision, args.device), coupled.classifier.layer_names()

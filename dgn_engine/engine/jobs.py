@@ -17,6 +17,7 @@ from ..preprocessing import display_original
 from ..spec import RunSpec
 from ..targets import OUTPUT, Target, objective_weights, parse_target
 from .backend import Backend
+from .gallery import build_gallery, summary_line
 from .loop import Interrupted, Outcome, run_batch
 from .outputs import atomic_write, png_bytes, read_json, read_png, write_json
 
@@ -88,6 +89,10 @@ class Job:
             raise UsageError(f"cannot create the output folder {self.out!r}: {e.strerror}") from None
         if not os.access(self.dir, os.W_OK):
             raise UsageError(f"the output folder {self.out!r} is not writable; choose another --out")
+        for folder in (self.out, self.dir):  # what a killed run was writing when it died
+            for f in os.listdir(folder):
+                if f.startswith(".tmp-"):
+                    os.unlink(os.path.join(folder, f))
         run_file = os.path.join(self.out, "run.json")
         if os.path.isfile(run_file) and not self.options.force:
             try:
@@ -112,7 +117,7 @@ class Job:
         done = len(self.targets) - len(todo)
         if not todo:
             log(f"nothing to do: all {len(self.targets)} targets in {self.out!r} are finished")
-            return {"computed": 0, "done": done, "total": len(self.targets)}
+            return {"computed": 0, "done": done, "total": len(self.targets), "summary": None}
         if done:
             log(f"resuming: {done} of {len(self.targets)} targets already finished")
         k = max(1, self.options.batch)
@@ -150,8 +155,11 @@ class Job:
             step_bar.close()
             bar.close()
         self._write_run(done, time.perf_counter() - started, "finished")
+        summary = build_gallery(self.out)
+        log(summary_line(summary))
+        log(f"gallery: {os.path.join(os.path.abspath(self.out), 'index.html')}")
         return {"computed": computed, "done": done, "total": len(self.targets),
-                "seconds": time.perf_counter() - started}
+                "seconds": time.perf_counter() - started, "summary": summary}
 
     def _write_results(self, outcomes: list[Outcome]) -> None:
         pp = self.backend.preprocessing
@@ -170,7 +178,7 @@ class Job:
                 seen_true = self._split(self.backend.classify(true), ok)
         for o in outcomes:
             record = {
-                "target": o.target.text, "id": o.target.id, "spec_key": self.key, "mode": self.spec.mode,
+                "target": o.target.text, "id": o.target.id, "name": self._target_name(o.target), "spec_key": self.key, "mode": self.spec.mode,
                 "seed": self.spec.seed, "steps": self.spec.steps, "backend": self.backend.name,
                 "display": self.options.display, "loss_curve": o.curve,
                 "last_step_activation": o.last_activation, "seconds": round(o.seconds, 3),
@@ -184,6 +192,20 @@ class Job:
                 atomic_write(self._paths(o.target)[0], png_bytes(np.zeros((8, 8, pp.channels), np.uint8)))
             write_json(self._paths(o.target)[1], record)
 
+    def _labels(self) -> list[str] | None:
+        return self.options.labels or self.backend.labels
+
+    def _class_name(self, c: int) -> str:
+        labels = self._labels()
+        return labels[c] if labels and c < len(labels) else str(c)
+
+    def _target_name(self, target: Target) -> str:
+        """The class name for a plain class target, else the target's text."""
+        t = target.terms
+        if len(t) == 1 and t[0].kind == "class" and t[0].weight == 1.0 and self._labels():
+            return self._class_name(t[0].index)
+        return target.text
+
     @staticmethod
     def _split(acts: dict[str, np.ndarray], outcomes: list[Outcome]) -> dict[int, dict[str, np.ndarray]]:
         return {id(o): {n: a[i] for n, a in acts.items()} for i, o in enumerate(outcomes)}
@@ -193,9 +215,7 @@ class Job:
         activation = float(sum((weights[n][0] * acts[n]).sum() for n in weights))
         scores = acts[OUTPUT]
         order = np.argsort(-scores, kind="stable")[:TOP_K]
-        labels = self.options.labels or self.backend.labels
-        name = (lambda c: labels[c] if labels and c < len(labels) else str(c))
         classes = {t.index for t in target.terms if t.kind == "class"}
         return {"final_activation": activation,
-                "top5": [{"class": int(c), "name": name(int(c)), "score": float(scores[c])} for c in order],
+                "top5": [{"class": int(c), "name": self._class_name(int(c)), "score": float(scores[c])} for c in order],
                 "top1_is_target": bool(classes) and int(order[0]) in classes}

@@ -106,4 +106,5 @@ class StepGraphBackend:
     def describe(self) -> dict:
         rt = ort()
         return {"backend": self.name, "device": self.device_type, "precision": "float32",
-                "onnxruntime": rt.__version__, "providers": self.providers, "artifacts": self.art.path}
+                "onnxruntime": rt.__version__, "providers": self.providers, "artifacts": self.art.path,
+                "manifest_sha256": self.art.manifest_sha256}

@@ -1,0 +1,160 @@
+"""The gallery: index.html (thumbnails; click for the full image and its loss curve), contact
+sheets of up to 100 targets, and summary.json, built from a results folder alone."""
+from __future__ import annotations
+
+import html
+import json
+import os
+from statistics import median
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .outputs import atomic_write, png_bytes, read_json, write_json
+
+SHEET_SIZE = 100  # targets per contact sheet, 10 x 10
+CAPTION = 14  # pixels of caption under each tile of a contact sheet
+
+
+def _records(out: str) -> list[dict]:
+    folder = os.path.join(out, "targets")
+    order: list[str] = []
+    run_file = os.path.join(out, "run.json")
+    if os.path.isfile(run_file):
+        order = [t for t in read_json(run_file)["spec"]["targets"]]
+    records = {}
+    for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if f.endswith(".json") and not f.startswith("."):
+            try:
+                rec = read_json(os.path.join(folder, f))
+            except (OSError, ValueError):
+                continue
+            if os.path.isfile(os.path.join(folder, rec["id"] + ".png")):
+                records[rec["target"]] = rec
+    ranked = [records.pop(t) for t in order if t in records]
+    return ranked + [records[t] for t in sorted(records)]
+
+
+def _name(rec: dict) -> str:
+    return rec.get("name") or rec["target"]
+
+
+def summarise(records: list[dict]) -> dict:
+    finished = [r for r in records if r.get("diverged") is None]
+    classy = [r for r in finished if "class:" in r["target"]]
+    acts = [r["final_activation"] for r in finished if "final_activation" in r]
+    return {"targets": len(records), "diverged": len(records) - len(finished),
+            "class_targets": len(classy), "top1_reached": sum(bool(r.get("top1_is_target")) for r in classy),
+            "median_final_activation": median(acts) if acts else None,
+            "compute_seconds": round(sum(r.get("seconds", 0.0) for r in records), 3)}
+
+
+def summary_line(s: dict) -> str:
+    med = "n/a" if s["median_final_activation"] is None else f"{s['median_final_activation']:.4g}"
+    line = (f"{s['targets']} targets: {s['top1_reached']} of {s['class_targets']} class targets are the "
+            f"classifier's top-1 on their image; median final activation {med}; "
+            f"{s['compute_seconds']:.1f} s of compute")
+    return line + (f"; {s['diverged']} diverged" if s["diverged"] else "")
+
+
+def _sheets(out: str, records: list[dict]) -> list[str]:
+    names = []
+    for i in range(0, len(records), SHEET_SIZE):
+        chunk = records[i:i + SHEET_SIZE]
+        images = [Image.open(os.path.join(out, "targets", r["id"] + ".png")).convert("RGB") for r in chunk]
+        tile = max(min(max(im.size[0] for im in images), 224), 64)
+        cols = min(10, len(chunk))
+        rows = (len(chunk) + cols - 1) // cols
+        sheet = Image.new("RGB", (cols * tile, rows * (tile + CAPTION)), "white")
+        draw = ImageDraw.Draw(sheet)
+        for j, (rec, im) in enumerate(zip(chunk, images)):
+            x, y = (j % cols) * tile, (j // cols) * (tile + CAPTION)
+            sheet.paste(im.resize((tile, tile), Image.NEAREST), (x, y))
+            draw.text((x + 2, y + tile + 1), _name(rec)[: tile // 6], fill="black")
+        name = f"sheet-{i // SHEET_SIZE + 1:03d}.png"
+        atomic_write(os.path.join(out, name), png_bytes(np.asarray(sheet)))
+        names.append(name)
+    return names
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>dgn-engine: {title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1em; background: #fafafa; }}
+#grid {{ display: flex; flex-wrap: wrap; gap: 10px; }}
+.card {{ width: 150px; background: white; border: 1px solid #ddd; padding: 4px; cursor: pointer; font-size: 12px; }}
+.card img {{ width: 150px; height: 150px; image-rendering: pixelated; display: block; }}
+.card .top1 {{ color: #080; font-weight: bold; }} .card .miss {{ color: #a00; }}
+#detail {{ display: none; position: fixed; inset: 0; background: rgba(0,0,0,.6); }}
+#detail .box {{ background: white; margin: 3em auto; padding: 1em; width: 760px; }}
+#detail img {{ width: 320px; height: 320px; image-rendering: pixelated; float: left; margin-right: 1em; }}
+</style></head><body>
+<h1>{title}</h1><p id="summary">{summary}</p><p>Contact sheets: {sheets}</p>
+<div id="grid">{cards}</div>
+<div id="detail"><div class="box"><img id="big" alt=""><h2 id="dtitle"></h2><p id="dtext"></p>
+<svg id="curve" width="400" height="220"></svg><p style="clear:both">click anywhere to close</p></div></div>
+<script id="data" type="application/json">{data}</script>
+<script>
+const records = JSON.parse(document.getElementById("data").textContent);
+const detail = document.getElementById("detail");
+function curve(points) {{
+  const svg = document.getElementById("curve"); svg.innerHTML = "";
+  if (!points.length) return;
+  const xs = points.map(p => p[0]), ys = points.map(p => p[1]);
+  const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
+  const sx = x => 40 + 350 * (x - x0) / Math.max(x1 - x0, 1e-9), sy = y => 200 - 180 * (y - y0) / Math.max(y1 - y0, 1e-9);
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", points.map(p => sx(p[0]) + "," + sy(p[1])).join(" "));
+  line.setAttribute("fill", "none"); line.setAttribute("stroke", "#0060c0");
+  svg.appendChild(line);
+  for (const [x, y, t] of [[2, 14, "loss " + y1.toPrecision(4)], [2, 214, "loss " + y0.toPrecision(4) + "   (steps " + x0 + ".." + x1 + ")"]]) {{
+    const label = document.createElementNS("http://www.w3.org/2000/svg", "text");
+    label.setAttribute("x", x); label.setAttribute("y", y); label.setAttribute("font-size", "11"); label.textContent = t;
+    svg.appendChild(label);
+  }}
+}}
+for (const card of document.querySelectorAll(".card")) {{
+  card.addEventListener("click", event => {{
+    event.preventDefault();
+    const r = records[card.dataset.index];
+    document.getElementById("big").src = r.png;
+    document.getElementById("dtitle").textContent = r.name;
+    document.getElementById("dtext").textContent = r.text;
+    curve(r.curve);
+    detail.style.display = "block";
+  }});
+}}
+detail.addEventListener("click", () => {{ detail.style.display = "none"; }});
+</script></body></html>
+"""
+
+
+def build_gallery(out: str) -> dict:
+    """Write index.html, the contact sheets and summary.json for the results in `out`."""
+    records = _records(out)
+    summary = summarise(records)
+    sheets = _sheets(out, records)
+    cards, data = [], []
+    for i, rec in enumerate(records):
+        png = f"targets/{rec['id']}.png"
+        act = rec.get("final_activation")
+        act_text = "diverged" if rec.get("diverged") else f"{act:.4g}" if act is not None else ""
+        hit = rec.get("top1_is_target")
+        mark = "" if "class:" not in rec["target"] or rec.get("diverged") else \
+            ('<span class="top1">top-1</span>' if hit else '<span class="miss">not top-1</span>')
+        cards.append(f'<a class="card" href="{html.escape(png)}" data-index="{i}"><img src="{html.escape(png)}" '
+                     f'alt="{html.escape(rec["target"])}" loading="lazy"><div>{html.escape(_name(rec))}</div>'
+                     f'<div>activation {html.escape(act_text)} {mark}</div></a>')
+        top5 = ", ".join(f"{t['name']} {t['score']:.3g}" for t in rec.get("top5", []))
+        text = (f"final activation {act_text}; classifier's top-5 on this image: {top5}; "
+                f"{rec['steps']} steps, seed {rec['seed']}, {rec['mode']} mode, {rec['seconds']:.2f} s")
+        if rec.get("diverged"):
+            text = f"diverged: {rec['diverged']}"
+        data.append({"png": png, "name": _name(rec), "text": text, "curve": [c[:2] for c in rec["loss_curve"]]})
+    title = os.path.basename(os.path.abspath(out))
+    page = PAGE.format(title=html.escape(title), summary=html.escape(summary_line(summary)),
+                       sheets=" ".join(f'<a href="{s}">{s}</a>' for s in sheets) or "none",
+                       cards="\n".join(cards), data=json.dumps(data).replace("</", "<\\/"))
+    atomic_write(os.path.join(out, "index.html"), page.encode())
+    write_json(os.path.join(out, "summary.json"), summary)
+    return summary
