@@ -101,7 +101,7 @@ def parse_term(text: str, spec: str) -> Term:
 def parse_target(spec: str) -> Target:
     if not spec or not spec.strip():
         raise UsageError("empty target; write e.g. class:668")
-    terms = tuple(parse_term(part, spec) for part in spec.split("+"))
+    terms = tuple(parse_term(part, spec) for part in re.split(r"(?<![eE])\+", spec))  # not 1e+38
     seen = set()
     for t in terms:
         where = (t.kind, t.layer, t.index, t.y, t.x)

@@ -14,32 +14,10 @@ from dgn_engine.errors import UsageError
 from dgn_engine.export.verify import verify
 from dgn_engine.spec import default_spec
 from dgn_engine.targets import parse_target
+from tests.conftest import export
 from tests.small_models import write_calibrated_decoder
 
 SMALL = ["--classifier", "tests.small_models:tiny_rgb"]
-
-
-@pytest.fixture(scope="module")
-def decoder_file(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("dec") / "decoder.pt")
-    write_calibrated_decoder(path, 32, "RGB")
-    return path
-
-
-def export(out, mode, batch, decoder=None, *extra):
-    argv = ["export", *SMALL, "--mode", mode, "--batch", str(batch), "--out", str(out), *extra]
-    if mode == "pretrained":
-        argv += ["--decoder", decoder]
-    assert main(argv) == 0
-    return load_artifacts(str(out))
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, decoder_file):
-    """Batch-3 artifacts with a tapped layer, both modes."""
-    root = tmp_path_factory.mktemp("art")
-    return {mode: export(root / mode, mode, 3, decoder_file, "--taps", "features.3")
-            for mode in ("untrained", "pretrained")}
 
 
 @pytest.mark.parametrize("mode", ["untrained", "pretrained"])

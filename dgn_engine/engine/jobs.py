@@ -134,13 +134,8 @@ class Job:
                 for i in range(0, len(todo), k):
                     batch = todo[i:i + k]
                     step_bar.reset()
-                    try:
-                        outcomes = run_batch(self.backend, batch, self.spec,
-                                             on_step=lambda s: step_bar.update(1),
-                                             should_stop=lambda: stop.set)
-                    except Interrupted:
-                        self._write_run(done, time.perf_counter() - started, "interrupted")
-                        raise
+                    outcomes = run_batch(self.backend, batch, self.spec, on_step=lambda s: step_bar.update(1),
+                                         should_stop=lambda: stop.set)
                     self._write_results(outcomes)
                     done += len(batch)
                     computed += len(batch)
@@ -148,6 +143,9 @@ class Job:
                     self._write_run(done, time.perf_counter() - started, "running")
                     if stop.set:
                         raise Interrupted()
+        except Interrupted:
+            self._write_run(done, time.perf_counter() - started, "interrupted")
+            raise
         except OSError as e:
             raise UsageError(f"writing results to {self.out!r} failed ({e.strerror or e}); the {done} "
                              "finished targets are kept, fix the cause and run the same command again") from None

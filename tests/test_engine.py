@@ -1,0 +1,260 @@
+"""The engine: all-classes jobs on the step graph, results, gallery, resume, interruption, errors."""
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dgn_engine.cli.main import main
+
+LABELS = ["tee", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+
+
+def run_argv(art, out, *extra):
+    return ["run", "--artifacts", art.path, "--out", str(out), "--quiet", *extra]
+
+
+def load(out, tid):
+    with open(os.path.join(out, "targets", f"{tid}.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture
+def labels_file(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_text("\n".join(LABELS) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", ["untrained", "pretrained"])
+def test_all_classes_writes_every_file(tmp_path, artifacts, labels_file, mode):
+    out = tmp_path / "out"
+    assert main(run_argv(artifacts[mode], out, "--all-classes", "--steps", "12", "--labels", labels_file)) == 0
+    for c in range(10):
+        rec = load(out, f"class-{c}")
+        assert rec["target"] == f"class:{c}" and rec["name"] == LABELS[c]
+        assert rec["steps"] == 12 and rec["seed"] == 0 and rec["mode"] == mode and rec["backend"] == "step-graph"
+        assert len(rec["top5"]) == 5 and {"class", "name", "score"} <= set(rec["top5"][0])
+        assert rec["top5"][0]["name"] == LABELS[rec["top5"][0]["class"]]
+        assert np.isfinite(rec["final_activation"]) and rec["seconds"] > 0
+        assert rec["loss_curve"][0][0] == 1 and rec["loss_curve"][-1][0] == 12
+        assert (out / "targets" / f"class-{c}.png").stat().st_size > 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["progress"] == {"done": 10, "total": 10, "state": "finished"}
+    assert run["backend"]["manifest_sha256"] == artifacts[mode].manifest_sha256
+    for f in ("index.html", "summary.json", "sheet-001.png"):
+        assert (out / f).is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["targets"] == 10 and summary["class_targets"] == 10
+    assert not [f for f in os.listdir(out / "targets") if f.startswith(".tmp-")]
+
+
+def test_png_is_what_the_classifier_saw(tmp_path, artifacts):
+    """The top-5 in the JSON is D on the written PNG read back through D's preprocessing."""
+    from dgn_engine.engine.backends.step_graph import StepGraphBackend
+    from dgn_engine.engine.outputs import read_png
+    art = artifacts["pretrained"]
+    out = tmp_path / "o"
+    assert main(run_argv(art, out, "--target", "class:2", "--steps", "10")) == 0
+    rec = load(out, "class-2")
+    pp = art.preprocessing
+    pixels = read_png(str(out / "targets/class-2.png"), pp.channels)
+    scores = StepGraphBackend(art, "cpu").classify(pp.to_model(pixels)[None])["output"][0]
+    assert [t["class"] for t in rec["top5"]] == list(np.argsort(-scores, kind="stable")[:5])
+    np.testing.assert_allclose([t["score"] for t in rec["top5"]], np.sort(scores)[::-1][:5], rtol=1e-6)
+    assert rec["final_activation"] == pytest.approx(scores[2], rel=1e-6)
+
+
+def test_display_original_reports_both_views(tmp_path, artifacts):
+    out = tmp_path / "o"
+    assert main(run_argv(artifacts["untrained"], out, "--target", "class:1", "--steps", "6",
+                         "--display", "original")) == 0
+    rec = load(out, "class-1")
+    assert rec["display"] == "original"
+    assert len(rec["top5"]) == 5 and len(rec["model_view"]["top5"]) == 5
+
+
+def test_gallery_in_headless_chromium(tmp_path, artifacts):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    out = tmp_path / "g"
+    assert main(run_argv(artifacts["pretrained"], out, "--all-classes", "--steps", "6")) == 0
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+             "--virtual-time-budget=3000", "--dump-dom"]
+    page = subprocess.run([chromium, *flags, (out / "index.html").as_uri()], capture_output=True, text=True,
+                          timeout=120)
+    assert page.returncode == 0, page.stderr[-2000:]
+    assert page.stdout.count('class="card"') == 10
+    assert page.stdout.count("<img") >= 10
+    console = [line for line in page.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
+
+
+def engine_cmd(art, out, *extra):
+    return [sys.executable, "-m", "dgn_engine.cli.main", *run_argv(art, out, *extra)]
+
+
+def snapshot(out):
+    folder = out / "targets"
+    return {f: ((folder / f).stat().st_mtime_ns, (folder / f).read_bytes()) for f in sorted(os.listdir(folder))}
+
+
+def comparable(rec):
+    return {k: v for k, v in rec.items() if k != "seconds"}
+
+
+@pytest.mark.parametrize("mode", ["untrained", "pretrained"])
+def test_sigkill_and_restart_gives_the_uninterrupted_results(tmp_path, artifacts, mode):
+    art = artifacts[mode]
+    args = ("--all-classes", "--steps", "150")
+    assert subprocess.run(engine_cmd(art, tmp_path / "whole", *args), capture_output=True).returncode == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(engine_cmd(art, out, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = [f for f in os.listdir(out / "targets")] if (out / "targets").is_dir() else []
+        if sum(f.endswith(".json") for f in done) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {f: v for f, v in snapshot(out).items() if not f.startswith(".tmp-")}
+    finished = [f for f in before if f.endswith(".json")]
+    assert 2 <= len(finished) < 10, finished
+    result = subprocess.run(engine_cmd(art, out, *args), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming: {len(finished)} of 10" in result.stdout
+    after = snapshot(out)
+    for f, (mtime, data) in before.items():  # nothing already written was computed or written again
+        if f.replace(".png", ".json") in before:
+            assert after[f] == (mtime, data), f
+    assert not [f for f in after if f.startswith(".tmp-")]
+    for c in range(10):
+        assert comparable(load(out, f"class-{c}")) == comparable(load(tmp_path / "whole", f"class-{c}"))
+        assert (out / f"targets/class-{c}.png").read_bytes() == (tmp_path / f"whole/targets/class-{c}.png").read_bytes()
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path, artifacts):
+    art = artifacts["pretrained"]
+    out = tmp_path / "o"
+    proc = subprocess.Popen(engine_cmd(art, out, "--all-classes", "--steps", "300"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "targets").is_dir() and any(
+            f.endswith(".json") for f in os.listdir(out / "targets"))):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    assert json.loads((out / "run.json").read_text())["progress"]["state"] == "interrupted"
+    assert main(run_argv(art, out, "--all-classes", "--steps", "300")) == 0
+    assert len([f for f in os.listdir(out / "targets") if f.endswith(".json")]) == 10
+
+
+def test_second_run_does_nothing(tmp_path, artifacts, capsys):
+    out = tmp_path / "o"
+    argv = run_argv(artifacts["pretrained"], out, "--all-classes", "--steps", "4")
+    assert main(argv) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "nothing to do: all 10 targets" in capsys.readouterr().out
+    assert snapshot(out) == before
+
+
+def test_divergence_stops_its_batch_and_the_job_goes_on(tmp_path, artifacts):
+    out = tmp_path / "o"
+    targets = ["1e38*class:0", "class:1", "class:2", "class:3"]  # batch of 3, then 1
+    argv = run_argv(artifacts["pretrained"], out, "--steps", "20")
+    for t in targets:
+        argv += ["--target", t]
+    assert main(argv) == 0
+    bad = load(out, "1e_38xclass-0")
+    assert bad["diverged"] and "loss became" in bad["diverged"]
+    assert load(out, "class-1")["diverged"] == bad["diverged"]  # the whole batch stopped
+    assert load(out, "class-3")["diverged"] is None and np.isfinite(load(out, "class-3")["final_activation"])
+    assert json.loads((out / "summary.json").read_text())["diverged"] == 3
+
+
+def test_engine_never_imports_torch(tmp_path, artifacts):
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from dgn_engine.cli.main import main\n"
+            f"rc = main({run_argv(artifacts['untrained'], tmp_path / 'o', '--all-classes', '--steps', '3')!r})\n"
+            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None], 'torch imported'\n"
+            "sys.exit(rc)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(os.listdir(tmp_path / "o" / "targets")) == 20
+
+
+def error_line(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_bad_input(tmp_path, artifacts, capsys):
+    art = artifacts["pretrained"]
+    err = error_line(capsys, ["run", "--artifacts", str(tmp_path / "none"), "--all-classes", "--out", str(tmp_path / "o")])
+    assert "does not exist" in err
+    old = tmp_path / "old"
+    shutil.copytree(art.path, old)
+    m = json.loads((old / "manifest.json").read_text())
+    m["format_version"] = 0
+    (old / "manifest.json").write_text(json.dumps(m))
+    assert "format version 0" in error_line(capsys, ["run", "--artifacts", str(old), "--all-classes", "--out", str(tmp_path / "o")])
+    err = error_line(capsys, run_argv(art, tmp_path / "o", "--target", "channel:features.0:1"))
+    assert "do not tap (taps: features.3); export again with --taps features.0" in err
+    assert "outside the classifier" in error_line(capsys, run_argv(art, tmp_path / "o", "--target", "class:10"))
+    try:
+        import onnxruntime
+        has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        err = error_line(capsys, run_argv(art, tmp_path / "o", "--target", "class:1", "--device", "cuda"))
+        assert "onnxruntime-gpu" in err
+    assert "batches of 3" in error_line(capsys, run_argv(art, tmp_path / "o", "--target", "class:1", "--batch", "2"))
+    assert "for --mode pretrained, not untrained" in error_line(
+        capsys, run_argv(art, tmp_path / "o", "--target", "class:1", "--mode", "untrained"))
+
+
+def test_other_spec_in_out_folder_is_refused_and_kept(tmp_path, artifacts, capsys):
+    art = artifacts["pretrained"]
+    out = tmp_path / "o"
+    assert main(run_argv(art, out, "--target", "class:1", "--steps", "4")) == 0
+    before = snapshot(out)
+    err = error_line(capsys, run_argv(art, out, "--target", "class:1", "--steps", "5"))
+    assert "holds a run with other settings" in err
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES])
+def test_write_error_stops_the_job_and_keeps_what_was_finished(tmp_path, artifacts, capsys, monkeypatch, code):
+    import dgn_engine.engine.jobs as jobs
+    real, calls = jobs.atomic_write, []
+
+    def failing(path, data):
+        calls.append(path)
+        if len(calls) > 3:  # the first batch's three PNGs, then the disk "fills"
+            raise OSError(code, os.strerror(code), path)
+        real(path, data)
+    out = tmp_path / "o"
+    assert main(run_argv(artifacts["pretrained"], out, "--target", "class:7", "--steps", "3")) == 0
+    before = snapshot(out)
+    monkeypatch.setattr(jobs, "atomic_write", failing)
+    err = error_line(capsys, run_argv(artifacts["pretrained"], out, "--all-classes", "--steps", "3"))
+    assert os.strerror(code) in err and "finished targets are kept" in err
+    for f, v in before.items():
+        assert snapshot(out)[f] == v
