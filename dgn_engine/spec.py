@@ -15,7 +15,7 @@ MODES = ("untrained", "pretrained")
 OPTIMIZERS = ("adamax", "nesterov")
 NOISE_KINDS = ("additive", "multiplicative")
 REGULARIZERS = ("l1-final-gamma", "l2-alpha", "l2sq-alpha", "none")
-HYPER = ("lr", "beta1", "beta2", "eps", "momentum", "sigma", "reg_weight")  # numeric settings, a graph input
+HYPER = ("lr", "beta1", "beta2", "eps", "momentum", "sigma", "reg_weight", "target_leak")  # numeric settings, a graph input
 GAUSSIAN_DROPOUT_SIGMA = math.sqrt(0.05 / 0.95)  # Keras GaussianDropout(0.05), used by the original code
 
 
@@ -61,6 +61,9 @@ class RunSpec:
     mode: str
     targets: tuple[str, ...] = ()
     lam: float = 0.01
+    # Slope of a class target's term below zero: 1 lets a target whose logit starts negative rise
+    # (the paper asks that a(c_i) > 0 be ensured); 0 is the paper's literal ReLU on the target too.
+    target_leak: float = 1.0
     optimizer: Optimizer = None
     noise: Noise = None
     regularizer: Regularizer = None
@@ -73,6 +76,7 @@ class RunSpec:
         targets = tuple(parse_target(t).text for t in self.targets)
         _require(len(set(targets)) == len(targets), "a target is listed twice")
         _require(math.isfinite(self.lam) and self.lam >= 0, f"lambda must be >= 0, got {self.lam}")
+        _require(0 <= self.target_leak <= 1, f"target leak must lie in [0, 1], got {self.target_leak}")
         o = self.optimizer
         _require(o.name in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {o.name!r}")
         _require(o.lr > 0, f"learning rate must be > 0, got {o.lr}")
@@ -97,7 +101,8 @@ class RunSpec:
 
     def hyper(self) -> list[float]:
         o = self.optimizer
-        return [o.lr, o.beta1, o.beta2, o.eps, o.momentum, self.noise.sigma, self.regularizer.weight]
+        return [o.lr, o.beta1, o.beta2, o.eps, o.momentum, self.noise.sigma, self.regularizer.weight,
+                self.target_leak]
 
     def to_json(self) -> dict:
         d = asdict(self)

@@ -84,7 +84,8 @@ def test_unwritable_output_folder(capsys, tmp_path):
      "steps must be >= 1"),
     (["run", "--backend", "torch", "--classifier", "no_such_module:f", "--mode", "untrained", "--target", "class:1", "--out", "{tmp}/o"],
      "cannot load classifier factory"),
-    (["run", "--backend", "torch", "--mode", "untrained", "--target", "class:1", "--out", "{tmp}/o"], "needs --weights"),
+    (["run", "--backend", "torch", "--classifier", "vgg16", "--mode", "untrained", "--target", "class:1", "--out",
+      "{tmp}/o"], "needs --weights"),
     (["train-decoder", "--images", "{tmp}/none", "--out", "{tmp}/d.pt", *SMALL], "is not a folder"),
 ])
 def test_bad_input_one_line(capsys, tmp_path, argv, fragment):

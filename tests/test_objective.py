@@ -20,6 +20,18 @@ def test_loss_formula_on_hand_made_activations():
     np.testing.assert_allclose(act.numpy(), [5, 6], rtol=1e-6)
 
 
+def test_other_classes_read_through_relu_and_the_target_leaks_below_zero():
+    logits = torch.tensor([[-2.0, 3.0, -1.0]], dtype=torch.float64)
+    w, pen = objective_weights([parse_target("class:0")], {OUTPUT: (3,)}, 0.1)
+    weights = {OUTPUT: torch.tensor(w[OUTPUT], dtype=torch.float64)}
+    pen = torch.tensor(pen, dtype=torch.float64)
+    act, penalty = objective({OUTPUT: logits}, weights, pen, leak=1.0)
+    assert act.item() == -2.0  # the target's logit itself: it has a gradient
+    assert penalty.item() == pytest.approx(0.1 * 3.0)  # class 2 (-1) reads 0 through the ReLU
+    strict, _ = objective({OUTPUT: logits}, weights, pen, leak=0.0)
+    assert strict.item() == 0.0  # the paper's literal ReLU: a dead target
+
+
 def test_channel_and_neuron_terms():
     fmap = torch.arange(2 * 3 * 2 * 2, dtype=torch.float64).reshape(2, 3, 2, 2)
     layout = {OUTPUT: (4,), "conv": (3, 2, 2)}

@@ -38,6 +38,7 @@ def test_json_round_trip():
     ({"snapshots": {"count": 3, "keep": 5}}, "keep <= count"),
     ({"targets": ["class:1", "class:1"]}, "listed twice"),
     ({"colour": "red"}, "unknown spec field"),
+    ({"target_leak": 2}, "target leak must lie in"),
 ])
 def test_validation(change, fragment):
     d = default_spec("pretrained").to_json()
@@ -48,5 +49,5 @@ def test_validation(change, fragment):
 
 def test_hyper_vector():
     spec = default_spec("pretrained")
-    assert spec.hyper() == [0.01, 0.9, 0.999, 1e-8, 0.1, 0.05, 0.1]
+    assert spec.hyper() == [0.01, 0.9, 0.999, 1e-8, 0.1, 0.05, 0.1, 1.0]
     assert not any(math.isnan(v) for v in default_spec("untrained").hyper())

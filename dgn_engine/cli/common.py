@@ -24,11 +24,12 @@ def floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def add_classifier_options(p: argparse.ArgumentParser) -> None:
+def add_classifier_options(p: argparse.ArgumentParser, default: str | None = "vgg16") -> None:
     g = p.add_argument_group("classifier D")
-    g.add_argument("--classifier", default="vgg16", metavar="NAME",
-                   help="vgg16 (the real VGG-16), a TorchScript file, or module:factory (a Python function "
-                        "returning a torch module) (default: %(default)s)")
+    g.add_argument("--classifier", default=default, metavar="NAME",
+                   help="vgg16 (the real VGG-16), demo (the embedded Fashion-MNIST demo), a TorchScript file, "
+                        "or module:factory (a Python function returning a torch module) (default: "
+                        + (default or "the embedded demo") + ")")
     g.add_argument("--weights", metavar="FILE",
                    help="weights for D: a torch state dict (.pth/.pt, torchvision names for vgg16), a Keras-1 "
                         "vgg16_weights.h5 (layer_k/param_p, BGR, Caffe mean), or 'random' (seeded by --seed)")
@@ -38,12 +39,6 @@ def add_classifier_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mean", type=floats, metavar="M[,M,M]",
                    help="per-channel mean on the 0..1 pixel scale: input = (pixel/255 - mean) / std")
     g.add_argument("--std", type=floats, metavar="S[,S,S]", help="per-channel std on the 0..1 pixel scale")
-
-
-def classifier_from_args(args, seed: int = 0):
-    from ..export.classifiers import load_classifier
-    return load_classifier(args.classifier, args.weights, image_size=args.image_size, channels=args.channels,
-                           mean=args.mean, std=args.std, seed=seed)
 
 
 def ensure_writable_dir(path: str, what: str = "output folder") -> None:
@@ -83,6 +78,10 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seeds G's start and the noise (default: %(default)s)")
     g.add_argument("--lambda", dest="lam", type=float, default=0.01,
                    help="penalty on the classes a target does not name (default: %(default)s)")
+    g.add_argument("--target-leak", type=float, default=1.0,
+                   help="slope of a class target's term below zero: 1 lets a target whose logit starts "
+                        "negative rise; 0 is the paper's literal ReLU on the target as well, which leaves "
+                        "such a target stuck at 0 (default: %(default)s)")
     g.add_argument("--lr", type=float, help="learning rate (default: 0.01 Nesterov, 0.002 AdaMax)")
     g.add_argument("--momentum", type=float, help="Nesterov momentum (default: 0.1)")
     g.add_argument("--optimizer", choices=("adamax", "nesterov"),
@@ -125,11 +124,12 @@ def spec_from_args(args, targets, base=None):
     if args.reg_weight is not None:
         reg = replace(reg, weight=args.reg_weight)
     return replace(spec, targets=tuple(targets), optimizer=opt, noise=noise, regularizer=reg, lam=args.lam,
+                   target_leak=args.target_leak,
                    steps=args.steps if args.steps is not None else spec.steps, seed=args.seed,
                    snapshots=Snapshots(args.snapshots, args.keep)).validated()
 
 
 def sources_from_args(args):
     from ..export.coupled import Sources
-    return Sources(args.mode or "pretrained", args.classifier, args.weights, args.image_size, args.channels, args.mean, args.std,
+    return Sources(args.mode or "pretrained", args.classifier or "vgg16", args.weights, args.image_size, args.channels, args.mean, args.std,
                    args.decoder, args.g_width, args.seed)

@@ -7,7 +7,7 @@ import sys
 from .. import __version__
 from ..engine.loop import Interrupted
 from ..errors import UsageError
-from . import export, gallery, run, train_decoder, verify
+from . import bench, export, gallery, run, train_decoder, verify
 
 DESCRIPTION = """\
 Shows what an image classifier has learned by synthesising its preferred inputs: images made by a
@@ -19,7 +19,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dgn-engine", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"dgn-engine {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (run, export, verify, gallery, train_decoder):
+    for command in (run, export, verify, bench, gallery, train_decoder):
         command.add_parser(sub)
     return p
 

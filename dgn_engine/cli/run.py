@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+from .. import demo
 from ..errors import UsageError
 from .common import (add_classifier_options, add_method_options, ensure_writable_dir, need_torch, read_lines,
                      set_threads, sources_from_args, spec_from_args)
@@ -35,7 +38,7 @@ def add_parser(sub) -> None:
                    help="step-graph: the exported step graph in onnxruntime (needs --artifacts); torch: the "
                         "eager torch reference, built from the classifier options or from the files the "
                         "artifacts' manifest names (default: %(default)s)")
-    add_classifier_options(p)
+    add_classifier_options(p, default=None)
     add_method_options(p)
     e = p.add_argument_group("execution")
     e.add_argument("--batch", type=int,
@@ -74,10 +77,16 @@ def main(args) -> int:
         art = load_artifacts(args.artifacts)
         if args.mode and args.mode != art.mode:
             raise UsageError(f"the artifacts in {args.artifacts!r} are for --mode {art.mode}, not {args.mode}")
+    elif args.classifier is None and args.weights is None:  # the embedded demo
+        if args.backend == "step-graph":
+            art = demo_artifacts(args.mode or "pretrained")
+        else:
+            args.classifier = demo.NAME
     elif args.backend != "torch":
-        raise UsageError("give --artifacts DIR (made by dgn-engine export), or --backend torch with the "
-                         "classifier options")
-    spec = spec_from_args(args, targets, base=art.spec if art else None)  # fail fast on bad settings
+        raise UsageError("the step-graph backend runs exported artifacts: dgn-engine export ... --out DIR, then "
+                         "run --artifacts DIR (or use --backend torch)")
+    base = art.spec if art else (demo.spec(args.mode or "pretrained") if args.classifier == demo.NAME else None)
+    spec = spec_from_args(args, targets, base=base)  # fail fast on bad settings
     if art:
         art.check_spec(spec)
     ensure_writable_dir(args.out)
@@ -90,12 +99,33 @@ def main(args) -> int:
     if labels is not None and len(labels) != layout["output"][0]:
         raise UsageError(f"labels file {args.labels!r} has {len(labels)} names, the classifier has "
                          f"{layout['output'][0]} classes")
-    spec = spec_from_args(args, list(dict.fromkeys(targets)), base=art.spec if art else None)
+    spec = spec_from_args(args, list(dict.fromkeys(targets)), base=base)
     batch = args.batch or (art.batch if art and args.backend == "step-graph" else 1)
     job = Job(backend, spec, args.out, JobOptions(batch=batch, display=args.display, force=args.force,
                                                   labels=labels, progress=not args.quiet))
     job.run()
     return 0
+
+
+def demo_artifacts(mode: str):
+    """The demo's artifacts: exported once into the cache where torch is installed (a fresh export of
+    the shipped weights), else the prebuilt ones shipped in the package."""
+    from ..artifacts import MANIFEST, FORMAT_VERSION, load_artifacts
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return load_artifacts(demo.shipped_artifacts(mode))
+    from .. import __version__
+    from ..export.step_graph import export_demo
+    out = os.path.join(demo.cache_dir(), f"demo-{mode}-{demo.fingerprint()}-v{FORMAT_VERSION}-{__version__}")
+    if not os.path.isfile(os.path.join(out, MANIFEST)):
+        try:
+            os.makedirs(demo.cache_dir(), exist_ok=True)
+            print(f"exporting the embedded demo ({mode} mode) into {out} (once)")
+            return export_demo(mode, out)
+        except OSError:  # an unwritable cache: the shipped artifacts are the same export
+            return load_artifacts(demo.shipped_artifacts(mode))
+    return load_artifacts(out)
 
 
 def check_targets(targets: list[str], layout, layers: list[str], art) -> None:

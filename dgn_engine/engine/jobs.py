@@ -10,8 +10,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
+from .. import progress
 from ..errors import UsageError
 from ..preprocessing import display_original
 from ..spec import RunSpec
@@ -124,10 +124,9 @@ class Job:
         started = time.perf_counter()
         computed = 0
         show = self.options.progress
-        bar = tqdm(total=len(self.targets), initial=done, unit="target", desc="targets", disable=not show,
-                   dynamic_ncols=True)
-        step_bar = tqdm(total=self.spec.steps, unit="step", desc="steps", leave=False,
-                        disable=not (show and sys.stderr.isatty()), dynamic_ncols=True)
+        bar = progress.bar(len(self.targets), initial=done, unit="target", desc="targets", disable=not show)
+        step_bar = progress.bar(self.spec.steps, unit="step", desc="steps", leave=False,
+                                disable=not (show and sys.stderr.isatty()))
         self._write_run(done, 0.0, "running")
         try:
             with _StopFlag() as stop:

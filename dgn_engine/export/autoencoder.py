@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from .. import progress
 from ..engine.outputs import atomic_write
 from ..errors import UsageError
 from ..plan import BN_EPS, GeneratorPlan, generator_plan
@@ -102,7 +102,7 @@ def load_images(folder: str, pp: Preprocessing) -> np.ndarray:
     if not files:
         raise UsageError(f"--images {folder!r} holds no PNG/JPEG/BMP/GIF/WebP images")
     out = np.empty((len(files), pp.image_size, pp.image_size, pp.channels), np.uint8)
-    for i, path in enumerate(tqdm(files, desc="loading images", unit="img", leave=False)):
+    for i, path in enumerate(progress.bar(iterable=files, desc="loading images", unit="img", leave=False)):
         try:
             with Image.open(path) as img:
                 img = img.convert("L" if pp.channels == 1 else "RGB")
@@ -163,7 +163,8 @@ def train_decoder(images: np.ndarray, pp: Preprocessing, out: str, *, epochs: in
         model.train()
         perm = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
         running, seen = 0.0, 0
-        bar = tqdm(range(0, len(perm), batch), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
+        bar = progress.bar(iterable=range(0, len(perm), batch), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+                           leave=False)
         for i in bar:
             idx = np.sort(perm[i:i + batch])
             if len(idx) < 2:  # BatchNorm needs two samples

@@ -1,5 +1,6 @@
 """D: the classifier a user names, with its preprocessing and the layers that can be tapped.
 
+--classifier demo               the embedded Fashion-MNIST demo (dgn_engine/demo_data)
 --classifier vgg16              the real VGG-16; --weights FILE.pth (torchvision layout),
                                 FILE.h5 (Keras-1 layout) or 'random' (seeded, for timing and tests)
 --classifier PATH               a TorchScript file (its class outputs only: no layer taps)
@@ -16,10 +17,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from .. import demo
 from ..errors import UsageError
 from ..preprocessing import IMAGENET_CAFFE, IMAGENET_TORCHVISION, Preprocessing
 from ..targets import OUTPUT
-from .vgg import vgg16
+from .vgg import vgg16, vgg_style
 from .weights import apply_state_dict, keras1_state_dict, sha256_file, state_dict_from_file
 
 
@@ -109,6 +111,11 @@ def _preprocessing(default: Preprocessing | None, image_size, channels, mean, st
 def load_classifier(name: str, weights: str | None = None, *, image_size: int | None = None,
                     channels: str | None = None, mean=None, std=None, seed: int = 0) -> Classifier:
     sources: dict[str, str] = {}
+    if name == demo.NAME:
+        module = vgg_style(1, demo.PREPROCESSING.image_size, demo.CLASSES, demo.CONVS, demo.HIDDEN)
+        path = weights or demo.classifier_weights()
+        apply_state_dict(module, state_dict_from_file(path), path)
+        return Classifier(module, demo.PREPROCESSING, name, {path: sha256_file(path)}, labels=demo.labels())
     if name == "vgg16":
         module = vgg16()
         if weights is None:

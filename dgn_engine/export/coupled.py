@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import demo
 from ..errors import UsageError
 from ..kernels.objective import objective, regularizer
 from ..kernels.optim import adamax, adamax_step_size, nesterov
@@ -27,7 +28,7 @@ from .weights import sha256_file
 class CoupledStep:
     """mode, G's plan, D with its taps, and the structural choices of the spec (noise kind,
     regulariser kind, optimiser); the numeric settings arrive per call as the `hyper` tensor
-    [lr, beta1, beta2, eps, momentum, sigma, reg_weight]."""
+    [lr, beta1, beta2, eps, momentum, sigma, reg_weight, target_leak]."""
 
     def __init__(self, classifier: Classifier, plan: GeneratorPlan, spec: RunSpec, taps: list[str] = (),
                  decoder: dict[str, torch.Tensor] | None = None):
@@ -60,21 +61,26 @@ class CoupledStep:
             return generator_forward(self.plan, f, *stacked_generator(self.plan, params), groups=f.shape[0])
         return generator_forward(self.plan, f, *frozen_generator(self.decoder))
 
+    def logits(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """D's class logits and the taps."""
+        out, acts = self.tapped(image)
+        return {OUTPUT: out, **acts}
+
     def classify(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """D's class outputs after the final ReLU (the paper's replacement of softmax) and the taps."""
-        out, acts = self.tapped(image)
-        return {OUTPUT: F.relu(out), **acts}
+        acts = self.logits(image)
+        return {**acts, OUTPUT: F.relu(acts[OUTPUT])}
 
     def step(self, state: dict[str, torch.Tensor], noise: torch.Tensor, weights: dict[str, torch.Tensor],
              penalty: torch.Tensor, hyper: torch.Tensor):
         """One step for K targets -> (new state, loss [K], target activation [K], image [K,C,H,W]).
 
         The image and activation are those of the forward pass before the update."""
-        lr, b1, b2, eps, mu, sigma, reg_weight = (hyper[i] for i in range(7))
+        lr, b1, b2, eps, mu, sigma, reg_weight, leak = (hyper[i] for i in range(8))
         with torch.enable_grad():
             params = {n: state[n].detach().requires_grad_(True) for n in self.trainables}
             image = self.generate(params, noise, sigma)
-            activation, pen = objective(self.classify(image), weights, penalty)
+            activation, pen = objective(self.logits(image), weights, penalty, leak)
             final_gamma = params.get(f"{self.plan.last_bn()}.weight")
             loss = -activation + pen + regularizer(self.reg_kind, reg_weight, params["alpha"], final_gamma)
             grads = torch.autograd.grad(loss.sum(), [params[n] for n in self.trainables])
@@ -131,13 +137,15 @@ def build_coupled(sources: Sources, spec: RunSpec, taps: list[str]) -> CoupledSt
                                  channels=sources.channels, mean=sources.mean, std=sources.std,
                                  seed=sources.seed)
     pp = classifier.preprocessing
+    is_demo = sources.classifier == demo.NAME
     if sources.mode == "pretrained":
-        if not sources.decoder:
+        decoder = sources.decoder or (demo.decoder_weights() if is_demo else None)
+        if not decoder:
             raise UsageError("--mode pretrained needs --decoder FILE (make one with dgn-engine train-decoder), "
                              "or use --mode untrained")
-        plan, tensors, _ = load_decoder(sources.decoder, pp)
-        classifier.sources[sources.decoder] = sha256_file(sources.decoder)
+        plan, tensors, _ = load_decoder(decoder, pp)
+        classifier.sources[decoder] = sha256_file(decoder)
     else:
-        width = sources.g_width if sources.g_width else min(1.0, pp.image_size / 224)
+        width = sources.g_width or (demo.G_WIDTH if is_demo else min(1.0, pp.image_size / 224))
         plan, tensors = generator_plan("untrained", pp.image_size, pp.channels, width), None
     return CoupledStep(classifier, plan, spec, taps, tensors)

@@ -19,8 +19,9 @@ import numpy as np
 import onnx
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils.flop_counter import FlopCounterMode
 
-from .. import __version__
+from .. import __version__, demo
 from ..artifacts import FORMAT_VERSION, MANIFEST, load_artifacts
 from ..engine.outputs import write_json
 from ..errors import UsageError
@@ -28,7 +29,7 @@ from ..kernels.decompositions import decomposition_table
 from ..spec import RunSpec
 from ..state import initial_state, state_shapes, trainable_shapes
 from ..targets import OUTPUT, Target, Term, objective_weights
-from .coupled import CoupledStep, Sources
+from .coupled import CoupledStep, Sources, build_coupled
 
 OPSET = 20
 WEIGHTS_FILE = "weights.bin"
@@ -88,12 +89,14 @@ def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int) -> tuple[dict[str,
     with torch.no_grad():
         image = render(*render_args)
     classify_out = [OUTPUT, *(n for n in layout if n != OUTPUT)]
+    with FlopCounterMode(display=False) as counter:  # convolutions and matrix products of one step
+        step(*step_args)
     models = {
         "step": _trace(step, step_args, step_in, step_out),
         "render": _trace(render, render_args, [*trainables, "noise", "hyper"], ["image"]),
         "classifier": _trace(classify, [image], ["image"], classify_out),
     }
-    io = {}
+    io = {"step_flops": counter.get_total_flops()}
     for name, model in models.items():
         io[name] = {"file": f"{name}.onnx",
                     "inputs": [_describe(v) for v in model.graph.input],
@@ -177,7 +180,8 @@ def export_artifacts(coupled: CoupledStep, spec: RunSpec, sources: Sources, k: i
             else coupled.plan.features,
             "state": [{"name": n, "shape": list(s)}
                       for n, s in state_shapes(coupled.mode, coupled.plan, coupled.optimizer).items()],
-            "graphs": io, "sources": sources.absolute().to_json(), "sha256": clf.sources,
+            "step_flops": io.pop("step_flops"), "graphs": io, "sources": sources.absolute().to_json(),
+            "sha256": clf.sources,
             "versions": _versions(), "opset": OPSET, "export_seconds": round(time.perf_counter() - started, 2),
         }
         write_json(os.path.join(tmp, MANIFEST + ".part"), manifest)
@@ -196,3 +200,10 @@ def export_artifacts(coupled: CoupledStep, spec: RunSpec, sources: Sources, k: i
     return load_artifacts(out)
 
 
+
+
+def export_demo(mode: str, out: str, log=print):
+    """The embedded demo's artifacts: what the package ships and what `run` caches."""
+    spec, sources = demo.spec(mode), Sources(mode, demo.NAME)
+    coupled = build_coupled(sources, spec, list(demo.TAPS))
+    return export_artifacts(coupled, spec, sources, demo.BATCH, out, force=True, log=log)

@@ -1,0 +1,215 @@
+"""Benchmarks: time per step of each backend on the same work, measured in one run.
+
+Each row runs in its own process so that its peak memory is its own. Rows: for each size x mode
+x batch K, the step graph in onnxruntime and torch eager (the reference), and torch.compile where
+it runs; ratios are against torch eager at the same size, mode and K in the same run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from .errors import UsageError
+
+SIZES = ("demo", "full")
+BACKENDS = ("step-graph", "torch", "torch-compile")
+
+
+def _targets(k: int, n_classes: int):
+    from .targets import Target, Term
+    return [Target((Term("class", i % n_classes),)) for i in range(k)]
+
+
+def time_backend(backend, spec, k: int, steps: int, warmup: int) -> dict:
+    """Median seconds per step of `backend` over `steps` steps after `warmup` (loss read each step)."""
+    rng = np.random.default_rng(0)
+    targets = _targets(k, backend.layout["output"][0])
+    backend.start(targets, spec)
+    times = []
+    for i in range(warmup + steps):
+        noise = rng.standard_normal((k, backend.features))
+        t0 = time.perf_counter()
+        out = backend.step(noise, read=True, image=False)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    if not np.all(np.isfinite(out.loss)):
+        raise RuntimeError("the benchmark's loss is not finite")
+    return {"seconds_per_step": float(np.median(times)), "min_seconds_per_step": float(np.min(times)),
+            "steps_timed": len(times)}
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def gpu_memory_mib() -> float | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20)
+        return float(out.stdout.split()[0]) if out.returncode == 0 else None
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return None
+
+
+def artifacts_for(size: str, mode: str, k: int, cache: str):
+    """Export (once, into `cache`) the artifacts of a size, mode and batch."""
+    from .artifacts import MANIFEST, load_artifacts
+    out = os.path.join(cache, f"{size}-{mode}-k{k}")
+    if os.path.isfile(os.path.join(out, MANIFEST)):
+        return load_artifacts(out)
+    from .export.coupled import build_coupled
+    from .export.step_graph import export_artifacts
+    from .spec import default_spec
+    sources = bench_sources(size, mode, cache)
+    spec = default_spec(mode)
+    return export_artifacts(build_coupled(sources, spec, []), spec, sources, k, out, force=True,
+                            log=lambda *_: None)
+
+
+def bench_sources(size: str, mode: str, cache: str):
+    from .export.coupled import Sources
+    if size == "demo":
+        return Sources(mode, "demo")
+    decoder = None
+    if mode == "pretrained":  # timing does not depend on the values: a random paper decoder
+        decoder = os.path.join(cache, "paper-decoder-random.pt")
+        if not os.path.isfile(decoder):
+            import torch
+            from .export.autoencoder import save_decoder
+            from .export.generator import Decoder
+            from .plan import generator_plan
+            from .preprocessing import IMAGENET_TORCHVISION
+            torch.manual_seed(0)
+            save_decoder(decoder, Decoder(generator_plan("decoder")).eval(), IMAGENET_TORCHVISION,
+                         {"note": "random, for timing"})
+    return Sources(mode, "vgg16", "random", decoder=decoder)
+
+
+def step_flops(art) -> float:
+    return float(art.manifest.get("step_flops") or 0.0)
+
+
+def run_row(row: dict) -> dict:
+    """One benchmark row, in this process: {size, mode, k, backend, device, steps, warmup, cache}."""
+    from .artifacts import load_artifacts
+    art = load_artifacts(row["artifacts"])
+    spec = art.spec
+    if row["backend"] == "step-graph":
+        from .engine.backends.step_graph import StepGraphBackend
+        backend = StepGraphBackend(art, row["device"], row.get("threads"))
+    else:
+        import torch
+        from .export.coupled import Sources, build_coupled
+        from .export.reference import TorchBackend
+        if row.get("threads"):
+            torch.set_num_threads(row["threads"])
+        backend = TorchBackend(build_coupled(Sources.from_json(art.manifest["sources"]), spec, []), "float32",
+                               row["device"])
+        if row["backend"] == "torch-compile":
+            backend.coupled.step = torch.compile(backend.coupled.step)
+    result = time_backend(backend, spec, art.batch, row["steps"], row["warmup"])
+    result["peak_rss_mib"] = peak_rss_mib()
+    if backend.describe()["device"].startswith("cuda"):
+        result["gpu_memory_mib"] = gpu_memory_mib()
+    return result
+
+
+def _row_in_subprocess(row: dict) -> dict:
+    code = "import json, sys; from dgn_engine.bench import run_row; print('ROW', json.dumps(run_row(json.loads(sys.argv[1]))))"
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(row)], capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("ROW "):
+            return json.loads(line[4:])
+    err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": err[:300]}
+
+
+def bench_group(art, size: str, backends, device: str, steps: int, warmup: int, threads, log) -> list[dict]:
+    """The rows of one artifacts folder (one size, mode and K), torch eager first as the base."""
+    flops, k = step_flops(art), art.batch
+    rows, base = [], None
+    for backend in sorted(backends, key=lambda b: b != "torch"):
+        row = {"size": size, "mode": art.mode, "k": k, "backend": backend, "device": device, "steps": steps,
+               "warmup": warmup, "artifacts": art.path, "threads": threads}
+        row.update(_row_in_subprocess(row))
+        if "seconds_per_step" in row:
+            s = row["seconds_per_step"]
+            row["targets_per_second"] = k / (s * art.spec.steps)
+            row["tflops"] = flops / s / 1e12 if flops else None
+            if backend == "torch":
+                base = s
+            elif base:
+                row["vs_torch"] = base / s
+        rows.append(row)
+        log(format_row(row))
+    return rows
+
+
+def bench(sizes, modes, batches, backends, device: str, steps: int, warmup: int, cache: str | None,
+          threads: int | None, log=print) -> dict:
+    cache = cache or os.path.join(tempfile.gettempdir(), "dgn-engine-bench")
+    os.makedirs(cache, exist_ok=True)
+    rows = []
+    for size in sizes:
+        for mode in modes:
+            for k in batches:
+                art = artifacts_for(size, mode, k, cache)
+                rows += bench_group(art, size, backends, device, steps, warmup, threads, log)
+    return result(rows, device, steps, warmup)
+
+
+def bench_artifacts(path: str, backends, device: str, steps: int, warmup: int, threads, log=print) -> dict:
+    from .artifacts import load_artifacts
+    art = load_artifacts(path)
+    return result(bench_group(art, os.path.basename(os.path.abspath(path)), backends, device, steps, warmup,
+                              threads, log), device, steps, warmup)
+
+
+def result(rows, device, steps, warmup) -> dict:
+    return {"rows": rows, "device": device, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "steps": steps, "warmup": warmup}
+
+
+def machine() -> dict:
+    import onnxruntime
+    info = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+            "cores": len(os.sched_getaffinity(0)), "onnxruntime": onnxruntime.__version__}
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+HEADER = f"{'size':5s} {'mode':10s} {'backend':13s} {'K':>3s} {'s/step':>8s} {'targets/s':>10s} " \
+         f"{'vs torch':>8s} {'TFLOP/s':>8s} {'peak RSS':>9s} {'GPU mem':>8s}"
+
+
+def format_row(r: dict) -> str:
+    if "error" in r:
+        return f"{r['size'][:5]:5s} {r['mode']:10s} {r['backend']:13s} {r['k']:3d}  failed: {r['error']}"
+    vs = f"{r['vs_torch']:.2f}x" if r.get("vs_torch") else "-"
+    tf = f"{r['tflops']:.3f}" if r.get("tflops") else "-"
+    gpu = f"{r['gpu_memory_mib']:.0f}M" if r.get("gpu_memory_mib") else "-"
+    return (f"{r['size'][:5]:5s} {r['mode']:10s} {r['backend']:13s} {r['k']:3d} {r['seconds_per_step']:8.4f} "
+            f"{r['targets_per_second']:10.4f} {vs:>8s} {tf:>8s} {r['peak_rss_mib']:8.0f}M {gpu:>8s}")
+
+
+def parse_list(text: str, allowed=None, kind=str) -> list:
+    values = [kind(v) for v in text.split(",") if v]
+    if allowed:
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise UsageError(f"unknown value {bad[0]!r}; choose from {', '.join(allowed)}")
+    return values

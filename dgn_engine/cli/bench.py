@@ -1,0 +1,58 @@
+"""dgn-engine bench: the engine against the torch reference, as ratios measured in one run."""
+from __future__ import annotations
+
+import argparse
+
+from ..errors import UsageError
+
+HELP = "time the step graph against torch eager (and torch.compile) on the same work"
+DESCRIPTION = """\
+For each size x mode x batch K, times one optimisation step of every backend on the same work in
+one run, each in its own process: seconds per step, targets per second (K / (s/step x the mode's
+steps per target: 1200 pretrained, 500 untrained)), the ratio against torch eager at the same K,
+the achieved TFLOP/s from the step's FLOP count, and the peak memory (RSS; GPU memory on CUDA).
+Sizes: demo (the embedded demo) and full (VGG-16 + the paper's G, random weights: timing does not
+depend on the values). Artifacts are exported once into --cache. With --artifacts DIR only that
+folder is timed (no torch needed for --backends step-graph)."""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help=HELP, description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(default: %(default)s)")
+    p.add_argument("--sizes", default="demo", help="comma-separated: demo, full (default: %(default)s)")
+    p.add_argument("--modes", default="pretrained,untrained", help="(default: %(default)s)")
+    p.add_argument("--batch", default="1", help="comma-separated batch sizes K (default: %(default)s)")
+    p.add_argument("--backends", default="step-graph,torch",
+                   help="comma-separated: step-graph, torch, torch-compile (default: %(default)s)")
+    p.add_argument("--artifacts", metavar="DIR", help="time this artifacts folder only")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per row (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="CPU threads for every backend (default: all cores)")
+    p.add_argument("--cache", metavar="DIR", help="where exported artifacts are kept (default: a temp folder)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from ..bench import BACKENDS, HEADER, SIZES, bench, bench_artifacts, parse_list
+    from ..engine.outputs import write_json
+
+    if args.steps < 1 or args.warmup < 0:
+        raise UsageError("--steps must be >= 1 and --warmup >= 0")
+    backends = parse_list(args.backends, BACKENDS)
+    print(HEADER)
+    if args.artifacts:
+        result = bench_artifacts(args.artifacts, backends, args.device, args.steps, args.warmup, args.threads)
+    else:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise UsageError("bench exports its artifacts with torch: pip install 'dgn-engine[export]', or time "
+                             "an artifacts folder with --artifacts DIR --backends step-graph") from None
+        result = bench(parse_list(args.sizes, SIZES), parse_list(args.modes, ("pretrained", "untrained")),
+                       parse_list(args.batch, kind=int), backends, args.device, args.steps, args.warmup,
+                       args.cache, args.threads)
+    if args.json:
+        write_json(args.json, result)
+    return 0
