@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from .errors import UsageError
 from .plan import GeneratorPlan
 from .preprocessing import Preprocessing
-from .spec import RunSpec
+from .spec import HYPER, RunSpec
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -97,6 +97,9 @@ def load_artifacts(path: str) -> Artifacts:
     if version != FORMAT_VERSION:
         raise UsageError(f"artifacts in {path!r} have format version {version}, this dgn-engine reads "
                          f"version {FORMAT_VERSION}; export them again with this version")
+    if manifest.get("hyper") != list(HYPER):
+        raise UsageError(f"artifacts in {path!r} take other run settings ({manifest.get('hyper')}) than this "
+                         "dgn-engine gives; export them again with this version")
     art = Artifacts(path, manifest)
     for name in GRAPHS:
         if not os.path.isfile(art.graph(name)):

@@ -24,6 +24,15 @@ def path(name: str) -> str:
     return os.path.join(DATA, name)
 
 
+def source_name(file_path: str) -> str:
+    """How a manifest names a demo file: by its place in the package, not on this disk."""
+    return "demo:" + os.path.basename(file_path)
+
+
+def resolve_source(name: str) -> str:
+    return path(name[len("demo:"):]) if name.startswith("demo:") else name
+
+
 def classifier_weights() -> str:
     return path("classifier.pt")
 

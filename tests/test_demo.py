@@ -38,10 +38,9 @@ def test_shipped_artifacts_equal_a_fresh_export(tmp_path, mode):
     for f in ("step.onnx", "render.onnx", "classifier.onnx", "weights.bin"):
         a, b = os.path.join(fresh.path, f), os.path.join(shipped.path, f)
         assert open(a, "rb").read() == open(b, "rb").read(), f"{f} is stale: run python tools/train_demo.py --artifacts-only"
-    volatile = ("export_seconds", "versions", "sha256", "sources")
+    volatile = ("export_seconds", "versions")
     assert {k: v for k, v in fresh.manifest.items() if k not in volatile} == \
         {k: v for k, v in shipped.manifest.items() if k not in volatile}
-    assert sorted(fresh.manifest["sha256"].values()) == sorted(shipped.manifest["sha256"].values())
     onnx.checker.check_model(shipped.graph("step"))
 
 

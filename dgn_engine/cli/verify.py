@@ -11,7 +11,11 @@ DESCRIPTION = """\
 Runs N steps of the same targets, initial state and noise on the artifacts' step graph in
 onnxruntime, on the torch reference in float32 and in float64 (rebuilt from the source files the
 manifest records, checked by sha256), and prints per path the worst relative error of the state
-and of the loss against float64, with the tolerance beside it. Exit code 1 when one is exceeded."""
+and of the loss against float64, with the tolerance beside it. Exit code 1 when one is exceeded.
+
+With --no-torch (where only the runtime is installed) it checks the step graph against the
+artifacts' own G and D graphs instead: the same image and loss, and a gradient that agrees with
+finite differences of that loss."""
 
 
 def add_parser(sub) -> None:
@@ -21,6 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=5, help="steps to compare (default: %(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(default: %(default)s)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--no-torch", action="store_true",
+                   help="engine only: the step graph against render.onnx and classifier.onnx (no torch needed)")
     p.set_defaults(func=main)
 
 
@@ -31,7 +37,12 @@ def main(args) -> int:
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     art = load_artifacts(args.artifacts)
-    need_torch("verify (the torch reference)")
+    if args.no_torch:
+        from ..engine.selfcheck import selfcheck
+        ok = selfcheck(art, args.device)
+        print("verify: all checks within tolerance" if ok else "verify: FAILED")
+        return 0 if ok else 1
+    need_torch("verify (the torch reference; or use --no-torch)")
     from ..export.verify import check_sources, verify
     from .common import set_threads
     set_threads(args.threads)

@@ -115,7 +115,8 @@ def load_classifier(name: str, weights: str | None = None, *, image_size: int | 
         module = vgg_style(1, demo.PREPROCESSING.image_size, demo.CLASSES, demo.CONVS, demo.HIDDEN)
         path = weights or demo.classifier_weights()
         apply_state_dict(module, state_dict_from_file(path), path)
-        return Classifier(module, demo.PREPROCESSING, name, {path: sha256_file(path)}, labels=demo.labels())
+        key = demo.source_name(path) if weights is None else path
+        return Classifier(module, demo.PREPROCESSING, name, {key: sha256_file(path)}, labels=demo.labels())
     if name == "vgg16":
         module = vgg16()
         if weights is None:

@@ -144,7 +144,8 @@ def build_coupled(sources: Sources, spec: RunSpec, taps: list[str]) -> CoupledSt
             raise UsageError("--mode pretrained needs --decoder FILE (make one with dgn-engine train-decoder), "
                              "or use --mode untrained")
         plan, tensors, _ = load_decoder(decoder, pp)
-        classifier.sources[decoder] = sha256_file(decoder)
+        key = demo.source_name(decoder) if not sources.decoder else decoder
+        classifier.sources[key] = sha256_file(decoder)
     else:
         width = sources.g_width or (demo.G_WIDTH if is_demo else min(1.0, pp.image_size / 224))
         plan, tensors = generator_plan("untrained", pp.image_size, pp.channels, width), None

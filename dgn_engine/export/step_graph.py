@@ -26,7 +26,7 @@ from ..artifacts import FORMAT_VERSION, MANIFEST, load_artifacts
 from ..engine.outputs import write_json
 from ..errors import UsageError
 from ..kernels.decompositions import decomposition_table
-from ..spec import RunSpec
+from ..spec import HYPER, RunSpec
 from ..state import initial_state, state_shapes, trainable_shapes
 from ..targets import OUTPUT, Target, Term, objective_weights
 from .coupled import CoupledStep, Sources, build_coupled
@@ -173,7 +173,7 @@ def export_artifacts(coupled: CoupledStep, spec: RunSpec, sources: Sources, k: i
         clf = coupled.classifier
         manifest = {
             "format_version": FORMAT_VERSION, "kind": "step-graph", "mode": coupled.mode, "batch": k,
-            "spec": {**spec.to_json(), "targets": []}, "plan": coupled.plan.to_json(),
+            "spec": {**spec.to_json(), "targets": []}, "hyper": list(HYPER), "plan": coupled.plan.to_json(),
             "preprocessing": clf.preprocessing.to_json(), "num_classes": layout[OUTPUT][0],
             "labels": clf.labels, "taps": coupled.taps, "layout": {n: list(s) for n, s in layout.items()},
             "trainable_per_target": coupled.plan.trainable_count() if coupled.mode == "untrained"

@@ -13,9 +13,10 @@ import os
 
 import numpy as np
 
+from .. import demo
 from ..errors import UsageError
 from ..rng import NoiseStreams
-from ..targets import Target, Term, parse_target
+from ..engine.selfcheck import verify_targets
 from .coupled import Sources, build_coupled
 from .reference import TorchBackend
 from .weights import sha256_file
@@ -25,16 +26,6 @@ from .weights import sha256_file
 # sums of thousands of products carry relative errors of ~1e-6; 1e-4 leaves room for the order).
 RELATIVE_TO_FLOAT32 = 5.0
 FLOOR = 1e-4
-
-
-def verify_targets(art) -> list[Target]:
-    n = art.manifest["num_classes"]
-    targets = [Target((Term("class", i % n),)) for i in range(art.batch)]
-    if art.manifest["taps"] and art.batch > 1:
-        targets[-1] = parse_target(f"channel:{art.manifest['taps'][0]}:0")
-    elif art.manifest["taps"]:
-        targets[0] = parse_target(f"class:0+channel:{art.manifest['taps'][0]}:0")
-    return targets
 
 
 def _parts(names) -> dict[str, list[str]]:
@@ -112,7 +103,8 @@ def verify(art, steps: int, device: str, log=print, engine_backends=()) -> tuple
 
 def check_sources(art) -> None:
     """The files the manifest names must still be the files the graphs were made from."""
-    for path, digest in art.manifest["sha256"].items():
+    for name, digest in art.manifest["sha256"].items():
+        path = demo.resolve_source(name)
         if not os.path.isfile(path):
             raise UsageError(f"{path!r}, from which these artifacts were exported, is gone; verify needs it")
         if sha256_file(path) != digest:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...artifacts import Artifacts
+from ...errors import UsageError
 from ...spec import RunSpec
 from ...state import initial_state
 from ...targets import OUTPUT, Target, objective_weights
@@ -29,6 +30,12 @@ class StepGraphBackend:
         self.providers, self.device_type = providers(device)
         self.threads = threads
         self.session = session(art.graph("step"), self.providers, threads)
+        if self.device_type == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            # onnxruntime-gpu lists CUDA even where it cannot start (no GPU, no CUDA libraries)
+            if device == "cuda":
+                raise UsageError("--device cuda: onnxruntime-gpu could not start its CUDA provider (no GPU "
+                                 "visible, or the CUDA 13 / cuDNN 9 libraries are missing); use --device cpu")
+            self.providers, self.device_type = ["CPUExecutionProvider"], "cpu"
         self._classifier = None
         self.state_names = [s["name"] for s in art.manifest["state"]]
         self.binding = None
