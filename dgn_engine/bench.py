@@ -4,6 +4,7 @@ Each row runs in its own process so that its peak memory is its own. Rows: for e
 x batch K, the step graph in onnxruntime and torch eager (the reference), and torch.compile where
 it runs; ratios are against torch eager at the same size, mode and K in the same run.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,6 +26,7 @@ BACKENDS = ("step-graph", "torch", "torch-compile")
 
 def _targets(k: int, n_classes: int):
     from .targets import Target, Term
+
     return [Target((Term("class", i % n_classes),)) for i in range(k)]
 
 
@@ -42,8 +44,11 @@ def time_backend(backend, spec, k: int, steps: int, warmup: int) -> dict:
             times.append(time.perf_counter() - t0)
     if not np.all(np.isfinite(out.loss)):
         raise RuntimeError("the benchmark's loss is not finite")
-    return {"seconds_per_step": float(np.median(times)), "min_seconds_per_step": float(np.min(times)),
-            "steps_timed": len(times)}
+    return {
+        "seconds_per_step": float(np.median(times)),
+        "min_seconds_per_step": float(np.min(times)),
+        "steps_timed": len(times),
+    }
 
 
 def peak_rss_mib() -> float:
@@ -52,8 +57,12 @@ def peak_rss_mib() -> float:
 
 def gpu_memory_mib() -> float | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return float(out.stdout.split()[0]) if out.returncode == 0 else None
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
         return None
@@ -62,20 +71,22 @@ def gpu_memory_mib() -> float | None:
 def artifacts_for(size: str, mode: str, k: int, cache: str):
     """Export (once, into `cache`) the artifacts of a size, mode and batch."""
     from .artifacts import MANIFEST, load_artifacts
+
     out = os.path.join(cache, f"{size}-{mode}-k{k}")
     if os.path.isfile(os.path.join(out, MANIFEST)):
         return load_artifacts(out)
     from .export.coupled import build_coupled
     from .export.step_graph import export_artifacts
     from .spec import default_spec
+
     sources = bench_sources(size, mode, cache)
     spec = default_spec(mode)
-    return export_artifacts(build_coupled(sources, spec, []), spec, sources, k, out, force=True,
-                            log=lambda *_: None)
+    return export_artifacts(build_coupled(sources, spec, []), spec, sources, k, out, force=True, log=lambda *_: None)
 
 
 def bench_sources(size: str, mode: str, cache: str):
     from .export.coupled import Sources
+
     if size == "demo":
         return Sources(mode, "demo")
     decoder = None
@@ -87,9 +98,11 @@ def bench_sources(size: str, mode: str, cache: str):
             from .export.generator import Decoder
             from .plan import generator_plan
             from .preprocessing import IMAGENET_TORCHVISION
+
             torch.manual_seed(0)
-            save_decoder(decoder, Decoder(generator_plan("decoder")).eval(), IMAGENET_TORCHVISION,
-                         {"note": "random, for timing"})
+            save_decoder(
+                decoder, Decoder(generator_plan("decoder")).eval(), IMAGENET_TORCHVISION, {"note": "random, for timing"}
+            )
     return Sources(mode, "vgg16", "random", decoder=decoder)
 
 
@@ -100,19 +113,23 @@ def step_flops(art) -> float:
 def run_row(row: dict) -> dict:
     """One benchmark row, in this process: {size, mode, k, backend, device, steps, warmup, cache}."""
     from .artifacts import load_artifacts
+
     art = load_artifacts(row["artifacts"])
     spec = art.spec
     if row["backend"] == "step-graph":
         from .engine.backends.step_graph import StepGraphBackend
+
         backend = StepGraphBackend(art, row["device"], row.get("threads"))
     else:
         import torch
         from .export.coupled import Sources, build_coupled
         from .export.reference import TorchBackend
+
         if row.get("threads"):
             torch.set_num_threads(row["threads"])
-        backend = TorchBackend(build_coupled(Sources.from_json(art.manifest["sources"]), spec, []), "float32",
-                               row["device"])
+        backend = TorchBackend(
+            build_coupled(Sources.from_json(art.manifest["sources"]), spec, []), "float32", row["device"]
+        )
         if row["backend"] == "torch-compile":
             backend.coupled.step = torch.compile(backend.coupled.step)
     result = time_backend(backend, spec, art.batch, row["steps"], row["warmup"])
@@ -137,8 +154,17 @@ def bench_group(art, size: str, backends, device: str, steps: int, warmup: int, 
     flops, k = step_flops(art), art.batch
     rows, base = [], None
     for backend in sorted(backends, key=lambda b: b != "torch"):
-        row = {"size": size, "mode": art.mode, "k": k, "backend": backend, "device": device, "steps": steps,
-               "warmup": warmup, "artifacts": art.path, "threads": threads}
+        row = {
+            "size": size,
+            "mode": art.mode,
+            "k": k,
+            "backend": backend,
+            "device": device,
+            "steps": steps,
+            "warmup": warmup,
+            "artifacts": art.path,
+            "threads": threads,
+        }
         row.update(_row_in_subprocess(row))
         if "seconds_per_step" in row:
             s = row["seconds_per_step"]
@@ -153,8 +179,18 @@ def bench_group(art, size: str, backends, device: str, steps: int, warmup: int, 
     return rows
 
 
-def bench(sizes, modes, batches, backends, device: str, steps: int, warmup: int, cache: str | None,
-          threads: int | None, log=print) -> dict:
+def bench(
+    sizes,
+    modes,
+    batches,
+    backends,
+    device: str,
+    steps: int,
+    warmup: int,
+    cache: str | None,
+    threads: int | None,
+    log=print,
+) -> dict:
     cache = cache or os.path.join(tempfile.gettempdir(), "dgn-engine-bench")
     os.makedirs(cache, exist_ok=True)
     rows = []
@@ -168,22 +204,39 @@ def bench(sizes, modes, batches, backends, device: str, steps: int, warmup: int,
 
 def bench_artifacts(path: str, backends, device: str, steps: int, warmup: int, threads, log=print) -> dict:
     from .artifacts import load_artifacts
+
     art = load_artifacts(path)
-    return result(bench_group(art, os.path.basename(os.path.abspath(path)), backends, device, steps, warmup,
-                              threads, log), device, steps, warmup)
+    return result(
+        bench_group(art, os.path.basename(os.path.abspath(path)), backends, device, steps, warmup, threads, log),
+        device,
+        steps,
+        warmup,
+    )
 
 
 def result(rows, device, steps, warmup) -> dict:
-    return {"rows": rows, "device": device, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "steps": steps, "warmup": warmup}
+    return {
+        "rows": rows,
+        "device": device,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "steps": steps,
+        "warmup": warmup,
+    }
 
 
 def machine() -> dict:
     import onnxruntime
-    info = {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-            "cores": len(os.sched_getaffinity(0)), "onnxruntime": onnxruntime.__version__}
+
+    info = {
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": len(os.sched_getaffinity(0)),
+        "onnxruntime": onnxruntime.__version__,
+    }
     try:
         import torch
+
         info["torch"] = torch.__version__
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
@@ -192,8 +245,10 @@ def machine() -> dict:
     return info
 
 
-HEADER = f"{'size':5s} {'mode':10s} {'backend':13s} {'K':>3s} {'s/step':>8s} {'targets/s':>10s} " \
-         f"{'vs torch':>8s} {'TFLOP/s':>8s} {'peak RSS':>9s} {'GPU mem':>8s}"
+HEADER = (
+    f"{'size':5s} {'mode':10s} {'backend':13s} {'K':>3s} {'s/step':>8s} {'targets/s':>10s} "
+    f"{'vs torch':>8s} {'TFLOP/s':>8s} {'peak RSS':>9s} {'GPU mem':>8s}"
+)
 
 
 def format_row(r: dict) -> str:
@@ -202,8 +257,10 @@ def format_row(r: dict) -> str:
     vs = f"{r['vs_torch']:.2f}x" if r.get("vs_torch") else "-"
     tf = f"{r['tflops']:.3f}" if r.get("tflops") else "-"
     gpu = f"{r['gpu_memory_mib']:.0f}M" if r.get("gpu_memory_mib") else "-"
-    return (f"{r['size'][:5]:5s} {r['mode']:10s} {r['backend']:13s} {r['k']:3d} {r['seconds_per_step']:8.4f} "
-            f"{r['targets_per_second']:10.4f} {vs:>8s} {tf:>8s} {r['peak_rss_mib']:8.0f}M {gpu:>8s}")
+    return (
+        f"{r['size'][:5]:5s} {r['mode']:10s} {r['backend']:13s} {r['k']:3d} {r['seconds_per_step']:8.4f} "
+        f"{r['targets_per_second']:10.4f} {vs:>8s} {tf:>8s} {r['peak_rss_mib']:8.0f}M {gpu:>8s}"
+    )
 
 
 def parse_list(text: str, allowed=None, kind=str) -> list:

@@ -2,6 +2,7 @@
 
 Defaults are the paper's (Table 1, eq. 3 and 4) for each mode; see DESIGN.md section 2.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,16 @@ MODES = ("untrained", "pretrained")
 OPTIMIZERS = ("adamax", "nesterov")
 NOISE_KINDS = ("additive", "multiplicative")
 REGULARIZERS = ("l1-final-gamma", "l2-alpha", "l2sq-alpha", "none")
-HYPER = ("lr", "beta1", "beta2", "eps", "momentum", "sigma", "reg_weight", "target_leak")  # numeric settings, a graph input
+HYPER = (
+    "lr",
+    "beta1",
+    "beta2",
+    "eps",
+    "momentum",
+    "sigma",
+    "reg_weight",
+    "target_leak",
+)  # numeric settings, a graph input
 GAUSSIAN_DROPOUT_SIGMA = math.sqrt(0.05 / 0.95)  # Keras GaussianDropout(0.05), used by the original code
 
 
@@ -53,7 +63,7 @@ class Snapshots:
         """0-based step indices whose image is kept for the median."""
         every = self.every(steps)
         taken = [s for s in range(steps) if (s + 1) % every == 0] or [steps - 1]
-        return taken[-self.keep:]
+        return taken[-self.keep :]
 
 
 @dataclass(frozen=True)
@@ -88,8 +98,10 @@ class RunSpec:
         r = self.regularizer
         _require(r.kind in REGULARIZERS, f"regulariser must be one of {', '.join(REGULARIZERS)}")
         _require(r.weight >= 0, f"regulariser weight must be >= 0, got {r.weight}")
-        _require(not (r.kind == "l1-final-gamma" and self.mode == "pretrained"),
-              "the l1-final-gamma regulariser needs --mode untrained (pretrained mode trains only alpha)")
+        _require(
+            not (r.kind == "l1-final-gamma" and self.mode == "pretrained"),
+            "the l1-final-gamma regulariser needs --mode untrained (pretrained mode trains only alpha)",
+        )
         _require(isinstance(self.steps, int) and self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         s = self.snapshots
         _require(s.count >= 1 and 1 <= s.keep <= s.count, "snapshots: need count >= 1 and 1 <= keep <= count")
@@ -101,8 +113,7 @@ class RunSpec:
 
     def hyper(self) -> list[float]:
         o = self.optimizer
-        return [o.lr, o.beta1, o.beta2, o.eps, o.momentum, self.noise.sigma, self.regularizer.weight,
-                self.target_leak]
+        return [o.lr, o.beta1, o.beta2, o.eps, o.momentum, self.noise.sigma, self.regularizer.weight, self.target_leak]
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -116,8 +127,7 @@ class RunSpec:
     def from_json(d: dict) -> "RunSpec":
         d = dict(d)
         try:
-            parts = {"optimizer": Optimizer, "noise": Noise, "regularizer": Regularizer,
-                     "snapshots": Snapshots}
+            parts = {"optimizer": Optimizer, "noise": Noise, "regularizer": Regularizer, "snapshots": Snapshots}
             for key, cls in parts.items():
                 if key in d:
                     d[key] = cls(**d[key])
@@ -136,13 +146,21 @@ class RunSpec:
 def default_spec(mode: str, **overrides) -> RunSpec:
     """The paper's settings for a mode (Table 1), with optional field overrides."""
     if mode == "untrained":
-        spec = RunSpec(mode, optimizer=Optimizer("adamax", 0.002, 0.9, 0.999, 1e-8),
-                       noise=Noise("additive", 2.0), regularizer=Regularizer("l1-final-gamma", 0.01),
-                       steps=500)
+        spec = RunSpec(
+            mode,
+            optimizer=Optimizer("adamax", 0.002, 0.9, 0.999, 1e-8),
+            noise=Noise("additive", 2.0),
+            regularizer=Regularizer("l1-final-gamma", 0.01),
+            steps=500,
+        )
     elif mode == "pretrained":
-        spec = RunSpec(mode, optimizer=Optimizer("nesterov", 0.01, momentum=0.1),
-                       noise=Noise("multiplicative", 0.05), regularizer=Regularizer("l2-alpha", 0.1),
-                       steps=1200)
+        spec = RunSpec(
+            mode,
+            optimizer=Optimizer("nesterov", 0.01, momentum=0.1),
+            noise=Noise("multiplicative", 0.05),
+            regularizer=Regularizer("l2-alpha", 0.1),
+            steps=1200,
+        )
     else:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     return replace(spec, **overrides).validated()

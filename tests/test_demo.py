@@ -1,4 +1,5 @@
 """The embedded demo: it runs end to end from a fresh install, and its shipped artifacts are current."""
+
 import json
 import os
 
@@ -33,14 +34,18 @@ def test_demo_end_to_end(tmp_path, cache, capsys, mode):
 @pytest.mark.parametrize("mode", ["pretrained", "untrained"])
 def test_shipped_artifacts_equal_a_fresh_export(tmp_path, mode):
     from dgn_engine.export.step_graph import export_demo
+
     fresh = export_demo(mode, str(tmp_path / mode), log=lambda *_: None)
     shipped = load_artifacts(demo.shipped_artifacts(mode))
     for f in ("step.onnx", "render.onnx", "classifier.onnx", "weights.bin"):
         a, b = os.path.join(fresh.path, f), os.path.join(shipped.path, f)
-        assert open(a, "rb").read() == open(b, "rb").read(), f"{f} is stale: run python tools/train_demo.py --artifacts-only"
+        assert open(a, "rb").read() == open(b, "rb").read(), (
+            f"{f} is stale: run python tools/train_demo.py --artifacts-only"
+        )
     volatile = ("export_seconds", "versions")
-    assert {k: v for k, v in fresh.manifest.items() if k not in volatile} == \
-        {k: v for k, v in shipped.manifest.items() if k not in volatile}
+    assert {k: v for k, v in fresh.manifest.items() if k not in volatile} == {
+        k: v for k, v in shipped.manifest.items() if k not in volatile
+    }
     onnx.checker.check_model(shipped.graph("step"))
 
 

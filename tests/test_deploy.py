@@ -2,7 +2,6 @@
 venv (no torch), then the demo job and the engine-only verification there."""
 import os
 import subprocess
-import sys
 import venv
 
 import pytest

@@ -1,4 +1,5 @@
 """The engine: all-classes jobs on the step graph, results, gallery, resume, interruption, errors."""
+
 import errno
 import json
 import os
@@ -59,6 +60,7 @@ def test_png_is_what_the_classifier_saw(tmp_path, artifacts):
     """The top-5 in the JSON is D on the written PNG read back through D's preprocessing."""
     from dgn_engine.engine.backends.step_graph import StepGraphBackend
     from dgn_engine.engine.outputs import read_png
+
     art = artifacts["pretrained"]
     out = tmp_path / "o"
     assert main(run_argv(art, out, "--target", "class:2", "--steps", "10")) == 0
@@ -73,8 +75,9 @@ def test_png_is_what_the_classifier_saw(tmp_path, artifacts):
 
 def test_display_original_reports_both_views(tmp_path, artifacts):
     out = tmp_path / "o"
-    assert main(run_argv(artifacts["untrained"], out, "--target", "class:1", "--steps", "6",
-                         "--display", "original")) == 0
+    assert (
+        main(run_argv(artifacts["untrained"], out, "--target", "class:1", "--steps", "6", "--display", "original")) == 0
+    )
     rec = load(out, "class-1")
     assert rec["display"] == "original"
     assert len(rec["top5"]) == 5 and len(rec["model_view"]["top5"]) == 5
@@ -86,12 +89,24 @@ def test_gallery_in_headless_chromium(tmp_path, artifacts):
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     out = tmp_path / "g"
     assert main(run_argv(artifacts["pretrained"], out, "--all-classes", "--steps", "6")) == 0
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-             "--virtual-time-budget=3000", "--dump-dom"]
-    page = subprocess.run([chromium, *flags, (out / "index.html").as_uri()], capture_output=True, text=True,
-                          timeout=120)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=3000",
+        "--dump-dom",
+    ]
+    page = subprocess.run(
+        [chromium, *flags, (out / "index.html").as_uri()], capture_output=True, text=True, timeout=120
+    )
     assert page.returncode == 0, page.stderr[-2000:]
     assert page.stdout.count('class="card"') == 10
     assert page.stdout.count("<img") >= 10
@@ -146,11 +161,16 @@ def test_sigkill_and_restart_gives_the_uninterrupted_results(tmp_path, artifacts
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path, artifacts):
     art = artifacts["pretrained"]
     out = tmp_path / "o"
-    proc = subprocess.Popen(engine_cmd(art, out, "--all-classes", "--steps", "300"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        engine_cmd(art, out, "--all-classes", "--steps", "300"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
-    while time.time() < deadline and not ((out / "targets").is_dir() and any(
-            f.endswith(".json") for f in os.listdir(out / "targets"))):
+    while time.time() < deadline and not (
+        (out / "targets").is_dir() and any(f.endswith(".json") for f in os.listdir(out / "targets"))
+    ):
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -187,11 +207,13 @@ def test_divergence_stops_its_batch_and_the_job_goes_on(tmp_path, artifacts):
 
 
 def test_engine_never_imports_torch(tmp_path, artifacts):
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from dgn_engine.cli.main import main\n"
-            f"rc = main({run_argv(artifacts['untrained'], tmp_path / 'o', '--all-classes', '--steps', '3')!r})\n"
-            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None], 'torch imported'\n"
-            "sys.exit(rc)\n")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from dgn_engine.cli.main import main\n"
+        f"rc = main({run_argv(artifacts['untrained'], tmp_path / 'o', '--all-classes', '--steps', '3')!r})\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None], 'torch imported'\n"
+        "sys.exit(rc)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(os.listdir(tmp_path / "o" / "targets")) == 20
@@ -206,19 +228,24 @@ def error_line(capsys, argv):
 
 def test_bad_input(tmp_path, artifacts, capsys):
     art = artifacts["pretrained"]
-    err = error_line(capsys, ["run", "--artifacts", str(tmp_path / "none"), "--all-classes", "--out", str(tmp_path / "o")])
+    err = error_line(
+        capsys, ["run", "--artifacts", str(tmp_path / "none"), "--all-classes", "--out", str(tmp_path / "o")]
+    )
     assert "does not exist" in err
     old = tmp_path / "old"
     shutil.copytree(art.path, old)
     m = json.loads((old / "manifest.json").read_text())
     m["format_version"] = 0
     (old / "manifest.json").write_text(json.dumps(m))
-    assert "format version 0" in error_line(capsys, ["run", "--artifacts", str(old), "--all-classes", "--out", str(tmp_path / "o")])
+    assert "format version 0" in error_line(
+        capsys, ["run", "--artifacts", str(old), "--all-classes", "--out", str(tmp_path / "o")]
+    )
     err = error_line(capsys, run_argv(art, tmp_path / "o", "--target", "channel:features.0:1"))
     assert "do not tap (taps: features.3); export again with --taps features.0" in err
     assert "outside the classifier" in error_line(capsys, run_argv(art, tmp_path / "o", "--target", "class:10"))
     try:
         import onnxruntime
+
         has_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
     except ImportError:
         has_cuda = False
@@ -227,7 +254,8 @@ def test_bad_input(tmp_path, artifacts, capsys):
         assert "onnxruntime-gpu" in err
     assert "batches of 3" in error_line(capsys, run_argv(art, tmp_path / "o", "--target", "class:1", "--batch", "2"))
     assert "for --mode pretrained, not untrained" in error_line(
-        capsys, run_argv(art, tmp_path / "o", "--target", "class:1", "--mode", "untrained"))
+        capsys, run_argv(art, tmp_path / "o", "--target", "class:1", "--mode", "untrained")
+    )
 
 
 def test_other_spec_in_out_folder_is_refused_and_kept(tmp_path, artifacts, capsys):
@@ -243,6 +271,7 @@ def test_other_spec_in_out_folder_is_refused_and_kept(tmp_path, artifacts, capsy
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES])
 def test_write_error_stops_the_job_and_keeps_what_was_finished(tmp_path, artifacts, capsys, monkeypatch, code):
     import dgn_engine.engine.jobs as jobs
+
     real, calls = jobs.atomic_write, []
 
     def failing(path, data):
@@ -250,6 +279,7 @@ def test_write_error_stops_the_job_and_keeps_what_was_finished(tmp_path, artifac
         if len(calls) > 3:  # the first batch's three PNGs, then the disk "fills"
             raise OSError(code, os.strerror(code), path)
         real(path, data)
+
     out = tmp_path / "o"
     assert main(run_argv(artifacts["pretrained"], out, "--target", "class:7", "--steps", "3")) == 0
     before = snapshot(out)

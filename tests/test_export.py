@@ -1,4 +1,5 @@
 """Export: the ONNX step graph against the float64 torch reference, batching, determinism, errors."""
+
 import json
 import os
 
@@ -69,8 +70,10 @@ def test_only_standard_onnx_domains(artifacts):
 def test_export_twice_gives_the_same_graph(tmp_path, artifacts, decoder_file):
     again = export(tmp_path / "again", "untrained", 3, decoder_file, "--taps", "features.3")
     for f in ("step.onnx", "render.onnx", "classifier.onnx", "weights.bin"):
-        assert (open(os.path.join(again.path, f), "rb").read() ==
-                open(os.path.join(artifacts["untrained"].path, f), "rb").read()), f
+        assert (
+            open(os.path.join(again.path, f), "rb").read()
+            == open(os.path.join(artifacts["untrained"].path, f), "rb").read()
+        ), f
 
 
 def test_manifest(artifacts, decoder_file):
@@ -90,6 +93,7 @@ def test_manifest(artifacts, decoder_file):
 
 def test_unknown_format_version_refused(tmp_path, artifacts):
     import shutil
+
     copy = tmp_path / "old"
     shutil.copytree(artifacts["pretrained"].path, copy)
     m = json.loads((copy / "manifest.json").read_text())
@@ -118,5 +122,7 @@ def test_export_bad_input(tmp_path, capsys, artifacts):
     assert "not empty" in error_line(capsys, base + ["--out", str(tmp_path / "busy")])
     gray = str(tmp_path / "gray.pt")
     write_calibrated_decoder(gray, 28, "L")
-    err = error_line(capsys, ["export", *SMALL, "--mode", "pretrained", "--decoder", gray, "--out", str(tmp_path / "c")])
+    err = error_line(
+        capsys, ["export", *SMALL, "--mode", "pretrained", "--decoder", gray, "--out", str(tmp_path / "c")]
+    )
     assert "makes 1x28x28 images; the classifier takes 3x32x32" in err

@@ -1,4 +1,5 @@
 """The torch reference loop: it optimises, it is reproducible, and batching changes nothing."""
+
 import json
 import os
 
@@ -20,8 +21,9 @@ def record(out, target_id):
 
 
 # The paper's step counts are 500 (untrained) and 1,200 (pretrained); a few hundred suffice here.
-@pytest.mark.parametrize("mode, target, steps, factor", [("untrained", "class:1", 500, 3),
-                                                         ("pretrained", "class:0", 300, 20)])
+@pytest.mark.parametrize(
+    "mode, target, steps, factor", [("untrained", "class:1", 500, 3), ("pretrained", "class:0", 300, 20)]
+)
 def test_reference_run_raises_the_target_activation(tmp_path, tiny_decoder, mode, target, steps, factor):
     extra = ["--decoder", tiny_decoder] if mode == "pretrained" else []
     run(tmp_path, "--mode", mode, "--target", target, "--steps", str(steps), *extra)
@@ -37,14 +39,26 @@ def test_reference_run_raises_the_target_activation(tmp_path, tiny_decoder, mode
 
 @pytest.mark.parametrize("mode", ["untrained", "pretrained"])
 def test_same_seed_same_results(tmp_path, tiny_decoder, mode):
-    extra = (["--decoder", tiny_decoder] if mode == "pretrained" else []) + \
-        ["--mode", mode, "--target", "class:2", "--target", "channel:features.3:1", "--steps", "20", "--seed", "11"]
+    extra = (["--decoder", tiny_decoder] if mode == "pretrained" else []) + [
+        "--mode",
+        mode,
+        "--target",
+        "class:2",
+        "--target",
+        "channel:features.3:1",
+        "--steps",
+        "20",
+        "--seed",
+        "11",
+    ]
     run(tmp_path / "a", *extra)
     run(tmp_path / "b", *extra)
     for tid in ("class-2", "channel-features.3-1"):
         a, b = record(tmp_path / "a", tid), record(tmp_path / "b", tid)
         assert a["loss_curve"] == b["loss_curve"] and a["top5"] == b["top5"]
-        assert (tmp_path / "a/targets" / f"{tid}.png").read_bytes() == (tmp_path / "b/targets" / f"{tid}.png").read_bytes()
+        assert (tmp_path / "a/targets" / f"{tid}.png").read_bytes() == (
+            tmp_path / "b/targets" / f"{tid}.png"
+        ).read_bytes()
     run(tmp_path / "c", *extra[:-1], "12")
     assert record(tmp_path / "c", "class-2")["loss_curve"] != record(tmp_path / "a", "class-2")["loss_curve"]
 
@@ -53,14 +67,18 @@ def test_same_seed_same_results(tmp_path, tiny_decoder, mode):
 def test_batch_equals_single_runs(tmp_path, tiny_decoder, mode):
     """K targets in one batch (rows of alpha, or K grouped generators) = K runs of one target."""
     targets = ["class:0", "class:1", "0.5*class:2+class:3"]
-    extra = ["--mode", mode, "--steps", "15", "--precision", "float64"] + \
-        (["--decoder", tiny_decoder] if mode == "pretrained" else [])
+    extra = ["--mode", mode, "--steps", "15", "--precision", "float64"] + (
+        ["--decoder", tiny_decoder] if mode == "pretrained" else []
+    )
     for t in targets:
         extra += ["--target", t]
     run(tmp_path / "batched", *extra, "--batch", "3")
     run(tmp_path / "single", *extra, "--batch", "1")
     for t in ["class-0", "class-1", "0.5xclass-2_class-3"]:
-        a, b = np.array(record(tmp_path / "batched", t)["loss_curve"]), np.array(record(tmp_path / "single", t)["loss_curve"])
+        a, b = (
+            np.array(record(tmp_path / "batched", t)["loss_curve"]),
+            np.array(record(tmp_path / "single", t)["loss_curve"]),
+        )
         # float64: batching reorders sums only, so the difference is rounding (1e-9 relative)
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 

@@ -1,4 +1,5 @@
 """Options and helpers shared by several subcommands."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,18 +27,33 @@ def floats(text: str) -> tuple[float, ...]:
 
 def add_classifier_options(p: argparse.ArgumentParser, default: str | None = "vgg16") -> None:
     g = p.add_argument_group("classifier D")
-    g.add_argument("--classifier", default=default, metavar="NAME",
-                   help="vgg16 (the real VGG-16), demo (the embedded Fashion-MNIST demo), a TorchScript file, "
-                        "or module:factory (a Python function returning a torch module) (default: "
-                        + (default or "the embedded demo") + ")")
-    g.add_argument("--weights", metavar="FILE",
-                   help="weights for D: a torch state dict (.pth/.pt, torchvision names for vgg16), a Keras-1 "
-                        "vgg16_weights.h5 (layer_k/param_p, BGR, Caffe mean), or 'random' (seeded by --seed)")
+    g.add_argument(
+        "--classifier",
+        default=default,
+        metavar="NAME",
+        help="vgg16 (the real VGG-16), demo (the embedded Fashion-MNIST demo), a TorchScript file, "
+        "or module:factory (a Python function returning a torch module) (default: "
+        + (default or "the embedded demo")
+        + ")",
+    )
+    g.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="weights for D: a torch state dict (.pth/.pt, torchvision names for vgg16), a Keras-1 "
+        "vgg16_weights.h5 (layer_k/param_p, BGR, Caffe mean), or 'random' (seeded by --seed)",
+    )
     g.add_argument("--image-size", type=int, metavar="PX", help="D's input size, where the file cannot tell")
-    g.add_argument("--channels", choices=("RGB", "BGR", "L"),
-                   help="D's channel order (L = grayscale), where the file cannot tell (default: RGB)")
-    g.add_argument("--mean", type=floats, metavar="M[,M,M]",
-                   help="per-channel mean on the 0..1 pixel scale: input = (pixel/255 - mean) / std")
+    g.add_argument(
+        "--channels",
+        choices=("RGB", "BGR", "L"),
+        help="D's channel order (L = grayscale), where the file cannot tell (default: RGB)",
+    )
+    g.add_argument(
+        "--mean",
+        type=floats,
+        metavar="M[,M,M]",
+        help="per-channel mean on the 0..1 pixel scale: input = (pixel/255 - mean) / std",
+    )
     g.add_argument("--std", type=floats, metavar="S[,S,S]", help="per-channel std on the 0..1 pixel scale")
 
 
@@ -61,42 +77,71 @@ def read_lines(path: str, what: str) -> list[str]:
 def set_threads(n: int | None) -> None:
     if n:
         import torch
+
         torch.set_num_threads(n)
 
 
 def add_method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generator G and method")
-    g.add_argument("--mode", choices=("pretrained", "untrained"),
-                   help="pretrained: G is a trained decoder and only alpha (3,200 values at 224 px) is "
-                        "optimised (needs --decoder); untrained: all of G is optimised from a random start "
-                        "(default: pretrained, or the artifacts' mode)")
+    g.add_argument(
+        "--mode",
+        choices=("pretrained", "untrained"),
+        help="pretrained: G is a trained decoder and only alpha (3,200 values at 224 px) is "
+        "optimised (needs --decoder); untrained: all of G is optimised from a random start "
+        "(default: pretrained, or the artifacts' mode)",
+    )
     g.add_argument("--decoder", metavar="FILE", help="the pretrained G (made by dgn-engine train-decoder)")
-    g.add_argument("--g-width", type=float, metavar="X",
-                   help="untrained G: scale of the paper's layer widths (default: 1 at 224 px, "
-                        "image size / 224 below)")
+    g.add_argument(
+        "--g-width",
+        type=float,
+        metavar="X",
+        help="untrained G: scale of the paper's layer widths (default: 1 at 224 px, image size / 224 below)",
+    )
     g.add_argument("--steps", type=int, help="steps per target (default: 1200 pretrained, 500 untrained)")
     g.add_argument("--seed", type=int, default=0, help="seeds G's start and the noise (default: %(default)s)")
-    g.add_argument("--lambda", dest="lam", type=float, default=0.01,
-                   help="penalty on the classes a target does not name (default: %(default)s)")
-    g.add_argument("--target-leak", type=float, default=1.0,
-                   help="slope of a class target's term below zero: 1 lets a target whose logit starts "
-                        "negative rise; 0 is the paper's literal ReLU on the target as well, which leaves "
-                        "such a target stuck at 0 (default: %(default)s)")
+    g.add_argument(
+        "--lambda",
+        dest="lam",
+        type=float,
+        default=0.01,
+        help="penalty on the classes a target does not name (default: %(default)s)",
+    )
+    g.add_argument(
+        "--target-leak",
+        type=float,
+        default=1.0,
+        help="slope of a class target's term below zero: 1 lets a target whose logit starts "
+        "negative rise; 0 is the paper's literal ReLU on the target as well, which leaves "
+        "such a target stuck at 0 (default: %(default)s)",
+    )
     g.add_argument("--lr", type=float, help="learning rate (default: 0.01 Nesterov, 0.002 AdaMax)")
     g.add_argument("--momentum", type=float, help="Nesterov momentum (default: 0.1)")
-    g.add_argument("--optimizer", choices=("adamax", "nesterov"),
-                   help="default: nesterov pretrained, adamax untrained (the paper's)")
-    g.add_argument("--noise-sigma", metavar="SIGMA",
-                   help="feature noise: a number, or gaussian-dropout for the original code's "
-                        f"sqrt(0.05/0.95) = {GAUSSIAN_DROPOUT_SIGMA:.3f} (default: 0.05 multiplicative "
-                        "pretrained, 2 additive untrained)")
-    g.add_argument("--regularizer", choices=REGULARIZERS,
-                   help="default: l2-alpha (eq. 4, 0.1 * ||alpha||_2) pretrained, l1-final-gamma "
-                        "(eq. 3) untrained; l2sq-alpha is the original Keras code's sum of squares")
+    g.add_argument(
+        "--optimizer",
+        choices=("adamax", "nesterov"),
+        help="default: nesterov pretrained, adamax untrained (the paper's)",
+    )
+    g.add_argument(
+        "--noise-sigma",
+        metavar="SIGMA",
+        help="feature noise: a number, or gaussian-dropout for the original code's "
+        f"sqrt(0.05/0.95) = {GAUSSIAN_DROPOUT_SIGMA:.3f} (default: 0.05 multiplicative "
+        "pretrained, 2 additive untrained)",
+    )
+    g.add_argument(
+        "--regularizer",
+        choices=REGULARIZERS,
+        help="default: l2-alpha (eq. 4, 0.1 * ||alpha||_2) pretrained, l1-final-gamma "
+        "(eq. 3) untrained; l2sq-alpha is the original Keras code's sum of squares",
+    )
     g.add_argument("--reg-weight", type=float, help="regulariser weight (default: 0.1 / 0.01)")
     g.add_argument("--snapshots", type=int, default=30, help="images taken over the run (default: %(default)s)")
-    g.add_argument("--keep", type=int, default=10,
-                   help="the final image is the per-pixel median of the last KEEP snapshots (default: %(default)s)")
+    g.add_argument(
+        "--keep",
+        type=int,
+        default=10,
+        help="the final image is the per-pixel median of the last KEEP snapshots (default: %(default)s)",
+    )
 
 
 def spec_from_args(args, targets, base=None):
@@ -116,20 +161,40 @@ def spec_from_args(args, targets, base=None):
             try:
                 sigma = float(args.noise_sigma)
             except ValueError:
-                raise UsageError(f"--noise-sigma must be a number or gaussian-dropout, got {args.noise_sigma!r}") \
-                    from None
+                raise UsageError(
+                    f"--noise-sigma must be a number or gaussian-dropout, got {args.noise_sigma!r}"
+                ) from None
         noise = replace(noise, sigma=sigma)
     if args.regularizer:
         reg = replace(reg, kind=args.regularizer)
     if args.reg_weight is not None:
         reg = replace(reg, weight=args.reg_weight)
-    return replace(spec, targets=tuple(targets), optimizer=opt, noise=noise, regularizer=reg, lam=args.lam,
-                   target_leak=args.target_leak,
-                   steps=args.steps if args.steps is not None else spec.steps, seed=args.seed,
-                   snapshots=Snapshots(args.snapshots, args.keep)).validated()
+    return replace(
+        spec,
+        targets=tuple(targets),
+        optimizer=opt,
+        noise=noise,
+        regularizer=reg,
+        lam=args.lam,
+        target_leak=args.target_leak,
+        steps=args.steps if args.steps is not None else spec.steps,
+        seed=args.seed,
+        snapshots=Snapshots(args.snapshots, args.keep),
+    ).validated()
 
 
 def sources_from_args(args):
     from ..export.coupled import Sources
-    return Sources(args.mode or "pretrained", args.classifier or "vgg16", args.weights, args.image_size, args.channels, args.mean, args.std,
-                   args.decoder, args.g_width, args.seed)
+
+    return Sources(
+        args.mode or "pretrained",
+        args.classifier or "vgg16",
+        args.weights,
+        args.image_size,
+        args.channels,
+        args.mean,
+        args.std,
+        args.decoder,
+        args.g_width,
+        args.seed,
+    )

@@ -1,5 +1,6 @@
 """The gallery: index.html (thumbnails; click for the full image and its loss curve), contact
 sheets of up to 100 targets, and summary.json, built from a results folder alone."""
+
 from __future__ import annotations
 
 import html
@@ -43,24 +44,30 @@ def summarise(records: list[dict]) -> dict:
     finished = [r for r in records if r.get("diverged") is None]
     classy = [r for r in finished if "class:" in r["target"]]
     acts = [r["final_activation"] for r in finished if "final_activation" in r]
-    return {"targets": len(records), "diverged": len(records) - len(finished),
-            "class_targets": len(classy), "top1_reached": sum(bool(r.get("top1_is_target")) for r in classy),
-            "median_final_activation": median(acts) if acts else None,
-            "compute_seconds": round(sum(r.get("seconds", 0.0) for r in records), 3)}
+    return {
+        "targets": len(records),
+        "diverged": len(records) - len(finished),
+        "class_targets": len(classy),
+        "top1_reached": sum(bool(r.get("top1_is_target")) for r in classy),
+        "median_final_activation": median(acts) if acts else None,
+        "compute_seconds": round(sum(r.get("seconds", 0.0) for r in records), 3),
+    }
 
 
 def summary_line(s: dict) -> str:
     med = "n/a" if s["median_final_activation"] is None else f"{s['median_final_activation']:.4g}"
-    line = (f"{s['targets']} targets: {s['top1_reached']} of {s['class_targets']} class targets are the "
-            f"classifier's top-1 on their image; median final activation {med}; "
-            f"{s['compute_seconds']:.1f} s of compute")
+    line = (
+        f"{s['targets']} targets: {s['top1_reached']} of {s['class_targets']} class targets are the "
+        f"classifier's top-1 on their image; median final activation {med}; "
+        f"{s['compute_seconds']:.1f} s of compute"
+    )
     return line + (f"; {s['diverged']} diverged" if s["diverged"] else "")
 
 
 def _sheets(out: str, records: list[dict]) -> list[str]:
     names = []
     for i in range(0, len(records), SHEET_SIZE):
-        chunk = records[i:i + SHEET_SIZE]
+        chunk = records[i : i + SHEET_SIZE]
         images = [Image.open(os.path.join(out, "targets", r["id"] + ".png")).convert("RGB") for r in chunk]
         tile = max(min(max(im.size[0] for im in images), 224), 64)
         cols = min(10, len(chunk))
@@ -140,21 +147,32 @@ def build_gallery(out: str) -> dict:
         act = rec.get("final_activation")
         act_text = "diverged" if rec.get("diverged") else f"{act:.4g}" if act is not None else ""
         hit = rec.get("top1_is_target")
-        mark = "" if "class:" not in rec["target"] or rec.get("diverged") else \
-            ('<span class="top1">top-1</span>' if hit else '<span class="miss">not top-1</span>')
-        cards.append(f'<a class="card" href="{html.escape(png)}" data-index="{i}"><img src="{html.escape(png)}" '
-                     f'alt="{html.escape(rec["target"])}" loading="lazy"><div>{html.escape(_name(rec))}</div>'
-                     f'<div>activation {html.escape(act_text)} {mark}</div></a>')
+        mark = (
+            ""
+            if "class:" not in rec["target"] or rec.get("diverged")
+            else ('<span class="top1">top-1</span>' if hit else '<span class="miss">not top-1</span>')
+        )
+        cards.append(
+            f'<a class="card" href="{html.escape(png)}" data-index="{i}"><img src="{html.escape(png)}" '
+            f'alt="{html.escape(rec["target"])}" loading="lazy"><div>{html.escape(_name(rec))}</div>'
+            f"<div>activation {html.escape(act_text)} {mark}</div></a>"
+        )
         top5 = ", ".join(f"{t['name']} {t['score']:.3g}" for t in rec.get("top5", []))
-        text = (f"final activation {act_text}; classifier's top-5 on this image: {top5}; "
-                f"{rec['steps']} steps, seed {rec['seed']}, {rec['mode']} mode, {rec['seconds']:.2f} s")
+        text = (
+            f"final activation {act_text}; classifier's top-5 on this image: {top5}; "
+            f"{rec['steps']} steps, seed {rec['seed']}, {rec['mode']} mode, {rec['seconds']:.2f} s"
+        )
         if rec.get("diverged"):
             text = f"diverged: {rec['diverged']}"
         data.append({"png": png, "name": _name(rec), "text": text, "curve": [c[:2] for c in rec["loss_curve"]]})
     title = os.path.basename(os.path.abspath(out))
-    page = PAGE.format(title=html.escape(title), summary=html.escape(summary_line(summary)),
-                       sheets=" ".join(f'<a href="{s}">{s}</a>' for s in sheets) or "none",
-                       cards="\n".join(cards), data=json.dumps(data).replace("</", "<\\/"))
+    page = PAGE.format(
+        title=html.escape(title),
+        summary=html.escape(summary_line(summary)),
+        sheets=" ".join(f'<a href="{s}">{s}</a>' for s in sheets) or "none",
+        cards="\n".join(cards),
+        data=json.dumps(data).replace("</", "<\\/"),
+    )
     atomic_write(os.path.join(out, "index.html"), page.encode())
     write_json(os.path.join(out, "summary.json"), summary)
     return summary

@@ -1,4 +1,5 @@
 """A job: many targets in batches of K, results per target, resumable, interruptible."""
+
 from __future__ import annotations
 
 import hashlib
@@ -100,15 +101,24 @@ class Job:
             except (OSError, ValueError):
                 old = None
             if old != self.key:
-                raise UsageError(f"{self.out!r} holds a run with other settings; use another --out, "
-                                 "or --force to recompute its targets with these settings")
+                raise UsageError(
+                    f"{self.out!r} holds a run with other settings; use another --out, "
+                    "or --force to recompute its targets with these settings"
+                )
 
     def _write_run(self, done: int, seconds: float, state: str) -> None:
-        write_json(os.path.join(self.out, "run.json"), {
-            "spec": self.spec.to_json(), "spec_key": self.key, "backend": self.backend.describe(),
-            "batch": self.options.batch, "display": self.options.display,
-            "progress": {"done": done, "total": len(self.targets), "state": state},
-            "seconds": round(seconds, 3)})
+        write_json(
+            os.path.join(self.out, "run.json"),
+            {
+                "spec": self.spec.to_json(),
+                "spec_key": self.key,
+                "backend": self.backend.describe(),
+                "batch": self.options.batch,
+                "display": self.options.display,
+                "progress": {"done": done, "total": len(self.targets), "state": state},
+                "seconds": round(seconds, 3),
+            },
+        )
 
     # -- running -------------------------------------------------------------------------------
     def run(self, log=print) -> dict:
@@ -125,16 +135,22 @@ class Job:
         computed = 0
         show = self.options.progress
         bar = progress.bar(len(self.targets), initial=done, unit="target", desc="targets", disable=not show)
-        step_bar = progress.bar(self.spec.steps, unit="step", desc="steps", leave=False,
-                                disable=not (show and sys.stderr.isatty()))
+        step_bar = progress.bar(
+            self.spec.steps, unit="step", desc="steps", leave=False, disable=not (show and sys.stderr.isatty())
+        )
         self._write_run(done, 0.0, "running")
         try:
             with _StopFlag() as stop:
                 for i in range(0, len(todo), k):
-                    batch = todo[i:i + k]
+                    batch = todo[i : i + k]
                     step_bar.reset()
-                    outcomes = run_batch(self.backend, batch, self.spec, on_step=lambda s: step_bar.update(1),
-                                         should_stop=lambda: stop.set)
+                    outcomes = run_batch(
+                        self.backend,
+                        batch,
+                        self.spec,
+                        on_step=lambda s: step_bar.update(1),
+                        should_stop=lambda: stop.set,
+                    )
                     self._write_results(outcomes)
                     done += len(batch)
                     computed += len(batch)
@@ -146,8 +162,10 @@ class Job:
             self._write_run(done, time.perf_counter() - started, "interrupted")
             raise
         except OSError as e:
-            raise UsageError(f"writing results to {self.out!r} failed ({e.strerror or e}); the {done} "
-                             "finished targets are kept, fix the cause and run the same command again") from None
+            raise UsageError(
+                f"writing results to {self.out!r} failed ({e.strerror or e}); the {done} "
+                "finished targets are kept, fix the cause and run the same command again"
+            ) from None
         finally:
             step_bar.close()
             bar.close()
@@ -155,14 +173,25 @@ class Job:
         summary = build_gallery(self.out)
         log(summary_line(summary))
         log(f"gallery: {os.path.join(os.path.abspath(self.out), 'index.html')}")
-        return {"computed": computed, "done": done, "total": len(self.targets),
-                "seconds": time.perf_counter() - started, "summary": summary}
+        return {
+            "computed": computed,
+            "done": done,
+            "total": len(self.targets),
+            "seconds": time.perf_counter() - started,
+            "summary": summary,
+        }
 
     def _write_results(self, outcomes: list[Outcome]) -> None:
         pp = self.backend.preprocessing
         ok = [o for o in outcomes if o.image is not None]
-        pixels = {id(o): (display_original(o.image, pp.order, self.spec.mode == "untrained")
-                          if self.options.display == "original" else pp.to_pixels(o.image)) for o in ok}
+        pixels = {
+            id(o): (
+                display_original(o.image, pp.order, self.spec.mode == "untrained")
+                if self.options.display == "original"
+                else pp.to_pixels(o.image)
+            )
+            for o in ok
+        }
         for o in ok:
             atomic_write(self._paths(o.target)[0], png_bytes(pixels[id(o)]))
         # Classify what was written: the top-5 tells the truth about the file a person looks at.
@@ -175,10 +204,18 @@ class Job:
                 seen_true = self._split(self.backend.classify(true), ok)
         for o in outcomes:
             record = {
-                "target": o.target.text, "id": o.target.id, "name": self._target_name(o.target), "spec_key": self.key, "mode": self.spec.mode,
-                "seed": self.spec.seed, "steps": self.spec.steps, "backend": self.backend.name,
-                "display": self.options.display, "loss_curve": o.curve,
-                "last_step_activation": o.last_activation, "seconds": round(o.seconds, 3),
+                "target": o.target.text,
+                "id": o.target.id,
+                "name": self._target_name(o.target),
+                "spec_key": self.key,
+                "mode": self.spec.mode,
+                "seed": self.spec.seed,
+                "steps": self.spec.steps,
+                "backend": self.backend.name,
+                "display": self.options.display,
+                "loss_curve": o.curve,
+                "last_step_activation": o.last_activation,
+                "seconds": round(o.seconds, 3),
                 "diverged": o.diverged,
             }
             if o.image is not None:
@@ -213,6 +250,8 @@ class Job:
         scores = acts[OUTPUT]
         order = np.argsort(-scores, kind="stable")[:TOP_K]
         classes = {t.index for t in target.terms if t.kind == "class"}
-        return {"final_activation": activation,
-                "top5": [{"class": int(c), "name": self._class_name(int(c)), "score": float(scores[c])} for c in order],
-                "top1_is_target": bool(classes) and int(order[0]) in classes}
+        return {
+            "final_activation": activation,
+            "top5": [{"class": int(c), "name": self._class_name(int(c)), "score": float(scores[c])} for c in order],
+            "top1_is_target": bool(classes) and int(order[0]) in classes,
+        }

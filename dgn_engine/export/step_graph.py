@@ -7,7 +7,6 @@ torch.onnx's dynamo exporter. Batch K is static: the engine pads a short last ba
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil

@@ -13,7 +13,7 @@ from ...artifacts import Artifacts
 from ...errors import UsageError
 from ...spec import RunSpec
 from ...state import initial_state
-from ...targets import OUTPUT, Target, objective_weights
+from ...targets import Target, objective_weights
 from ..backend import StepReadout
 from .onnx_session import ort, providers, session
 

@@ -1,0 +1,53 @@
+"""The CUDA path: parity of the step graph on the GPU. Skipped where no CUDA device can be used."""
+import numpy as np
+import pytest
+
+from dgn_engine import demo
+from dgn_engine.artifacts import load_artifacts
+
+
+def _cuda_ok() -> bool:
+    try:
+        import onnxruntime as ort
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return False
+        from dgn_engine.engine.backends.step_graph import StepGraphBackend
+        return StepGraphBackend(load_artifacts(demo.shipped_artifacts("pretrained")), "auto").device_type == "cuda"
+    except Exception:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _cuda_ok(), reason="no CUDA device usable by onnxruntime")
+
+
+@pytest.mark.parametrize("mode", ["untrained", "pretrained"])
+def test_step_graph_on_cuda_matches_float64(artifacts, mode):
+    torch = pytest.importorskip("torch")
+    from dgn_engine.engine.backends.step_graph import StepGraphBackend
+    from dgn_engine.export.verify import verify
+    art = artifacts[mode]
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the reference may stay on the CPU
+    ok, report = verify(art, 4, device, log=print, engine_backends=[StepGraphBackend(art, "cuda")])
+    assert ok, report
+
+
+@pytest.mark.parametrize("mode", ["untrained", "pretrained"])
+def test_selfcheck_on_cuda(mode):
+    from dgn_engine.engine.selfcheck import selfcheck
+    assert selfcheck(load_artifacts(demo.shipped_artifacts(mode)), "cuda")
+
+
+def test_demo_on_cuda_agrees_with_cpu():
+    """The same 40 steps on CUDA and on the CPU: float32 on both, different kernels."""
+    from dgn_engine.engine.backends.step_graph import StepGraphBackend
+    from dgn_engine.engine.loop import run_batch
+    from dgn_engine.spec import default_spec
+    from dgn_engine.targets import parse_target
+    art = load_artifacts(demo.shipped_artifacts("pretrained"))
+    spec = default_spec("pretrained", steps=40)
+    targets = [parse_target(f"class:{c}") for c in range(5)]
+    gpu = run_batch(StepGraphBackend(art, "cuda"), targets, spec)
+    cpu = run_batch(StepGraphBackend(art, "cpu"), targets, spec)
+    for a, b in zip(gpu, cpu):
+        # activations are O(10); float32 with other summation orders, compounded over 40 steps
+        np.testing.assert_allclose(np.array(a.curve), np.array(b.curve), rtol=1e-3, atol=1e-2)
