@@ -52,6 +52,11 @@ def time_backend(backend, spec, k: int, steps: int, warmup: int) -> dict:
 
 
 def peak_rss_mib() -> float:
+    """This process's peak resident memory since its exec (ru_maxrss would include the parent's)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -24,6 +24,15 @@ def decoder_file(tmp_path_factory):
     return path
 
 
+def error_line(capsys, argv) -> str:
+    """Run the CLI expecting bad input: exit code 2 and exactly one line, no traceback."""
+    from dgn_engine.cli.main import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
 def export(out, mode, batch, decoder=None, *extra):
     from dgn_engine.artifacts import load_artifacts
     from dgn_engine.cli.main import main

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dgn_engine.cli.main import main, parser
+from tests.conftest import error_line
 
 SMALL = ["--classifier", "tests.small_models:tiny_rgb"]
 
@@ -23,13 +24,6 @@ def test_help_for_every_subcommand():
         assert out.returncode == 0 and len(sub.description) > 200, name  # a paragraph that explains
         for action in sub._actions:  # every option says what it does
             assert action.help, (name, action.dest)
-
-
-def error_line(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 def test_missing_weight_file(capsys, tmp_path):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dgn_engine.cli.main import main
+from tests.conftest import error_line
 
 LABELS = ["tee", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 
@@ -217,13 +218,6 @@ def test_engine_never_imports_torch(tmp_path, artifacts):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(os.listdir(tmp_path / "o" / "targets")) == 20
-
-
-def error_line(capsys, argv):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 def test_bad_input(tmp_path, artifacts, capsys):

@@ -15,7 +15,7 @@ from dgn_engine.errors import UsageError
 from dgn_engine.export.verify import verify
 from dgn_engine.spec import default_spec
 from dgn_engine.targets import parse_target
-from tests.conftest import export
+from tests.conftest import error_line, export
 from tests.small_models import write_calibrated_decoder
 
 SMALL = ["--classifier", "tests.small_models:tiny_rgb"]
@@ -101,13 +101,6 @@ def test_unknown_format_version_refused(tmp_path, artifacts):
     (copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(UsageError, match="format version 99"):
         load_artifacts(str(copy))
-
-
-def error_line(capsys, argv):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 def test_export_bad_input(tmp_path, capsys, artifacts):

@@ -54,17 +54,23 @@ def _example_targets(k: int, n_classes: int) -> list[Target]:
     return [Target((Term("class", i % n_classes),)) for i in range(k)]
 
 
-def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int) -> tuple[dict[str, onnx.ModelProto], dict]:
-    """The three graphs for batch k, and their input/output names and shapes for the manifest."""
-    state_names = list(state_shapes(coupled.mode, coupled.plan, coupled.optimizer))
-    trainables = list(trainable_shapes(coupled.mode, coupled.plan))
+def _example_inputs(coupled: CoupledStep, spec: RunSpec, k: int) -> list[torch.Tensor]:
+    """Step inputs for k example targets: state, noise, weights per layout entry, penalty, hyper."""
     layout = coupled.layout
     targets = _example_targets(k, layout[OUTPUT][0])
     state = [torch.from_numpy(v) for v in initial_state(coupled.mode, coupled.plan, coupled.optimizer,
                                                         spec.seed, targets).values()]
     weights, penalty = objective_weights(targets, layout, spec.lam)
     noise = torch.from_numpy(np.random.default_rng(0).standard_normal((k, coupled.plan.features)).astype(np.float32))
-    hyper = torch.tensor(spec.hyper(), dtype=torch.float32)
+    return [*state, noise, *(torch.from_numpy(weights[n]) for n in layout), torch.from_numpy(penalty),
+            torch.tensor(spec.hyper(), dtype=torch.float32)]
+
+
+def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int) -> tuple[dict[str, onnx.ModelProto], dict]:
+    """The three graphs for batch k, and their input/output names and shapes for the manifest."""
+    state_names = list(state_shapes(coupled.mode, coupled.plan, coupled.optimizer))
+    trainables = list(trainable_shapes(coupled.mode, coupled.plan))
+    layout = coupled.layout
     weight_names = [f"weight.{n}" for n in layout]
     n_state, n_w = len(state_names), len(layout)
 
@@ -83,19 +89,19 @@ def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int) -> tuple[dict[str,
 
     step_in = [*state_names, "noise", *weight_names, "penalty", "hyper"]
     step_out = [*(f"new.{n}" for n in state_names), "loss", "activation", "image"]
-    step_args = [*state, noise, *(torch.from_numpy(weights[n]) for n in layout), torch.from_numpy(penalty), hyper]
-    render_args = [*state[:len(trainables)], noise, hyper]
+    step_args = _example_inputs(coupled, spec, k)
+    render_args = [*step_args[:len(trainables)], step_args[n_state], step_args[-1]]
     with torch.no_grad():
         image = render(*render_args)
     classify_out = [OUTPUT, *(n for n in layout if n != OUTPUT)]
-    with FlopCounterMode(display=False) as counter:  # convolutions and matrix products of one step
-        step(*step_args)
+    with FlopCounterMode(display=False) as counter:  # convolutions and matrix products of one target's step
+        step(*_example_inputs(coupled, spec, 1))
     models = {
         "step": _trace(step, step_args, step_in, step_out),
         "render": _trace(render, render_args, [*trainables, "noise", "hyper"], ["image"]),
         "classifier": _trace(classify, [image], ["image"], classify_out),
     }
-    io = {"step_flops": counter.get_total_flops()}
+    io = {"step_flops": k * counter.get_total_flops()}
     for name, model in models.items():
         io[name] = {"file": f"{name}.onnx",
                     "inputs": [_describe(v) for v in model.graph.input],

@@ -1,8 +1,9 @@
 """Backward ops written as forward ops, so that a traced step has an ONNX translation everywhere.
 
-convolution_backward: the input gradient is a transposed convolution, the weight gradient a
-convolution of the input with the output gradient (groups folded into the batch axis); only stride
-1 and dilation 1 occur in G and VGG. max_pool2d_with_indices_backward: a scatter-add of the
+convolution_backward: with stride 1 the input gradient is a convolution of the output gradient with
+the flipped, in/out-swapped kernel, fully padded (onnxruntime's Conv is much faster than its
+ConvTranspose on the CPU); the weight gradient a convolution of the input with the output gradient
+(groups folded into the batch axis). Only stride 1 and dilation 1 occur in G and VGG. max_pool2d_with_indices_backward: a scatter-add of the
 gradient at the recorded argmax positions.
 """
 from __future__ import annotations
@@ -18,11 +19,14 @@ def convolution_backward(grad_out, inp, weight, bias_sizes, stride, padding, dil
     if any(s != 1 for s in stride) or any(d != 1 for d in dilation) or transposed:
         raise NotImplementedError("convolution_backward: only stride 1, dilation 1, non-transposed")
     grad_in = grad_w = grad_b = None
+    n, cin, h, w = inp.shape
+    cg, og = cin // groups, weight.shape[0] // groups
+    kh, kw = weight.shape[2:]
     if output_mask[0]:
-        grad_in = aten.convolution(grad_out, weight, None, [1, 1], padding, [1, 1], True, [0, 0], groups)
+        flipped = weight.flip(2, 3).reshape(groups, og, cg, kh, kw).transpose(1, 2).reshape(groups * cg, og, kh, kw)
+        grad_in = aten.convolution(grad_out, flipped, None, [1, 1], [kh - 1 - padding[0], kw - 1 - padding[1]],
+                                   [1, 1], False, [0, 0], groups)
     if output_mask[1]:
-        n, cin, h, w = inp.shape
-        cg, og = cin // groups, weight.shape[0] // groups
         oh, ow = grad_out.shape[2:]
         # per group g: grad_w[g, o, c] = sum_n x[n, g, c] (*) grad_out[n, g, o]  (a correlation)
         x = inp.reshape(n, groups, cg, h, w).permute(2, 1, 0, 3, 4).reshape(cg, groups * n, h, w)
