@@ -26,212 +26,66 @@ def test_help_for_every_subcommand():
             assert action.help, (name, action.dest)
 
 
+def vgg16_run(tmp_path, weights) -> list[str]:
+    return ["run", "--backend", "torch", "--weights", str(weights), "--mode", "untrained", "--target", "class:1",
+            "--out", str(tmp_path / "o")]
+
+
 def test_missing_weight_file(capsys, tmp_path):
-    err = error_line(
-        capsys,
-        [
-            "run",
-            "--backend",
-            "torch",
-            "--weights",
-            str(tmp_path / "nope.pth"),
-            "--mode",
-            "untrained",
-            "--target",
-            "class:1",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
-    assert "does not exist" in err
+    assert "does not exist" in error_line(capsys, vgg16_run(tmp_path, tmp_path / "nope.pth"))
 
 
 def test_truncated_weight_file(capsys, tmp_path):
     path = tmp_path / "cut.pth"
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, path)
     path.write_bytes(path.read_bytes()[:200])
-    err = error_line(
-        capsys,
-        [
-            "run",
-            "--backend",
-            "torch",
-            "--weights",
-            str(path),
-            "--mode",
-            "untrained",
-            "--target",
-            "class:1",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
-    assert "cannot be read" in err
+    assert "cannot be read" in error_line(capsys, vgg16_run(tmp_path, path))
 
 
 def test_weights_of_another_architecture(capsys, tmp_path):
+    from tests.small_models import tiny_rgb
     path = tmp_path / "other.pth"
-    sd = {k: v for k, v in __import__("tests.small_models", fromlist=["x"]).tiny_rgb().state_dict().items()}
-    torch.save(sd, path)
-    err = error_line(
-        capsys,
-        [
-            "run",
-            "--backend",
-            "torch",
-            "--weights",
-            str(path),
-            "--mode",
-            "untrained",
-            "--target",
-            "class:1",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
+    torch.save(tiny_rgb().state_dict(), path)
+    err = error_line(capsys, vgg16_run(tmp_path, path))
     assert "tensor 'features.0.weight' has shape (8, 3, 3, 3), the network needs (64, 3, 3, 3)" in err
 
 
+def small_run(target: str, out) -> list[str]:
+    return ["run", "--backend", "torch", *SMALL, "--mode", "untrained", "--target", target, "--out", str(out)]
+
+
 def test_class_outside_the_classifier(capsys, tmp_path):
-    err = error_line(
-        capsys,
-        [
-            "run",
-            "--backend",
-            "torch",
-            *SMALL,
-            "--mode",
-            "untrained",
-            "--target",
-            "class:10",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
+    err = error_line(capsys, small_run("class:10", tmp_path / "o"))
     assert "class 10 is outside the classifier, which has classes 0..9" in err
 
 
 def test_unknown_layer_lists_valid_ones(capsys, tmp_path):
-    err = error_line(
-        capsys,
-        [
-            "run",
-            "--backend",
-            "torch",
-            *SMALL,
-            "--mode",
-            "untrained",
-            "--target",
-            "channel:features.99:0",
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
+    err = error_line(capsys, small_run("channel:features.99:0", tmp_path / "o"))
     assert "unknown layer 'features.99'" in err and "features.0, features.1" in err
 
 
 def test_unwritable_output_folder(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    err = error_line(
-        capsys,
-        [
-            "run",
-            "--backend",
-            "torch",
-            *SMALL,
-            "--mode",
-            "untrained",
-            "--target",
-            "class:1",
-            "--out",
-            str(blocker / "out"),
-        ],
-    )
-    assert "cannot create the output folder" in err
+    assert "cannot create the output folder" in error_line(capsys, small_run("class:1", blocker / "out"))
 
 
-@pytest.mark.parametrize(
-    "argv, fragment",
-    [
-        (["run", "--backend", "torch", "--mode", "untrained", "--out", "{tmp}/o"], "say what to synthesise"),
-        (
-            ["run", "--backend", "torch", *SMALL, "--mode", "pretrained", "--target", "class:1", "--out", "{tmp}/o"],
-            "needs --decoder",
-        ),
-        (
-            ["run", "--backend", "torch", *SMALL, "--mode", "untrained", "--target", "klass:1", "--out", "{tmp}/o"],
-            "cannot read 'klass:1'",
-        ),
-        (
-            [
-                "run",
-                "--backend",
-                "torch",
-                *SMALL,
-                "--mode",
-                "untrained",
-                "--target",
-                "class:1",
-                "--batch",
-                "0",
-                "--out",
-                "{tmp}/o",
-            ],
-            "--batch must be at least 1",
-        ),
-        (
-            [
-                "run",
-                "--backend",
-                "torch",
-                *SMALL,
-                "--mode",
-                "untrained",
-                "--target",
-                "class:1",
-                "--steps",
-                "0",
-                "--out",
-                "{tmp}/o",
-            ],
-            "steps must be >= 1",
-        ),
-        (
-            [
-                "run",
-                "--backend",
-                "torch",
-                "--classifier",
-                "no_such_module:f",
-                "--mode",
-                "untrained",
-                "--target",
-                "class:1",
-                "--out",
-                "{tmp}/o",
-            ],
-            "cannot load classifier factory",
-        ),
-        (
-            [
-                "run",
-                "--backend",
-                "torch",
-                "--classifier",
-                "vgg16",
-                "--mode",
-                "untrained",
-                "--target",
-                "class:1",
-                "--out",
-                "{tmp}/o",
-            ],
-            "needs --weights",
-        ),
-        (["train-decoder", "--images", "{tmp}/none", "--out", "{tmp}/d.pt", *SMALL], "is not a folder"),
-    ],
-)
+TORCH_RUN = ["run", "--backend", "torch"]
+SMALL_UNTRAINED = [*TORCH_RUN, *SMALL, "--mode", "untrained", "--out", "{tmp}/o"]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    ([*TORCH_RUN, "--mode", "untrained", "--out", "{tmp}/o"], "say what to synthesise"),
+    ([*TORCH_RUN, *SMALL, "--mode", "pretrained", "--target", "class:1", "--out", "{tmp}/o"], "needs --decoder"),
+    ([*SMALL_UNTRAINED, "--target", "klass:1"], "cannot read 'klass:1'"),
+    ([*SMALL_UNTRAINED, "--target", "class:1", "--batch", "0"], "--batch must be at least 1"),
+    ([*SMALL_UNTRAINED, "--target", "class:1", "--steps", "0"], "steps must be >= 1"),
+    ([*TORCH_RUN, "--classifier", "no_such_module:f", "--mode", "untrained", "--target", "class:1", "--out", "{tmp}/o"],
+     "cannot load classifier factory"),
+    ([*TORCH_RUN, "--classifier", "vgg16", "--mode", "untrained", "--target", "class:1", "--out", "{tmp}/o"],
+     "needs --weights"),
+    (["train-decoder", "--images", "{tmp}/none", "--out", "{tmp}/d.pt", *SMALL], "is not a folder"),
+])
 def test_bad_input_one_line(capsys, tmp_path, argv, fragment):
     err = error_line(capsys, [a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert fragment in err

@@ -15,7 +15,9 @@ Couples a generator G to the classifier D and, for each target, optimises G's fr
 backpropagation through the frozen D so that G's image drives the target as high as possible.
 Writes OUT/targets/<id>.png (the median of the last snapshots, as the paper shows), <id>.json
 (final activation, top-5 of D on the written PNG, loss curve) and OUT/run.json. Running the same
-command again skips finished targets.
+command again skips finished targets. Without --artifacts and classifier options it runs the
+embedded Fashion-MNIST demo (exported once into ~/.cache/dgn-engine where torch is installed,
+else its prebuilt artifacts shipped in the package).
 
 Targets: class:668, channel:features.28:17 (a filter's mean activation), neuron:features.28:17:7:7,
 weighted mixes such as 0.5*class:9+class:339. Defaults follow the paper per mode (Table 1)."""
