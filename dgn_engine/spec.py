@@ -108,9 +108,6 @@ class RunSpec:
         _require(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed must be an integer >= 0")
         return replace(self, targets=targets)
 
-    def with_targets(self, targets) -> "RunSpec":
-        return replace(self, targets=tuple(targets)).validated()
-
     def hyper(self) -> list[float]:
         o = self.optimizer
         return [o.lr, o.beta1, o.beta2, o.eps, o.momentum, self.noise.sigma, self.regularizer.weight, self.target_leak]
