@@ -120,6 +120,14 @@ class Job:
             },
         )
 
+    def _batches(self, k: int) -> list[list[Target]]:
+        """The unfinished batches, always cut at the same places of the target list: a target's
+        floating-point result can depend on its row in the batch, so a resumed job regroups nothing.
+        A batch cut short by a kill while its files were being written is run again whole; only its
+        missing targets are written."""
+        batches = [self.targets[i : i + k] for i in range(0, len(self.targets), k)]
+        return [b for b in batches if not all(self.is_done(t) for t in b)]
+
     # -- running -------------------------------------------------------------------------------
     def run(self, log=print) -> dict:
         self._prepare()
@@ -141,8 +149,7 @@ class Job:
         self._write_run(done, 0.0, "running")
         try:
             with _StopFlag() as stop:
-                for i in range(0, len(todo), k):
-                    batch = todo[i : i + k]
+                for batch in self._batches(k):
                     step_bar.reset()
                     outcomes = run_batch(
                         self.backend,
@@ -151,10 +158,11 @@ class Job:
                         on_step=lambda s: step_bar.update(1),
                         should_stop=lambda: stop.set,
                     )
-                    self._write_results(outcomes)
-                    done += len(batch)
-                    computed += len(batch)
-                    bar.update(len(batch))
+                    new = [o for o in outcomes if not self.is_done(o.target)]
+                    self._write_results(new)
+                    done += len(new)
+                    computed += len(new)
+                    bar.update(len(new))
                     self._write_run(done, time.perf_counter() - started, "running")
                     if stop.set:
                         raise Interrupted()
