@@ -120,20 +120,20 @@ class Job:
             },
         )
 
-    def _batches(self, k: int) -> list[list[Target]]:
+    def _batches(self, k: int, finished: set[Target]) -> list[list[Target]]:
         """The unfinished batches, always cut at the same places of the target list: a target's
         floating-point result can depend on its row in the batch, so a resumed job regroups nothing.
         A batch cut short by a kill while its files were being written is run again whole; only its
         missing targets are written."""
         batches = [self.targets[i : i + k] for i in range(0, len(self.targets), k)]
-        return [b for b in batches if not all(self.is_done(t) for t in b)]
+        return [b for b in batches if not all(t in finished for t in b)]
 
     # -- running -------------------------------------------------------------------------------
     def run(self, log=print) -> dict:
         self._prepare()
-        todo = [t for t in self.targets if not self.is_done(t)]
-        done = len(self.targets) - len(todo)
-        if not todo:
+        finished = {t for t in self.targets if self.is_done(t)}  # reads each target's JSON once
+        done = len(finished)
+        if done == len(self.targets):
             log(f"nothing to do: all {len(self.targets)} targets in {self.out!r} are finished")
             return {"computed": 0, "done": done, "total": len(self.targets), "summary": None}
         if done:
@@ -149,7 +149,7 @@ class Job:
         self._write_run(done, 0.0, "running")
         try:
             with _StopFlag() as stop:
-                for batch in self._batches(k):
+                for batch in self._batches(k, finished):
                     step_bar.reset()
                     outcomes = run_batch(
                         self.backend,
@@ -158,8 +158,9 @@ class Job:
                         on_step=lambda s: step_bar.update(1),
                         should_stop=lambda: stop.set,
                     )
-                    new = [o for o in outcomes if not self.is_done(o.target)]
+                    new = [o for o in outcomes if o.target not in finished]
                     self._write_results(new)
+                    finished.update(o.target for o in new)
                     done += len(new)
                     computed += len(new)
                     bar.update(len(new))
