@@ -37,7 +37,8 @@ def add_parser(sub) -> None:
                    help="recompute targets in OUT whose results were made with other settings")
     p.add_argument("--artifacts", metavar="DIR", help="an artifacts folder made by dgn-engine export")
     p.add_argument("--backend", choices=("step-graph", "torch"), default="step-graph",
-                   help="step-graph: the exported step graph in onnxruntime (needs --artifacts); torch: the "
+                   help="step-graph: the exported step graph in onnxruntime (--artifacts, else the embedded "
+                        "demo); torch: the "
                         "eager torch reference, built from the classifier options or from the files the "
                         "artifacts' manifest names (default: %(default)s)")
     add_classifier_options(p, default=None)
