@@ -44,13 +44,13 @@ def test_batch_equals_single_runs(tmp_path, artifacts, decoder_file, mode):
     """K targets in one graph (rows, or grouped generators) = K runs of a batch-1 graph."""
     single = export(tmp_path / "k1", mode, 1, decoder_file, "--taps", "features.3")
     targets = [parse_target(t) for t in ("class:4", "0.5*class:2+class:7", "channel:features.3:5")]
-    spec = default_spec(mode, steps=8)
+    spec = default_spec(mode, steps=3)
     batched = run_batch(StepGraphBackend(artifacts[mode], "cpu"), targets, spec)
     one_by_one = [run_batch(StepGraphBackend(single, "cpu"), [t], spec)[0] for t in targets]
     for a, b in zip(batched, one_by_one):
-        # float32, different convolution batchings: rounding only, compounded over 8 steps (values are O(1))
-        np.testing.assert_allclose(np.array(a.curve), np.array(b.curve), rtol=1e-4, atol=1e-3)
-        np.testing.assert_allclose(a.image, b.image, rtol=1e-4, atol=2e-3)  # < 0.2 pixel levels
+        # float32, different convolution batchings: rounding only; 3 steps, before AdaMax/Nesterov compound it
+        np.testing.assert_allclose(np.array(a.curve), np.array(b.curve), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a.image, b.image, rtol=1e-4, atol=1e-4)
 
 
 def test_short_batch_is_padded(artifacts):
