@@ -60,10 +60,11 @@ class StepGraphBackend:
         self.state = [self._value(state[n]) for n in self.state_names]
         self.spare = [self._value(np.zeros_like(state[n])) for n in self.state_names]
         self.binding = self.session.io_binding()
-        for name, w in weights.items():
-            self.binding.bind_ortvalue_input(f"weight.{name}", self._value(w))
-        self.binding.bind_ortvalue_input("penalty", self._value(penalty))
-        self.binding.bind_ortvalue_input("hyper", self._value(np.array(spec.hyper())))
+        # A bound CPU OrtValue may view the numpy array it was made from: keep both alive while bound.
+        self.inputs = {f"weight.{name}": self._value(w) for name, w in weights.items()}
+        self.inputs.update(penalty=self._value(penalty), hyper=self._value(np.array(spec.hyper())))
+        for name, value in self.inputs.items():
+            self.binding.bind_ortvalue_input(name, value)
         self.readouts = {}
         for o in self.session.get_outputs():
             if not o.name.startswith("new."):
@@ -77,7 +78,8 @@ class StepGraphBackend:
         for name, current, spare in zip(self.state_names, self.state, self.spare):
             b.bind_ortvalue_input(name, current)
             b.bind_ortvalue_output(f"new.{name}", spare)
-        b.bind_ortvalue_input("noise", self._value(self._pad(noise)))
+        self.inputs["noise"] = self._value(self._pad(noise))
+        b.bind_ortvalue_input("noise", self.inputs["noise"])
         self.session.run_with_iobinding(b)
         self.state, self.spare = self.spare, self.state
         result = StepReadout()
