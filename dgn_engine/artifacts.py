@@ -1,10 +1,14 @@
 """The artifacts directory: what `export` writes and every backend reads (no torch here).
 
-    manifest.json     format version, mode, batch, graph inputs/outputs, taps and layout,
-                      preprocessing, class count and names, the run spec the export was made
-                      with, the generator plan, the sha256 of every source file, tool versions
-    step.onnx         one optimisation step of K targets: (state, noise, weights, penalty, hyper)
-                      -> (new state, loss, activation, image)
+    manifest.json     format version, kind (the backend it is for), mode, batch, graph inputs/
+                      outputs, taps and layout, preprocessing, class count and names, the run spec
+                      the export was made with, the generator plan, the sha256 of every source
+                      file, tool versions
+    step.onnx         (kind step-graph) one optimisation step of K targets: (state, noise, weights,
+                      penalty, hyper) -> (new state, loss, activation, image)
+    training.onnx     (kind training-api) onnxruntime's training model of G + D + objective:
+    checkpoint        (noise, weights, penalty, hyper) -> (loss, per-target loss, activation, image)
+                      and the gradients of the trainables, which the checkpoint holds
     render.onnx       G alone: (trainables, noise) -> image
     classifier.onnx   D alone: image -> class outputs (after the final ReLU) and tapped layers
     weights.bin       every constant tensor of the three graphs, stored once (ONNX external data)
@@ -25,7 +29,7 @@ from .spec import HYPER, RunSpec
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-GRAPHS = ("step", "render", "classifier")
+KINDS = {"step-graph": ("step", "render", "classifier"), "training-api": ("training", "render", "classifier")}
 
 
 @dataclass
@@ -37,6 +41,10 @@ class Artifacts:
     def manifest_sha256(self) -> str:
         with open(os.path.join(self.path, MANIFEST), "rb") as f:
             return hashlib.sha256(f.read()).hexdigest()
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
 
     @property
     def mode(self) -> str:
@@ -100,9 +108,12 @@ def load_artifacts(path: str) -> Artifacts:
     if manifest.get("hyper") != list(HYPER):
         raise UsageError(f"artifacts in {path!r} take other run settings ({manifest.get('hyper')}) than this "
                          "dgn-engine gives; export them again with this version")
+    if manifest.get("kind") not in KINDS:
+        raise UsageError(f"artifacts in {path!r} are of an unknown kind {manifest.get('kind')!r}; export them again")
     art = Artifacts(path, manifest)
-    for name in GRAPHS:
-        if not os.path.isfile(art.graph(name)):
-            raise UsageError(f"artifacts in {path!r} are incomplete: {manifest['graphs'][name]['file']} "
-                             "is missing; export them again")
+    files = [manifest["graphs"][name]["file"] for name in KINDS[art.kind]]
+    files += [manifest["checkpoint"]] if art.kind == "training-api" else []
+    for file in files:
+        if not os.path.isfile(os.path.join(path, file)):
+            raise UsageError(f"artifacts in {path!r} are incomplete: {file} is missing; export them again")
     return art

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dgn_engine.kernels.objective import objective, regularizer
-from dgn_engine.kernels.optim import adamax, adamax_step_size, nesterov
+from dgn_engine.update_rules import adamax, adamax_step_size, nesterov
 from dgn_engine.targets import OUTPUT, objective_weights, parse_target
 
 
@@ -54,19 +54,23 @@ def test_regularizers():
 
 
 def test_adamax_matches_its_definition():
+    """In torch (the step graph, the reference) and in numpy (the training-API backend's updates)."""
     p, m, u = np.array([1.0, -1.0]), np.zeros(2), np.zeros(2)
     tp, tm, tu = (torch.tensor(v) for v in (p, m, u))
+    np_p, np_m, np_u = p.copy(), m.copy(), u.copy()
     lr, b1, b2, eps = 0.002, 0.9, 0.999, 1e-8
     for t, g in enumerate([np.array([0.5, -2.0]), np.array([-1.0, 0.1]), np.array([0.2, 0.3])], start=1):
         m = b1 * m + (1 - b1) * g
         u = np.maximum(b2 * u, np.abs(g))
         p = p - lr / (1 - b1 ** t) * m / (u + eps)
         step_size = adamax_step_size(torch.tensor(float(t), dtype=torch.float64), lr, b1)
-        tp, tm, tu = adamax(tp, torch.tensor(g), tm, tu, step_size, b1, b2, eps)
+        tp, tm, tu = adamax(tp, torch.tensor(g), tm, tu, step_size, b1, b2, eps, torch.maximum)
+        np_p, np_m, np_u = adamax(np_p, g, np_m, np_u, adamax_step_size(float(t), lr, b1), b1, b2, eps, np.maximum)
     np.testing.assert_allclose(tp.numpy(), p, rtol=1e-12)
+    np.testing.assert_allclose(np_p, p, rtol=1e-12)
     # the first step moves every value by lr * sign(g)
     first, _, _ = adamax(torch.zeros(2), torch.tensor([3.0, -0.1]), torch.zeros(2), torch.zeros(2),
-                         adamax_step_size(torch.tensor(1.0), lr, b1), b1, b2, eps)
+                         adamax_step_size(torch.tensor(1.0), lr, b1), b1, b2, eps, torch.maximum)
     np.testing.assert_allclose(first.numpy(), [-lr, lr], rtol=1e-6)
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .. import demo
 from ..errors import UsageError
 from ..kernels.objective import objective, regularizer
-from ..kernels.optim import adamax, adamax_step_size, nesterov
+from ..update_rules import adamax, adamax_step_size, nesterov
 from ..plan import GeneratorPlan, generator_plan
 from ..spec import RunSpec
 from ..state import STEP_COUNT, trainable_shapes
@@ -91,7 +91,7 @@ class CoupledStep:
             p = state[name]
             if self.optimizer == "adamax":
                 new[name], new[f"m.{name}"], new[f"u.{name}"] = adamax(
-                    p, g, state[f"m.{name}"], state[f"u.{name}"], step_size, b1, b2, eps)
+                    p, g, state[f"m.{name}"], state[f"u.{name}"], step_size, b1, b2, eps, torch.maximum)
             else:
                 new[name], new[f"v.{name}"] = nesterov(p, g, state[f"v.{name}"], lr, mu)
         new[STEP_COUNT] = t

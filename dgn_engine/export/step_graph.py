@@ -36,7 +36,7 @@ EXTERNAL_MIN_BYTES = 1024  # smaller constants stay inside the graph files
 ALIGN = 4096
 
 
-def _trace(fn, args: list[torch.Tensor], inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
+def trace_onnx(fn, args: list[torch.Tensor], inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
     gm = make_fx(fn, decomposition_table=decomposition_table())(*args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -54,7 +54,7 @@ def _example_targets(k: int, n_classes: int) -> list[Target]:
     return [Target((Term("class", i % n_classes),)) for i in range(k)]
 
 
-def _example_inputs(coupled: CoupledStep, spec: RunSpec, k: int) -> list[torch.Tensor]:
+def example_inputs(coupled: CoupledStep, spec: RunSpec, k: int) -> list[torch.Tensor]:
     """Step inputs for k example targets: state, noise, weights per layout entry, penalty, hyper."""
     layout = coupled.layout
     targets = _example_targets(k, layout[OUTPUT][0])
@@ -66,8 +66,10 @@ def _example_inputs(coupled: CoupledStep, spec: RunSpec, k: int) -> list[torch.T
             torch.tensor(spec.hyper(), dtype=torch.float32)]
 
 
-def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int) -> tuple[dict[str, onnx.ModelProto], dict]:
-    """The three graphs for batch k, and their input/output names and shapes for the manifest."""
+def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int, kind: str = "step-graph"
+                 ) -> tuple[dict[str, onnx.ModelProto], dict, dict[str, bytes]]:
+    """The graphs for batch k (the step graph, or the training model for the training-API backend, plus
+    G and D alone), their input/output names and shapes for the manifest, and other files to write."""
     state_names = list(state_shapes(coupled.mode, coupled.plan, coupled.optimizer))
     trainables = list(trainable_shapes(coupled.mode, coupled.plan))
     layout = coupled.layout
@@ -89,24 +91,31 @@ def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int) -> tuple[dict[str,
 
     step_in = [*state_names, "noise", *weight_names, "penalty", "hyper"]
     step_out = [*(f"new.{n}" for n in state_names), "loss", "activation", "image"]
-    step_args = _example_inputs(coupled, spec, k)
+    step_args = example_inputs(coupled, spec, k)
     render_args = [*step_args[:len(trainables)], step_args[n_state], step_args[-1]]
     with torch.no_grad():
         image = render(*render_args)
     classify_out = [OUTPUT, *(n for n in layout if n != OUTPUT)]
     with FlopCounterMode(display=False) as counter:  # convolutions and matrix products of one target's step
-        step(*_example_inputs(coupled, spec, 1))
-    models = {
-        "step": _trace(step, step_args, step_in, step_out),
-        "render": _trace(render, render_args, [*trainables, "noise", "hyper"], ["image"]),
-        "classifier": _trace(classify, [image], ["image"], classify_out),
-    }
+        step(*example_inputs(coupled, spec, 1))
+    files: dict[str, bytes] = {}
+    if kind == "step-graph":
+        models = {"step": trace_onnx(step, step_args, step_in, step_out)}
+    else:
+        from .training_api import training_graphs
+        training, files["checkpoint"] = training_graphs(coupled, spec, k)
+        models = {"training": training}
+    models["render"] = trace_onnx(render, render_args, [*trainables, "noise", "hyper"], ["image"])
+    models["classifier"] = trace_onnx(classify, [image], ["image"], classify_out)
     io = {"step_flops": k * counter.get_total_flops()}
     for name, model in models.items():
-        io[name] = {"file": f"{name}.onnx",
-                    "inputs": [_describe(v) for v in model.graph.input],
-                    "outputs": [_describe(v) for v in model.graph.output]}
-    return models, io
+        inputs, outputs = model.graph.input, model.graph.output
+        if name == "training":  # what the engine feeds and reads, not the parameters and gradient buffers
+            inputs = [v for v in inputs if v.name in ("noise", *weight_names, "penalty", "hyper")]
+            outputs = [v for v in outputs if not v.name.endswith(".accumulation.out")]
+        io[name] = {"file": f"{name}.onnx", "inputs": [_describe(v) for v in inputs],
+                    "outputs": [_describe(v) for v in outputs]}
+    return models, io, files
 
 
 def _describe(value: onnx.ValueInfoProto) -> dict:
@@ -162,22 +171,25 @@ def prepare_out(out: str, force: bool) -> None:
 
 
 def export_artifacts(coupled: CoupledStep, spec: RunSpec, sources: Sources, k: int, out: str,
-                     force: bool = False, log=print):
+                     force: bool = False, log=print, kind: str = "step-graph"):
     """Trace, write into a temporary folder beside `out`, then move in (manifest last)."""
     if k < 1:
         raise UsageError(f"--batch must be at least 1, got {k}")
     prepare_out(out, force)
     started = time.perf_counter()
-    models, io = trace_graphs(coupled, spec, k)
+    models, io, files = trace_graphs(coupled, spec, k, kind)
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         save_with_shared_weights(models, tmp)
+        for name, data in files.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
         layout = coupled.layout
         clf = coupled.classifier
         manifest = {
-            "format_version": FORMAT_VERSION, "kind": "step-graph", "mode": coupled.mode, "batch": k,
+            "format_version": FORMAT_VERSION, "kind": kind, "mode": coupled.mode, "batch": k,
             "spec": {**spec.to_json(), "targets": []}, "hyper": list(HYPER), "plan": coupled.plan.to_json(),
             "preprocessing": clf.preprocessing.to_json(), "num_classes": layout[OUTPUT][0],
             "labels": clf.labels, "taps": coupled.taps, "layout": {n: list(s) for n, s in layout.items()},
@@ -185,7 +197,7 @@ def export_artifacts(coupled: CoupledStep, spec: RunSpec, sources: Sources, k: i
             else coupled.plan.features,
             "state": [{"name": n, "shape": list(s)}
                       for n, s in state_shapes(coupled.mode, coupled.plan, coupled.optimizer).items()],
-            "step_flops": io.pop("step_flops"), "graphs": io, "sources": sources.absolute().to_json(),
+            "step_flops": io.pop("step_flops"), "graphs": io, **({"checkpoint": "checkpoint"} if files else {}), "sources": sources.absolute().to_json(),
             "sha256": clf.sources,
             "versions": _versions(), "opset": OPSET, "export_seconds": round(time.perf_counter() - started, 2),
         }
@@ -200,7 +212,7 @@ def export_artifacts(coupled: CoupledStep, spec: RunSpec, sources: Sources, k: i
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
-    log(f"exported {coupled.mode} mode, batch {k}, to {out!r} in {time.perf_counter() - started:.1f} s "
+    log(f"exported {coupled.mode} mode for the {kind} backend, batch {k}, to {out!r} in {time.perf_counter() - started:.1f} s "
         f"({size / 2**20:.1f} MiB)")
     return load_artifacts(out)
 

@@ -2,13 +2,32 @@
 from __future__ import annotations
 
 import os
+import sys
+
+import numpy as np
+from contextlib import contextmanager
 
 from ...errors import UsageError
 
 
+@contextmanager
+def _torch_hidden():
+    """onnxruntime-training's `import onnxruntime` tries `onnxruntime.training.ortmodule`, which imports
+    torch where it is installed (seconds, and the runtime must not need it); hide torch meanwhile."""
+    if "torch" in sys.modules:
+        yield
+        return
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+        yield
+    finally:
+        del sys.modules["torch"]
+
+
 def ort():
     try:
-        import onnxruntime
+        with _torch_hidden():
+            import onnxruntime
     except ImportError:
         raise UsageError("the step-graph backend needs onnxruntime: pip install 'dgn-engine[cpu]' "
                          "(or 'dgn-engine[gpu]' for CUDA)") from None
@@ -42,3 +61,22 @@ def session(path: str, provider_list: list, threads: int | None = None):
         return rt.InferenceSession(path, so, providers=provider_list)
     except Exception as e:  # onnxruntime raises its own exception types
         raise UsageError(f"onnxruntime cannot load {path!r}: {str(e).splitlines()[0][:200]}") from None
+
+
+def pad_rows(rows: np.ndarray, k: int) -> np.ndarray:
+    """A short batch padded with zero rows to the graphs' static batch k."""
+    if len(rows) == k:
+        return rows
+    return np.concatenate([rows, np.zeros((k - len(rows), *rows.shape[1:]), rows.dtype)])
+
+
+def classify_in_batches(classifier, images: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """classifier.onnx (static batch k) on any number of model-space images, in float64."""
+    names = [o.name for o in classifier.get_outputs()]
+    results = {n: [] for n in names}
+    for i in range(0, len(images), k):
+        chunk = images[i:i + k]
+        outs = classifier.run(None, {"image": pad_rows(chunk.astype(np.float32), k)})
+        for n, o in zip(names, outs):
+            results[n].append(o[:len(chunk)].astype(np.float64))
+    return {n: np.concatenate(v) for n, v in results.items()}

@@ -15,13 +15,16 @@ from ...spec import RunSpec
 from ...state import initial_state
 from ...targets import Target, objective_weights
 from ..backend import StepReadout
-from .onnx_session import ort, providers, session
+from .onnx_session import classify_in_batches, ort, pad_rows, providers, session
 
 
 class StepGraphBackend:
     name = "step-graph"
 
     def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None):
+        if art.kind != "step-graph":
+            raise UsageError(f"the artifacts in {art.path!r} are for the {art.kind} backend (--backend {art.kind}); "
+                             "export them without --backend for this one")
         self.art = art
         self.mode, self.k = art.mode, art.batch
         self.preprocessing, self.layout, self.labels = art.preprocessing, art.layout, art.labels
@@ -42,12 +45,6 @@ class StepGraphBackend:
 
     def _value(self, array: np.ndarray):
         return ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, np.float32), self.device_type, 0)
-
-    def _pad(self, rows: np.ndarray) -> np.ndarray:
-        if len(rows) == self.k:
-            return rows
-        pad = np.zeros((self.k - len(rows), *rows.shape[1:]), rows.dtype)
-        return np.concatenate([rows, pad])
 
     def start(self, targets: list[Target], spec: RunSpec) -> None:
         if len(targets) > self.k:
@@ -78,7 +75,7 @@ class StepGraphBackend:
         for name, current, spare in zip(self.state_names, self.state, self.spare):
             b.bind_ortvalue_input(name, current)
             b.bind_ortvalue_output(f"new.{name}", spare)
-        self.inputs["noise"] = self._value(self._pad(noise))
+        self.inputs["noise"] = self._value(pad_rows(noise, self.k))
         b.bind_ortvalue_input("noise", self.inputs["noise"])
         self.session.run_with_iobinding(b)
         self.state, self.spare = self.spare, self.state
@@ -93,7 +90,7 @@ class StepGraphBackend:
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Replace the current state (real rows; verification steps every path from one state)."""
         for i, name in enumerate(self.state_names):
-            value = state[name] if name == "t" else self._pad(np.asarray(state[name]))
+            value = state[name] if name == "t" else pad_rows(np.asarray(state[name]), self.k)
             self.state[i] = self._value(value)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
@@ -103,14 +100,7 @@ class StepGraphBackend:
     def classify(self, images: np.ndarray) -> dict[str, np.ndarray]:
         if self._classifier is None:
             self._classifier = session(self.art.graph("classifier"), self.providers, self.threads)
-        names = [o.name for o in self._classifier.get_outputs()]
-        results = {n: [] for n in names}
-        for i in range(0, len(images), self.k):
-            chunk = images[i:i + self.k]
-            outs = self._classifier.run(None, {"image": self._pad(chunk.astype(np.float32))})
-            for n, o in zip(names, outs):
-                results[n].append(o[:len(chunk)].astype(np.float64))
-        return {n: np.concatenate(v) for n, v in results.items()}
+        return classify_in_batches(self._classifier, images, self.k)
 
     def describe(self) -> dict:
         rt = ort()

@@ -1,0 +1,148 @@
+"""The training-API backend: onnxruntime-training's Module computes the gradients, we update.
+
+`export --backend training-api` writes a training model (G + D + objective, with onnxruntime's own
+gradient graph) and a checkpoint of the trainables. Each step runs `train_step`, then applies
+AdaMax or Nesterov (dgn_engine.update_rules, in numpy: onnxruntime's training optimisers are only
+AdamW and SGD) to every trainable through its parameter's gradient and data. Only the C bindings
+are used: the `onnxruntime.training` Python package imports torch. On CUDA the gradients and
+parameters cross to the host once per step for the update, and MaxPoolGrad runs on the CPU (it has
+no CUDA kernel in 1.19.2).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ...artifacts import Artifacts
+from ...errors import UsageError
+from ...spec import HYPER, RunSpec
+from ...state import SLOTS, initial_state, trainable_shapes
+from ...targets import Target, objective_weights
+from ...update_rules import adamax, adamax_step_size, nesterov
+from ..backend import StepReadout
+from .onnx_session import classify_in_batches, ort, pad_rows, providers, session
+
+INSTALL = ("the training-api backend needs onnxruntime-training, which provides its own `onnxruntime`: in a "
+           "separate virtual environment, pip install 'dgn-engine[training-api]'")
+
+
+def training_bindings():
+    rt = ort()
+    from onnxruntime.capi import _pybind_state as C
+    if not hasattr(C, "Module"):
+        raise UsageError(f"this onnxruntime ({rt.__version__}) has no training API; {INSTALL}")
+    return rt, C
+
+
+class TrainingApiBackend:
+    name = "training-api"
+
+    def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None):
+        if art.kind != "training-api":
+            raise UsageError(f"the artifacts in {art.path!r} are for the {art.kind} backend; export them with "
+                             "--backend training-api for this one")
+        self.rt, self.C = training_bindings()
+        self.art = art
+        self.mode, self.k = art.mode, art.batch
+        self.preprocessing, self.layout, self.labels = art.preprocessing, art.layout, art.labels
+        self.plan = art.plan
+        self.features = self.plan.features
+        self.providers, self.device_type = providers(device)
+        self.threads = threads
+        options = self.rt.SessionOptions()
+        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        C = self.C
+        kind = C.OrtDevice.cuda() if self.device_type == "cuda" else C.OrtDevice.cpu()
+        try:
+            self.checkpoint = C.load_checkpoint(os.path.join(art.path, art.manifest["checkpoint"]))
+            # no eval model: the engine never needs one (its BatchNorm handling is the fragile part)
+            self.module = C.Module(art.graph("training"), self.checkpoint, None,
+                                   C.OrtDevice(kind, C.OrtDevice.default_memory(), 0), options)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise UsageError(f"onnxruntime-training cannot load the artifacts in {art.path!r}: "
+                             f"{str(e).splitlines()[0][:200]}") from None
+        self.inputs = self.module.input_names(True)
+        self.outputs = self.module.output_names(True)
+        self.trainables = list(trainable_shapes(self.mode, self.plan))
+        self._classifier = None
+
+    def _set(self, name: str, value: np.ndarray) -> None:
+        value = self.rt.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value, np.float32))
+        self.checkpoint.copy_parameter_from(name, value._ortvalue)
+
+    def start(self, targets: list[Target], spec: RunSpec) -> None:
+        if len(targets) > self.k:
+            raise ValueError(f"{len(targets)} targets for a graph of batch {self.k}")
+        self.art.check_spec(spec)
+        self.n = len(targets)
+        padded = targets + [targets[-1]] * (self.k - len(targets))  # rows are independent; extras are dropped
+        state = initial_state(self.mode, self.plan, spec.optimizer.name, spec.seed, padded)
+        for name in self.trainables:
+            self._set(name, state.pop(name))
+        self.slots = state  # optimiser slots and the step count, on the host
+        self.optimizer = spec.optimizer.name
+        self.hyper = np.array(spec.hyper(), np.float32)
+        weights, penalty = objective_weights(padded, self.layout, spec.lam)
+        self.feeds = {f"weight.{n}": np.ascontiguousarray(w, np.float32) for n, w in weights.items()}
+        self.feeds.update(penalty=penalty.astype(np.float32), hyper=self.hyper)
+
+    def step(self, noise: np.ndarray, read: bool, image: bool) -> StepReadout:
+        self.feeds["noise"] = np.ascontiguousarray(pad_rows(noise, self.k), np.float32)
+        fetches = self.C.OrtValueVector()
+        self.module.lazy_reset_grad()
+        self.module.train_step([self.feeds[n] for n in self.inputs], fetches)
+        outs = dict(zip(self.outputs, fetches))
+        self._update()
+        result = StepReadout()
+        if read:
+            result.loss = outs["loss_per_target"].numpy()[:self.n].copy()
+            result.activation = outs["activation"].numpy()[:self.n].copy()
+        if image:
+            result.image = outs["image"].numpy()[:self.n].copy()
+        return result
+
+    def _update(self) -> None:
+        """One AdaMax / Nesterov step of every trainable, in float32 as the step graph computes it."""
+        h = dict(zip(HYPER, self.hyper))
+        s = self.slots
+        s["t"] = s["t"] + np.float32(1)
+        if self.optimizer == "adamax":
+            step_size = adamax_step_size(s["t"], h["lr"], h["beta1"])
+        for name in self.trainables:
+            param = self.checkpoint.get_parameter(name)
+            g, p = param.grad.numpy(), param.data.numpy()
+            if self.optimizer == "adamax":
+                new, s[f"m.{name}"], s[f"u.{name}"] = adamax(p, g, s[f"m.{name}"], s[f"u.{name}"], step_size,
+                                                             h["beta1"], h["beta2"], h["eps"], np.maximum)
+            else:
+                new, s[f"v.{name}"] = nesterov(p, g, s[f"v.{name}"], h["lr"], h["momentum"])
+            self._set(name, new)
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the current state (real rows; verification steps every path from one state)."""
+        for name, value in state.items():
+            value = np.asarray(value, np.float32) if name == "t" else pad_rows(np.asarray(value, np.float32), self.k)
+            if name in self.trainables:
+                self._set(name, value)
+            else:
+                self.slots[name] = value.copy()
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The current state on the host (for verification), real rows only except for t."""
+        out = {n: self.checkpoint.get_parameter(n).data.numpy()[:self.n].copy() for n in self.trainables}
+        out.update({n: (v if n == "t" else v[:self.n]).copy() for n, v in self.slots.items()})
+        order = [*self.trainables, *(f"{s}.{n}" for s in SLOTS[self.optimizer] for n in self.trainables), "t"]
+        return {n: out[n] for n in order}
+
+    def classify(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        if self._classifier is None:
+            self._classifier = session(self.art.graph("classifier"), self.providers, self.threads)
+        return classify_in_batches(self._classifier, images, self.k)
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": self.device_type, "precision": "float32",
+                "onnxruntime": self.rt.__version__, "artifacts": self.art.path,
+                "manifest_sha256": self.art.manifest_sha256}

@@ -1,0 +1,166 @@
+"""Export for the training-API backend: G + D as onnxruntime training artifacts.
+
+The forward model (G then D: trainables, noise, hyper -> class logits, taps, image) is traced like
+the step graph, its trainables turned into initializers (the training API differentiates only
+parameters, never graph inputs), and the objective added on top as an onnxblock loss whose target
+weights and penalty are extra graph inputs. `generate_artifacts` then builds the gradient graph
+(onnxruntime's own autodiff, independent of torch's) and the checkpoint of the trainables. The
+optimiser stays outside: AdaMax and Nesterov are applied by the engine (its optimisers are only
+AdamW and SGD).
+
+Traps of onnxruntime-training 1.19.2 this relies on being avoided (each has a test): opset <= 21
+and IR <= 10; no CPU gradient for Resize (G upsamples with expand); ConvGrad wrong for asymmetric
+pads (G pads explicitly); no gradient w.r.t. a graph input (the trainables are initializers);
+BatchNormalization in training mode breaks the eval model (G's BatchNorm is plain arithmetic and
+the eval model is not used).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import UsageError
+from ..spec import HYPER, RunSpec
+from ..state import trainable_shapes
+from ..targets import OUTPUT
+from .coupled import CoupledStep
+from .step_graph import example_inputs, trace_onnx
+
+MAX_OPSET, MAX_IR = 21, 10  # what onnxruntime-training 1.19.2 loads
+TRAINING_OUTPUTS = ["loss", "loss_per_target", "activation", "image"]
+
+
+def training_api():
+    """onnxruntime.training, or one line saying how to get it."""
+    try:
+        import onnxruntime
+        from onnxruntime.training import artifacts, onnxblock
+    except ImportError:
+        raise UsageError("--backend training-api needs onnxruntime-training: in its own virtual environment, "
+                         "pip install 'dgn-engine[training-api,export]'") from None
+    if tuple(int(x) for x in onnx.__version__.split(".")[:2]) > (1, 17):
+        raise UsageError(f"onnx {onnx.__version__} writes models onnxruntime-training 1.19 cannot load; "
+                         "pip install onnx==1.17.0 in the training-api environment")
+    onnxruntime.set_default_logger_severity(3)  # the gradient builder logs every graph transformer
+    return artifacts, onnxblock
+
+
+def forward_model(coupled: CoupledStep, spec: RunSpec, k: int) -> onnx.ModelProto:
+    """G then D for k targets, with the trainables as initializers named as in the state."""
+    trainables = list(trainable_shapes(coupled.mode, coupled.plan))
+    n = len(trainables)
+    args = example_inputs(coupled, spec, k)
+    n_state = len(args) - 3 - len(coupled.layout)  # state, noise, weights, penalty, hyper
+    forward_args = [*args[:n], args[n_state], args[-1]]
+
+    def forward(*a):
+        params = dict(zip(trainables, a[:n]))
+        image = coupled.generate(params, a[n], a[n + 1][5])  # hyper[5] = sigma
+        return (*coupled.logits(image).values(), image)
+
+    with torch.no_grad():
+        outputs = list(coupled.logits(coupled.generate(dict(zip(trainables, forward_args[:n])), args[n_state],
+                                                       args[-1][5])))
+    model = trace_onnx(forward, forward_args, [*trainables, "noise", "hyper"], [*outputs, "image"])
+    inputs = {v.name: v for v in model.graph.input}
+    for name, value in zip(trainables, forward_args[:n]):
+        model.graph.input.remove(inputs[name])
+        model.graph.initializer.append(numpy_helper.from_array(value.numpy(), name))
+    model.ir_version = min(model.ir_version, MAX_IR)
+    return model
+
+
+def objective_block(onnxblock, layout: dict[str, tuple[int, ...]], k: int, reg_kind: str, final_gamma: str | None):
+    """The objective as an onnxblock loss: per target -sum w*read + penalty * sum_{w=0} relu(logit) + R,
+    summed over the K targets (one scalar to differentiate), with the per-target loss and activation
+    kept as outputs. Written in ONNX ops, independently of the torch objective it must equal."""
+
+    class Objective(onnxblock.Block):
+        def build(self, *forward_outputs):
+            g = self.base.graph
+            nodes: list[onnx.NodeProto] = []
+
+            def op(kind, inputs, name, **attrs):
+                nodes.append(helper.make_node(kind, inputs, [name], name=name, **attrs))
+                return name
+
+            def total(inputs, name):  # a chain of Add: onnxruntime has no gradient for Sum
+                if len(inputs) == 1:
+                    return op("Identity", inputs, name)
+                acc = inputs[0]
+                for i, x in enumerate(inputs[1:], 1):
+                    acc = op("Add", [acc, x], name if i == len(inputs) - 1 else f"{name}.{i}")
+                return acc
+
+            def const(name, array):
+                g.initializer.append(numpy_helper.from_array(np.asarray(array), name))
+                return name
+
+            for layer, shape in layout.items():
+                g.input.append(helper.make_tensor_value_info(f"weight.{layer}", TensorProto.FLOAT, [k, *shape]))
+            g.input.append(helper.make_tensor_value_info("penalty", TensorProto.FLOAT, [k]))
+            axis1 = const("objective.axis1", np.array([1], np.int64))
+            leak = op("Gather", ["hyper", const("objective.i_leak", np.array(HYPER.index("target_leak")))],
+                      "objective.leak")
+            logits = OUTPUT
+            relu = op("Relu", [logits], "objective.relu")
+            below = op("Sub", [logits, relu], "objective.below")  # min(x, 0), exactly
+            read = op("Add", [relu, op("Mul", [leak, below], "objective.leaked")], "objective.read")
+            terms = []
+            for layer in layout:
+                x = read if layer == OUTPUT else layer
+                weighted = op("Mul", [x, f"weight.{layer}"], f"objective.weighted.{layer}")
+                flat = op("Flatten", [weighted], f"objective.flat.{layer}", axis=1)
+                terms.append(op("ReduceSum", [flat, axis1], f"objective.term.{layer}", keepdims=0))
+            activation = total(terms, "activation")
+            zero = const("objective.zero", np.array(0, np.float32))
+            others = op("Cast", [op("Equal", [f"weight.{OUTPUT}", zero], "objective.untargeted")],
+                        "objective.others", to=TensorProto.FLOAT)
+            pen = op("Mul", ["penalty", op("ReduceSum", [op("Mul", [relu, others], "objective.other_reads"), axis1],
+                                           "objective.other_sum", keepdims=0)], "objective.penalty")
+            parts = [pen, op("Neg", [activation], "objective.neg_activation")]
+            if reg_kind != "none":
+                weight = op("Gather", ["hyper", const("objective.i_reg", np.array(HYPER.index("reg_weight")))],
+                            "objective.reg_weight")
+                last = const("objective.axis_last", np.array([-1], np.int64))
+                if reg_kind == "l1-final-gamma":
+                    size = op("ReduceSum", [op("Abs", [final_gamma], "objective.abs_gamma"), last],
+                              "objective.l1", keepdims=0)
+                else:
+                    size = op("ReduceSum", [op("Mul", ["alpha", "alpha"], "objective.alpha_sq"), last],
+                              "objective.l2sq", keepdims=0)
+                    if reg_kind == "l2-alpha":
+                        size = op("Sqrt", [size], "objective.l2")
+                parts.append(op("Mul", [weight, size], "objective.regularizer"))
+            per_target = total(parts, "loss_per_target")
+            op("ReduceSum", [per_target], "loss", keepdims=0)
+            g.node.extend(nodes)
+            return "loss", "loss_per_target", "activation"
+
+    return Objective()
+
+
+def training_graphs(coupled: CoupledStep, spec: RunSpec, k: int) -> tuple[onnx.ModelProto, bytes]:
+    """(the training model, the checkpoint's bytes) for batch k."""
+    artifacts, onnxblock = training_api()
+    trainables = list(trainable_shapes(coupled.mode, coupled.plan))
+    model = forward_model(coupled, spec, k)
+    gamma = f"{coupled.plan.last_bn()}.weight" if coupled.mode == "untrained" else None
+    loss = objective_block(onnxblock, coupled.layout, k, coupled.reg_kind, gamma)
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = os.getcwd()
+        os.chdir(tmp)  # onnxblock writes scratch files into the working directory
+        try:
+            artifacts.generate_artifacts(model, requires_grad=trainables, frozen_params=[], loss=loss,
+                                         artifact_directory=tmp, additional_output_names=["image"])
+        finally:
+            os.chdir(cwd)
+        training = onnx.load(os.path.join(tmp, "training_model.onnx"))
+        with open(os.path.join(tmp, "checkpoint"), "rb") as f:
+            checkpoint = f.read()
+    return training, checkpoint
