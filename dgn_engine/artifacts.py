@@ -1,14 +1,14 @@
 """The artifacts directory: what `export` writes and every backend reads (no torch here).
 
-    manifest.json     format version, kind (the backend it is for), mode, batch, graph inputs/
-                      outputs, taps and layout, preprocessing, class count and names, the run spec
-                      the export was made with, the generator plan, the sha256 of every source
-                      file, tool versions
-    step.onnx         (kind step-graph) one optimisation step of K targets: (state, noise, weights,
-                      penalty, hyper) -> (new state, loss, activation, image)
-    training.onnx     (kind training-api) onnxruntime's training model of G + D + objective:
+    manifest.json     format version, the backends it serves, mode, batch, graph inputs/outputs,
+                      taps and layout, preprocessing, class count and names, the run spec the
+                      export was made with, the generator plan, the sha256 of every source file,
+                      tool versions
+    step.onnx         (step-graph backend) one optimisation step of K targets: (state, noise,
+                      weights, penalty, hyper) -> (new state, loss, activation, image)
+    training.onnx     (training-api backend) onnxruntime-training's model of G + D + objective:
     checkpoint        (noise, weights, penalty, hyper) -> (loss, per-target loss, activation, image)
-                      and the gradients of the trainables, which the checkpoint holds
+                      and the gradients of the trainables, whose values the checkpoint holds
     render.onnx       G alone: (trainables, noise) -> image
     classifier.onnx   D alone: image -> class outputs (after the final ReLU) and tapped layers
     weights.bin       every constant tensor of the three graphs, stored once (ONNX external data)
@@ -27,9 +27,10 @@ from .plan import GeneratorPlan
 from .preprocessing import Preprocessing
 from .spec import HYPER, RunSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-KINDS = {"step-graph": ("step", "render", "classifier"), "training-api": ("training", "render", "classifier")}
+BACKEND_FILES = {"step-graph": ("step.onnx",), "training-api": ("training.onnx", "checkpoint")}
+SHARED_GRAPHS = ("render", "classifier")
 
 
 @dataclass
@@ -43,8 +44,13 @@ class Artifacts:
             return hashlib.sha256(f.read()).hexdigest()
 
     @property
-    def kind(self) -> str:
-        return self.manifest["kind"]
+    def backends(self) -> list[str]:
+        return self.manifest["backends"]
+
+    def require(self, backend: str) -> None:
+        if backend not in self.backends:
+            raise UsageError(f"the artifacts in {self.path!r} hold no graphs for the {backend} backend (they serve "
+                             f"{', '.join(self.backends)}); export them again with --backend {backend}")
 
     @property
     def mode(self) -> str:
@@ -108,11 +114,10 @@ def load_artifacts(path: str) -> Artifacts:
     if manifest.get("hyper") != list(HYPER):
         raise UsageError(f"artifacts in {path!r} take other run settings ({manifest.get('hyper')}) than this "
                          "dgn-engine gives; export them again with this version")
-    if manifest.get("kind") not in KINDS:
-        raise UsageError(f"artifacts in {path!r} are of an unknown kind {manifest.get('kind')!r}; export them again")
     art = Artifacts(path, manifest)
-    files = [manifest["graphs"][name]["file"] for name in KINDS[art.kind]]
-    files += [manifest["checkpoint"]] if art.kind == "training-api" else []
+    files = [manifest["graphs"][name]["file"] for name in SHARED_GRAPHS]
+    for backend in art.backends:
+        files += BACKEND_FILES[backend]
     for file in files:
         if not os.path.isfile(os.path.join(path, file)):
             raise UsageError(f"artifacts in {path!r} are incomplete: {file} is missing; export them again")

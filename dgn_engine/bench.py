@@ -21,7 +21,8 @@ import numpy as np
 from .errors import UsageError
 
 SIZES = ("demo", "full")
-BACKENDS = ("step-graph", "torch", "torch-compile")
+BACKENDS = ("step-graph", "training-api", "torch", "torch-compile")
+ENGINE_BACKENDS = ("step-graph", "training-api")
 
 
 def _targets(k: int, n_classes: int):
@@ -73,11 +74,12 @@ def gpu_memory_mib() -> float | None:
         return None
 
 
-def artifacts_for(size: str, mode: str, k: int, cache: str):
-    """Export (once, into `cache`) the artifacts of a size, mode and batch."""
+def artifacts_for(size: str, mode: str, k: int, cache: str, backends=("step-graph",)):
+    """Export (once, into `cache`) the artifacts of a size, mode and batch for the engine backends."""
     from .artifacts import MANIFEST, load_artifacts
 
-    out = os.path.join(cache, f"{size}-{mode}-k{k}")
+    backends = [b for b in ENGINE_BACKENDS if b in backends] or ["step-graph"]  # torch rows read the sources
+    out = os.path.join(cache, f"{size}-{mode}-k{k}-{'+'.join(backends)}")
     if os.path.isfile(os.path.join(out, MANIFEST)):
         return load_artifacts(out)
     from .export.coupled import build_coupled
@@ -86,7 +88,8 @@ def artifacts_for(size: str, mode: str, k: int, cache: str):
 
     sources = bench_sources(size, mode, cache)
     spec = default_spec(mode)
-    return export_artifacts(build_coupled(sources, spec, []), spec, sources, k, out, force=True, log=lambda *_: None)
+    return export_artifacts(build_coupled(sources, spec, []), spec, sources, k, out, force=True, log=lambda *_: None,
+                            backends=backends)
 
 
 def bench_sources(size: str, mode: str, cache: str):
@@ -121,10 +124,10 @@ def run_row(row: dict) -> dict:
 
     art = load_artifacts(row["artifacts"])
     spec = art.spec
-    if row["backend"] == "step-graph":
-        from .engine.backends.step_graph import StepGraphBackend
+    if row["backend"] in ENGINE_BACKENDS:
+        from .engine.backends import engine_backend
 
-        backend = StepGraphBackend(art, row["device"], row.get("threads"))
+        backend = engine_backend(row["backend"], art, row["device"], row.get("threads"))
     else:
         import torch
         from .export.coupled import Sources, build_coupled
@@ -202,7 +205,7 @@ def bench(
     for size in sizes:
         for mode in modes:
             for k in batches:
-                art = artifacts_for(size, mode, k, cache)
+                art = artifacts_for(size, mode, k, cache, backends)
                 rows += bench_group(art, size, backends, device, steps, warmup, threads, log)
     return result(rows, device, steps, warmup)
 

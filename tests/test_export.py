@@ -78,7 +78,8 @@ def test_export_twice_gives_the_same_graph(tmp_path, artifacts, decoder_file):
 
 def test_manifest(artifacts, decoder_file):
     m = artifacts["pretrained"].manifest
-    assert m["format_version"] == 1 and m["mode"] == "pretrained" and m["batch"] == 3
+    assert m["format_version"] == 2 and m["backends"] == ["step-graph"]
+    assert m["mode"] == "pretrained" and m["batch"] == 3
     assert m["taps"] == ["features.3"] and m["layout"]["features.3"] == [16, 16, 16]
     assert m["num_classes"] == 10 and m["trainable_per_target"] == artifacts["pretrained"].plan.features
     assert os.path.abspath(decoder_file) in m["sha256"] and len(m["sha256"][os.path.abspath(decoder_file)]) == 64

@@ -5,7 +5,7 @@ import argparse
 
 from ..errors import UsageError
 
-HELP = "time the step graph against torch eager (and torch.compile) on the same work"
+HELP = "time the engine's backends against torch eager (and torch.compile) on the same work"
 DESCRIPTION = """\
 For each size x mode x batch K, times one optimisation step of every backend on the same work in
 one run, each in its own process: seconds per step, targets per second (K / (s/step x the mode's
@@ -13,7 +13,8 @@ steps per target: 1200 pretrained, 500 untrained)), the ratio against torch eage
 the achieved TFLOP/s from the step's FLOP count, and the peak memory (RSS; GPU memory on CUDA).
 Sizes: demo (the embedded demo) and full (VGG-16 + the paper's G, random weights: timing does not
 depend on the values). Artifacts are exported once into --cache. With --artifacts DIR only that
-folder is timed (no torch needed for --backends step-graph)."""
+folder is timed (no torch needed for --backends step-graph). The training-api backend runs where
+onnxruntime-training is installed (its own environment)."""
 
 
 def add_parser(sub) -> None:
@@ -24,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--modes", default="pretrained,untrained", help="(default: %(default)s)")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes K (default: %(default)s)")
     p.add_argument("--backends", default="step-graph,torch",
-                   help="comma-separated: step-graph, torch, torch-compile (default: %(default)s)")
+                   help="comma-separated: step-graph, training-api, torch, torch-compile (default: %(default)s)")
     p.add_argument("--artifacts", metavar="DIR", help="time this artifacts folder only")
     p.add_argument("--steps", type=int, default=10, help="timed steps per row (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")

@@ -14,7 +14,12 @@ backward, AdaMax or Nesterov update) of K targets into one standard-ONNX graph, 
 artifacts folder: step.onnx, render.onnx (G alone), classifier.onnx (D alone), weights.bin (their
 constants, stored once) and manifest.json. Mode, optimiser, noise kind and regulariser are fixed by
 the export; learning rate, momentum, noise sigma, regulariser weight, lambda, steps and seed stay
-free for each run. Channel and neuron targets need their layer exported: --taps (or --target)."""
+free for each run. Channel and neuron targets need their layer exported: --taps (or --target).
+
+--backend training-api (repeatable with step-graph) writes instead, or as well, onnxruntime-training
+artifacts: training.onnx (G + D + the objective, with onnxruntime's own gradient graph) and a
+checkpoint of the trainables; it runs where onnxruntime-training 1.19.2 and onnx 1.17 are installed
+(their own virtual environment: see the README)."""
 
 
 def add_parser(sub) -> None:
@@ -29,6 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--target", action="append", default=[], metavar="SPEC",
                    help="a target whose layers are tapped (repeatable)")
     p.add_argument("--targets-file", metavar="FILE", help="targets whose layers are tapped, one per line")
+    p.add_argument("--backend", action="append", choices=("step-graph", "training-api"), metavar="NAME",
+                   help="what the artifacts are for: step-graph (default) or training-api; repeat for both")
     p.add_argument("--force", action="store_true", help="replace the artifacts already in --out")
     p.add_argument("--threads", type=int, help="CPU threads for tracing (default: all cores)")
     add_classifier_options(p)
@@ -44,11 +51,15 @@ def main(args) -> int:
 
     if args.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    backends = args.backend or ["step-graph"]
+    if "training-api" in backends:
+        from ..export.training_api import training_api
+        training_api()  # installed, or one line saying how
     prepare_out(args.out, args.force)
     set_threads(args.threads)
     targets = list(args.target) + (read_lines(args.targets_file, "targets file") if args.targets_file else [])
     taps = list(dict.fromkeys(args.taps + sorted({l for t in targets for l in parse_target(t).layers})))
     spec = spec_from_args(args, [])
     coupled = build_coupled(sources_from_args(args), spec, taps)
-    export_artifacts(coupled, spec, sources_from_args(args), args.batch, args.out, args.force)
+    export_artifacts(coupled, spec, sources_from_args(args), args.batch, args.out, args.force, backends=backends)
     return 0

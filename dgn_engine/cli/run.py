@@ -36,11 +36,12 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="recompute targets in OUT whose results were made with other settings")
     p.add_argument("--artifacts", metavar="DIR", help="an artifacts folder made by dgn-engine export")
-    p.add_argument("--backend", choices=("step-graph", "torch"), default="step-graph",
-                   help="step-graph: the exported step graph in onnxruntime (--artifacts, else the embedded "
-                        "demo); torch: the "
-                        "eager torch reference, built from the classifier options or from the files the "
-                        "artifacts' manifest names (default: %(default)s)")
+    p.add_argument("--backend", choices=("step-graph", "training-api", "torch"),
+                   help="step-graph: the exported step graph in onnxruntime; training-api: the training model "
+                        "in onnxruntime-training (its own environment, see the README); both run --artifacts, "
+                        "else the embedded demo. torch: the eager torch reference, built from the classifier "
+                        "options or from the files the artifacts' manifest names (default: the first backend "
+                        "the artifacts serve, else step-graph)")
     add_classifier_options(p, default=None)
     add_method_options(p)
     e = p.add_argument_group("execution")
@@ -80,14 +81,16 @@ def main(args) -> int:
         art = load_artifacts(args.artifacts)
         if args.mode and args.mode != art.mode:
             raise UsageError(f"the artifacts in {args.artifacts!r} are for --mode {art.mode}, not {args.mode}")
+        args.backend = args.backend or art.backends[0]
     elif args.classifier is None and args.weights is None:  # the embedded demo
-        if args.backend == "step-graph":
-            art = demo_artifacts(args.mode or "pretrained")
+        args.backend = args.backend or "step-graph"
+        if args.backend != "torch":
+            art = demo_artifacts(args.mode or "pretrained", args.backend)
         else:
             args.classifier = demo.NAME
     elif args.backend != "torch":
-        raise UsageError("the step-graph backend runs exported artifacts: dgn-engine export ... --out DIR, then "
-                         "run --artifacts DIR (or use --backend torch)")
+        raise UsageError(f"the {args.backend or 'step-graph'} backend runs exported artifacts: dgn-engine export ... "
+                         "--out DIR, then run --artifacts DIR (or use --backend torch)")
     base = art.spec if art else (demo.spec(args.mode or "pretrained") if args.classifier == demo.NAME else None)
     spec = spec_from_args(args, targets, base=base)  # fail fast on bad settings
     if art:
@@ -103,30 +106,37 @@ def main(args) -> int:
         raise UsageError(f"labels file {args.labels!r} has {len(labels)} names, the classifier has "
                          f"{layout['output'][0]} classes")
     spec = spec_from_args(args, list(dict.fromkeys(targets)), base=base)
-    batch = args.batch or (art.batch if art and args.backend == "step-graph" else 1)
+    batch = args.batch or (art.batch if art and args.backend != "torch" else 1)
     job = Job(backend, spec, args.out, JobOptions(batch=batch, display=args.display, force=args.force,
                                                   labels=labels, progress=not args.quiet))
     job.run()
     return 0
 
 
-def demo_artifacts(mode: str):
+def demo_artifacts(mode: str, backend: str):
     """The demo's artifacts: exported once into the cache where torch is installed (a fresh export of
-    the shipped weights), else the prebuilt ones shipped in the package."""
+    the shipped weights), else the prebuilt step-graph ones shipped in the package."""
     from ..artifacts import MANIFEST, FORMAT_VERSION, load_artifacts
     try:
         import torch  # noqa: F401
     except ImportError:
+        if backend != "step-graph":
+            raise UsageError(f"the package ships the demo for the step-graph backend only; the {backend} backend "
+                             "needs it exported, which needs torch: pip install 'dgn-engine[export]'") from None
         return load_artifacts(demo.shipped_artifacts(mode))
     from .. import __version__
     from ..export.step_graph import export_demo
-    out = os.path.join(demo.cache_dir(), f"demo-{mode}-{demo.fingerprint()}-v{FORMAT_VERSION}-{__version__}")
+    name = f"demo-{mode}-{backend}-{demo.fingerprint()}-v{FORMAT_VERSION}-{__version__}"
+    out = os.path.join(demo.cache_dir(), name)
     if not os.path.isfile(os.path.join(out, MANIFEST)):
         try:
             os.makedirs(demo.cache_dir(), exist_ok=True)
-            print(f"exporting the embedded demo ({mode} mode) into {out} (once)")
-            return export_demo(mode, out)
+            print(f"exporting the embedded demo ({mode} mode, {backend} backend) into {out} (once)")
+            return export_demo(mode, out, backends=(backend,))
         except OSError:  # an unwritable cache: the shipped artifacts are the same export
+            if backend != "step-graph":
+                raise UsageError(f"cannot write the demo's {backend} artifacts into {demo.cache_dir()!r}; "
+                                 "set DGN_ENGINE_CACHE to a writable folder") from None
             return load_artifacts(demo.shipped_artifacts(mode))
     return load_artifacts(out)
 
@@ -145,13 +155,13 @@ def check_targets(targets: list[str], layout, layers: list[str], art) -> None:
 
 def make_backend(args, art, spec, targets: list[str]):
     """(backend, the layer names D has) for the chosen backend."""
+    from ..engine.backends import engine_backend
     from ..targets import parse_target
-    if args.backend == "step-graph":
-        from ..engine.backends.step_graph import StepGraphBackend
+    if args.backend != "torch":
         if args.batch is not None and args.batch != art.batch:
-            raise UsageError(f"the artifacts in {args.artifacts!r} run batches of {art.batch}; omit --batch or "
+            raise UsageError(f"the artifacts in {art.path!r} run batches of {art.batch}; omit --batch or "
                              f"export again with --batch {args.batch}")
-        return StepGraphBackend(art, args.device, args.threads), art.manifest["taps"]
+        return engine_backend(args.backend, art, args.device, args.threads), art.manifest["taps"]
     need_torch("--backend torch")
     from ..export.coupled import Sources, build_coupled
     from ..export.reference import TorchBackend

@@ -6,14 +6,16 @@ import argparse
 from ..errors import UsageError
 from .common import need_torch
 
-HELP = "check the step graph numerically against the torch reference (float32 and float64)"
+HELP = "check the engine's backends numerically against the torch reference (float32 and float64)"
 DESCRIPTION = """\
-Runs N steps of the same targets, initial state and noise on the artifacts' step graph in
-onnxruntime, on the torch reference in float32 and in float64 (rebuilt from the source files the
-manifest records, checked by sha256), and prints per path the worst relative error of the state
-and of the loss against float64, with the tolerance beside it. Exit code 1 when one is exceeded.
+Runs N steps of the same targets, initial state and noise on each engine backend the artifacts
+serve and this environment can run (the step graph in onnxruntime; the training model in
+onnxruntime-training where that is installed), on the torch reference in float32 and in float64
+(rebuilt from the source files the manifest records, checked by sha256), and prints per path the
+worst relative error of the state and of the loss against float64, with the tolerance beside it.
+Exit code 1 when one is exceeded.
 
-With --no-torch (where only the runtime is installed) it checks the step graph against the
+With --no-torch (where only the runtime is installed) it checks each backend against the
 artifacts' own G and D graphs instead: the same image and loss, and a gradient that agrees with
 finite differences of that loss."""
 
@@ -30,16 +32,35 @@ def add_parser(sub) -> None:
     p.set_defaults(func=main)
 
 
+def runnable_backends(art, log=print) -> list[str]:
+    """The backends the artifacts serve that this environment can run; says why any other is left out."""
+    from ..engine.backends.training_api import training_bindings
+    names = []
+    for name in art.backends:
+        if name == "training-api":
+            try:
+                training_bindings()
+            except UsageError:
+                log("training-api: not checked here (onnxruntime-training is not installed in this environment)")
+                continue
+        names.append(name)
+    return names
+
+
 def main(args) -> int:
     from ..artifacts import load_artifacts
-    from ..engine.backends.step_graph import StepGraphBackend
+    from ..engine.backends import engine_backend
 
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     art = load_artifacts(args.artifacts)
+    names = runnable_backends(art)
+    if not names:
+        raise UsageError(f"this environment can run none of the backends the artifacts in {art.path!r} serve "
+                         f"({', '.join(art.backends)})")
     if args.no_torch:
         from ..engine.selfcheck import selfcheck
-        ok = selfcheck(art, args.device)
+        ok = all([selfcheck(art, args.device, backend=name) for name in names])
         print("verify: all checks within tolerance" if ok else "verify: FAILED")
         return 0 if ok else 1
     need_torch("verify (the torch reference; or use --no-torch)")
@@ -47,6 +68,7 @@ def main(args) -> int:
     from .common import set_threads
     set_threads(args.threads)
     check_sources(art)
-    ok, _ = verify(art, args.steps, args.device, engine_backends=[StepGraphBackend(art, args.device, args.threads)])
+    backends = [engine_backend(name, art, args.device, args.threads) for name in names]
+    ok, _ = verify(art, args.steps, args.device, engine_backends=backends)
     print("verify: all paths within tolerance" if ok else "verify: FAILED")
     return 0 if ok else 1

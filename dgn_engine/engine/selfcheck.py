@@ -1,6 +1,7 @@
-"""verify --no-torch: the step graph checked against the artifacts' own G and D graphs, no torch.
+"""verify --no-torch: a backend (the step graph, or the training model) checked against the
+artifacts' own G and D graphs, no torch.
 
-From a target's initial state, one step of the step graph must (1) render the image that
+From a target's initial state, one step of the backend must (1) render the image that
 render.onnx renders from the same state and noise, (2) report the loss that classifier.onnx and the
 objective give on that image, and (3) move the state along the gradient that finite differences of
 that loss measure (read from the optimiser's first-step slots: Nesterov v = -lr g, AdaMax
@@ -70,9 +71,9 @@ class _GraphLoss:
         return loss
 
 
-def selfcheck(art, device: str = "cpu", directions: int = 3, log=print) -> bool:
-    from .backends.step_graph import StepGraphBackend
-    backend = StepGraphBackend(art, device)
+def selfcheck(art, device: str = "cpu", directions: int = 3, log=print, backend: str = "step-graph") -> bool:
+    from .backends import engine_backend
+    backend = engine_backend(backend, art, device)
     spec = replace(art.spec, target_leak=0.0)
     targets = verify_targets(art)
     backend.start(targets, spec)
@@ -100,7 +101,7 @@ def selfcheck(art, device: str = "cpu", directions: int = 3, log=print) -> bool:
         analytic = sum((grad[n] * d[n]).sum() for n in params)
         grad_err = max(grad_err, abs(numeric - analytic) / max(grad_norm * d_norm, 1e-30))
     ok = image_err <= IMAGE_TOL and loss_err <= LOSS_TOL and grad_err <= GRADIENT_TOL
-    log(f"step graph against the artifacts' own G and D graphs ({len(targets)} targets, {backend.device_type}):")
+    log(f"{backend.name} backend against the artifacts' own G and D graphs ({len(targets)} targets, {backend.device_type}):")
     log(f"  image {image_err:.2e} (tolerance {IMAGE_TOL:.0e})  loss {loss_err:.2e} (tolerance {LOSS_TOL:.0e})  "
         f"gradient along {directions} directions {grad_err:.2e} (tolerance {GRADIENT_TOL:.0e})  "
         f"{'ok' if ok else 'FAILED'}")

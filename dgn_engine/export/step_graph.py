@@ -21,7 +21,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils.flop_counter import FlopCounterMode
 
 from .. import __version__, demo
-from ..artifacts import FORMAT_VERSION, MANIFEST, load_artifacts
+from ..artifacts import BACKEND_FILES, FORMAT_VERSION, MANIFEST, load_artifacts
 from ..engine.outputs import write_json
 from ..errors import UsageError
 from ..kernels.decompositions import decomposition_table
@@ -30,6 +30,7 @@ from ..state import initial_state, state_shapes, trainable_shapes
 from ..targets import OUTPUT, Target, Term, objective_weights
 from .coupled import CoupledStep, Sources, build_coupled
 
+BACKENDS = tuple(BACKEND_FILES)
 OPSET = 20
 WEIGHTS_FILE = "weights.bin"
 EXTERNAL_MIN_BYTES = 1024  # smaller constants stay inside the graph files
@@ -66,10 +67,10 @@ def example_inputs(coupled: CoupledStep, spec: RunSpec, k: int) -> list[torch.Te
             torch.tensor(spec.hyper(), dtype=torch.float32)]
 
 
-def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int, kind: str = "step-graph"
+def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int, backends=("step-graph",)
                  ) -> tuple[dict[str, onnx.ModelProto], dict, dict[str, bytes]]:
-    """The graphs for batch k (the step graph, or the training model for the training-API backend, plus
-    G and D alone), their input/output names and shapes for the manifest, and other files to write."""
+    """The graphs for batch k (the step graph and/or the training-API backend's training model, and G
+    and D alone), their input/output names and shapes for the manifest, and other files to write."""
     state_names = list(state_shapes(coupled.mode, coupled.plan, coupled.optimizer))
     trainables = list(trainable_shapes(coupled.mode, coupled.plan))
     layout = coupled.layout
@@ -99,12 +100,12 @@ def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int, kind: str = "step-
     with FlopCounterMode(display=False) as counter:  # convolutions and matrix products of one target's step
         step(*example_inputs(coupled, spec, 1))
     files: dict[str, bytes] = {}
-    if kind == "step-graph":
-        models = {"step": trace_onnx(step, step_args, step_in, step_out)}
-    else:
+    models = {}
+    if "step-graph" in backends:
+        models["step"] = trace_onnx(step, step_args, step_in, step_out)
+    if "training-api" in backends:
         from .training_api import training_graphs
-        training, files["checkpoint"] = training_graphs(coupled, spec, k)
-        models = {"training": training}
+        models["training"], files["checkpoint"] = training_graphs(coupled, spec, k)
     models["render"] = trace_onnx(render, render_args, [*trainables, "noise", "hyper"], ["image"])
     models["classifier"] = trace_onnx(classify, [image], ["image"], classify_out)
     io = {"step_flops": k * counter.get_total_flops()}
@@ -171,13 +172,14 @@ def prepare_out(out: str, force: bool) -> None:
 
 
 def export_artifacts(coupled: CoupledStep, spec: RunSpec, sources: Sources, k: int, out: str,
-                     force: bool = False, log=print, kind: str = "step-graph"):
+                     force: bool = False, log=print, backends=("step-graph",)):
     """Trace, write into a temporary folder beside `out`, then move in (manifest last)."""
     if k < 1:
         raise UsageError(f"--batch must be at least 1, got {k}")
     prepare_out(out, force)
     started = time.perf_counter()
-    models, io, files = trace_graphs(coupled, spec, k, kind)
+    backends = [b for b in BACKENDS if b in backends]
+    models, io, files = trace_graphs(coupled, spec, k, backends)
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
@@ -189,7 +191,7 @@ def export_artifacts(coupled: CoupledStep, spec: RunSpec, sources: Sources, k: i
         layout = coupled.layout
         clf = coupled.classifier
         manifest = {
-            "format_version": FORMAT_VERSION, "kind": kind, "mode": coupled.mode, "batch": k,
+            "format_version": FORMAT_VERSION, "backends": backends, "mode": coupled.mode, "batch": k,
             "spec": {**spec.to_json(), "targets": []}, "hyper": list(HYPER), "plan": coupled.plan.to_json(),
             "preprocessing": clf.preprocessing.to_json(), "num_classes": layout[OUTPUT][0],
             "labels": clf.labels, "taps": coupled.taps, "layout": {n: list(s) for n, s in layout.items()},
@@ -197,7 +199,7 @@ def export_artifacts(coupled: CoupledStep, spec: RunSpec, sources: Sources, k: i
             else coupled.plan.features,
             "state": [{"name": n, "shape": list(s)}
                       for n, s in state_shapes(coupled.mode, coupled.plan, coupled.optimizer).items()],
-            "step_flops": io.pop("step_flops"), "graphs": io, **({"checkpoint": "checkpoint"} if files else {}), "sources": sources.absolute().to_json(),
+            "step_flops": io.pop("step_flops"), "graphs": io, "sources": sources.absolute().to_json(),
             "sha256": clf.sources,
             "versions": _versions(), "opset": OPSET, "export_seconds": round(time.perf_counter() - started, 2),
         }
@@ -212,15 +214,15 @@ def export_artifacts(coupled: CoupledStep, spec: RunSpec, sources: Sources, k: i
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
-    log(f"exported {coupled.mode} mode for the {kind} backend, batch {k}, to {out!r} in {time.perf_counter() - started:.1f} s "
+    log(f"exported {coupled.mode} mode for {' and '.join(backends)}, batch {k}, to {out!r} in {time.perf_counter() - started:.1f} s "
         f"({size / 2**20:.1f} MiB)")
     return load_artifacts(out)
 
 
 
 
-def export_demo(mode: str, out: str, log=print):
+def export_demo(mode: str, out: str, log=print, backends=("step-graph",)):
     """The embedded demo's artifacts: what the package ships and what `run` caches."""
     spec, sources = demo.spec(mode), Sources(mode, demo.NAME)
     coupled = build_coupled(sources, spec, list(demo.TAPS))
-    return export_artifacts(coupled, spec, sources, demo.BATCH, out, force=True, log=log)
+    return export_artifacts(coupled, spec, sources, demo.BATCH, out, force=True, log=log, backends=backends)

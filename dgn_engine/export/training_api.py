@@ -9,10 +9,10 @@ optimiser stays outside: AdaMax and Nesterov are applied by the engine (its opti
 AdamW and SGD).
 
 Traps of onnxruntime-training 1.19.2 this relies on being avoided (each has a test): opset <= 21
-and IR <= 10; no CPU gradient for Resize (G upsamples with expand); ConvGrad wrong for asymmetric
-pads (G pads explicitly); no gradient w.r.t. a graph input (the trainables are initializers);
-BatchNormalization in training mode breaks the eval model (G's BatchNorm is plain arithmetic and
-the eval model is not used).
+and IR <= 10; no CPU gradient for Resize (G upsamples with expand); ConvGrad ignores auto_pad (G's
+"same" padding is explicit: exact, even when asymmetric); no gradient w.r.t. a graph input (the
+trainables are initializers); BatchNormalization in training mode breaks the eval model (G's
+BatchNorm is plain arithmetic and the eval model is not used).
 """
 from __future__ import annotations
 

@@ -1,1 +1,10 @@
-"""Backends behind the engine's one interface (dgn_engine.engine.backend.Backend)."""
+"""The engine's backends over exported artifacts (no torch)."""
+
+
+def engine_backend(name: str, art, device: str = "auto", threads: int | None = None):
+    """The backend called `name` (step-graph or training-api) on an artifacts folder."""
+    if name == "step-graph":
+        from .step_graph import StepGraphBackend
+        return StepGraphBackend(art, device, threads)
+    from .training_api import TrainingApiBackend
+    return TrainingApiBackend(art, device, threads)

@@ -22,9 +22,7 @@ class StepGraphBackend:
     name = "step-graph"
 
     def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None):
-        if art.kind != "step-graph":
-            raise UsageError(f"the artifacts in {art.path!r} are for the {art.kind} backend (--backend {art.kind}); "
-                             "export them without --backend for this one")
+        art.require("step-graph")
         self.art = art
         self.mode, self.k = art.mode, art.batch
         self.preprocessing, self.layout, self.labels = art.preprocessing, art.layout, art.labels

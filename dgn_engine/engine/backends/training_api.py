@@ -39,9 +39,7 @@ class TrainingApiBackend:
     name = "training-api"
 
     def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None):
-        if art.kind != "training-api":
-            raise UsageError(f"the artifacts in {art.path!r} are for the {art.kind} backend; export them with "
-                             "--backend training-api for this one")
+        art.require("training-api")
         self.rt, self.C = training_bindings()
         self.art = art
         self.mode, self.k = art.mode, art.batch
@@ -57,7 +55,7 @@ class TrainingApiBackend:
         C = self.C
         kind = C.OrtDevice.cuda() if self.device_type == "cuda" else C.OrtDevice.cpu()
         try:
-            self.checkpoint = C.load_checkpoint(os.path.join(art.path, art.manifest["checkpoint"]))
+            self.checkpoint = C.load_checkpoint(os.path.join(art.path, "checkpoint"))
             # no eval model: the engine never needs one (its BatchNorm handling is the fragile part)
             self.module = C.Module(art.graph("training"), self.checkpoint, None,
                                    C.OrtDevice(kind, C.OrtDevice.default_memory(), 0), options)
