@@ -182,10 +182,11 @@ def test_run_resume_and_verify_commands(tmp_path, both, capsys):
 
 
 @needs_training
-def test_backend_must_be_in_the_artifacts(tmp_path, capsys, decoder_file):
+def test_backend_must_be_in_the_artifacts(tmp_path, capfd, decoder_file):
     art = export(tmp_path / "ta", "pretrained", 1, decoder_file, "--backend", "training-api")
     assert art.backends == ["training-api"]
-    err = error_line(capsys, ["run", "--artifacts", art.path, "--backend", "step-graph", "--target", "class:1",
+    assert "[I:onnxruntime" not in capfd.readouterr().err  # the gradient builder's log stays hidden
+    err = error_line(capfd, ["run", "--artifacts", art.path, "--backend", "step-graph", "--target", "class:1",
                               "--out", str(tmp_path / "r")])
     assert "--backend step-graph" in err
 
@@ -206,3 +207,5 @@ def test_missing_training_api_is_one_line(tmp_path, capsys, artifacts):
     assert "dgn-engine[training-api]" in err
     err = error_line(capsys, ["verify", "--artifacts", str(art)])
     assert "none of the backends" in err
+    err = error_line(capsys, ["run", "--backend", "training-api", "--all-classes", "--out", str(tmp_path / "d")])
+    assert "dgn-engine[training-api]" in err  # the demo: said before any export work

@@ -75,6 +75,9 @@ def main(args) -> int:
     if args.batch is not None and args.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
     targets = [parse_target(t).text for t in requested_targets(args)]
+    if args.backend == "training-api":
+        from ..engine.backends.training_api import training_bindings
+        training_bindings()  # installed, or one line saying how
     art = None
     if args.artifacts:
         from ..artifacts import load_artifacts

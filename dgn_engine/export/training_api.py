@@ -17,7 +17,9 @@ BatchNorm is plain arithmetic and the eval model is not used).
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from contextlib import contextmanager
 
 import numpy as np
 import onnx
@@ -46,8 +48,29 @@ def training_api():
     if tuple(int(x) for x in onnx.__version__.split(".")[:2]) > (1, 17):
         raise UsageError(f"onnx {onnx.__version__} writes models onnxruntime-training 1.19 cannot load; "
                          "pip install onnx==1.17.0 in the training-api environment")
-    onnxruntime.set_default_logger_severity(3)  # the gradient builder logs every graph transformer
+    onnxruntime.set_default_logger_severity(3)
     return artifacts, onnxblock
+
+
+@contextmanager
+def native_log_kept_unless_failure():
+    """The gradient builder logs every graph transformer at INFO level to the process's stderr,
+    whatever severity Python sets; keep that out of sight unless the export fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            log.seek(0)
+            lines = log.read().decode(errors="replace").splitlines()
+            sys.stderr.write("\n".join(line for line in lines if "[I:" not in line)[-4000:] + "\n")
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def forward_model(coupled: CoupledStep, spec: RunSpec, k: int) -> onnx.ModelProto:
@@ -156,8 +179,9 @@ def training_graphs(coupled: CoupledStep, spec: RunSpec, k: int) -> tuple[onnx.M
         cwd = os.getcwd()
         os.chdir(tmp)  # onnxblock writes scratch files into the working directory
         try:
-            artifacts.generate_artifacts(model, requires_grad=trainables, frozen_params=[], loss=loss,
-                                         artifact_directory=tmp, additional_output_names=["image"])
+            with native_log_kept_unless_failure():
+                artifacts.generate_artifacts(model, requires_grad=trainables, frozen_params=[], loss=loss,
+                                             artifact_directory=tmp, additional_output_names=["image"])
         finally:
             os.chdir(cwd)
         training = onnx.load(os.path.join(tmp, "training_model.onnx"))
