@@ -22,7 +22,7 @@ python3 -m dgn_engine.cli.main bench --device cuda --sizes demo,full --modes pre
 
 # 64 classes of the full VGG-16 + paper G, pretrained, 1200 steps, batch 32: the all-classes time
 # on this GPU is this run's time x 1000/64.
-art=/tmp/dgn-bench/full-pretrained-k32
+art=/tmp/dgn-bench/full-pretrained-k32-step-graph
 if [ -f "$art/manifest.json" ]; then
   seq 0 63 | sed 's/^/class:/' > /tmp/targets64.txt
   /usr/bin/time -v python3 -m dgn_engine.cli.main run --artifacts "$art" --targets-file /tmp/targets64.txt \

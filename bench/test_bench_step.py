@@ -3,6 +3,8 @@
     python -m pytest bench/ --benchmark-columns=median,min,rounds     (demo size)
     DGN_BENCH_SIZES=demo,full python -m pytest bench/                 (adds VGG-16 + the paper's G)
 
+The training-api rows run in the training-API environment (see the README).
+
 Compare rows of one run only: the ratio between backends is the result, not the seconds.
 """
 import os
@@ -11,29 +13,39 @@ import tempfile
 import numpy as np
 import pytest
 
-from dgn_engine.bench import _targets, artifacts_for
+from dgn_engine.bench import ENGINE_BACKENDS, _targets, artifacts_for
 
 SIZES = os.environ.get("DGN_BENCH_SIZES", "demo").split(",")
 BATCHES = [int(k) for k in os.environ.get("DGN_BENCH_BATCH", "1,5").split(",")]
 CACHE = os.environ.get("DGN_BENCH_CACHE", os.path.join(tempfile.gettempdir(), "dgn-engine-bench"))
 
 
+def has_training_api() -> bool:
+    try:
+        from dgn_engine.engine.backends.training_api import training_bindings
+        training_bindings()
+        return True
+    except Exception:
+        return False
+
+
 def make_backend(name, art):
-    if name == "step-graph":
-        from dgn_engine.engine.backends.step_graph import StepGraphBackend
-        return StepGraphBackend(art, "cpu")
+    if name in ENGINE_BACKENDS:
+        from dgn_engine.engine.backends import engine_backend
+        return engine_backend(name, art, "cpu")
     from dgn_engine.export.coupled import Sources, build_coupled
     from dgn_engine.export.reference import TorchBackend
     return TorchBackend(build_coupled(Sources.from_json(art.manifest["sources"]), art.spec, []), "float32", "cpu")
 
 
-@pytest.mark.parametrize("backend", ["step-graph", "torch"])
+@pytest.mark.parametrize("backend", ["step-graph", "torch", pytest.param("training-api", marks=pytest.mark.skipif(
+    not has_training_api(), reason="onnxruntime-training is not installed here (its own environment)"))])
 @pytest.mark.parametrize("k", BATCHES)
 @pytest.mark.parametrize("mode", ["pretrained", "untrained"])
 @pytest.mark.parametrize("size", SIZES)
 def test_step(benchmark, size, mode, k, backend):
     os.makedirs(CACHE, exist_ok=True)
-    art = artifacts_for(size, mode, k, CACHE)
+    art = artifacts_for(size, mode, k, CACHE, (backend,))
     b = make_backend(backend, art)
     b.start(_targets(k, art.manifest["num_classes"]), art.spec)
     noise = np.random.default_rng(0).standard_normal((k, b.features))

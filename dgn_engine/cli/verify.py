@@ -35,16 +35,16 @@ def add_parser(sub) -> None:
 def runnable_backends(art, log=print) -> list[str]:
     """The backends the artifacts serve that this environment can run; says why any other is left out."""
     from ..engine.backends.training_api import training_bindings
-    names = []
-    for name in art.backends:
-        if name == "training-api":
-            try:
-                training_bindings()
-            except UsageError:
-                log("training-api: not checked here (onnxruntime-training is not installed in this environment)")
-                continue
-        names.append(name)
-    return names
+    try:
+        training_bindings()
+        has_training = True
+    except UsageError:
+        has_training = False
+    if has_training and "training-api" not in art.backends:
+        log("training-api: not in these artifacts (export them with --backend training-api too to check it)")
+    if not has_training and "training-api" in art.backends:
+        log("training-api: not checked here (onnxruntime-training is not installed in this environment)")
+    return [name for name in art.backends if name != "training-api" or has_training]
 
 
 def main(args) -> int:

@@ -23,18 +23,16 @@ from contextlib import contextmanager
 
 import numpy as np
 import onnx
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UsageError
 from ..spec import HYPER, RunSpec
-from ..state import trainable_shapes
+from ..state import state_shapes, trainable_shapes
 from ..targets import OUTPUT
 from .coupled import CoupledStep
 from .step_graph import example_inputs, trace_onnx
 
-MAX_OPSET, MAX_IR = 21, 10  # what onnxruntime-training 1.19.2 loads
-TRAINING_OUTPUTS = ["loss", "loss_per_target", "activation", "image"]
+MAX_IR = 10  # what onnxruntime-training 1.19.2 loads (and opset <= 21: the export writes 20)
 
 
 def training_api():
@@ -77,21 +75,16 @@ def forward_model(coupled: CoupledStep, spec: RunSpec, k: int) -> onnx.ModelProt
     """G then D for k targets, with the trainables as initializers named as in the state."""
     trainables = list(trainable_shapes(coupled.mode, coupled.plan))
     n = len(trainables)
-    args = example_inputs(coupled, spec, k)
-    n_state = len(args) - 3 - len(coupled.layout)  # state, noise, weights, penalty, hyper
-    forward_args = [*args[:n], args[n_state], args[-1]]
+    args = example_inputs(coupled, spec, k)  # state, noise, weights, penalty, hyper
+    params, noise, hyper = args[:n], args[len(state_shapes(coupled.mode, coupled.plan, coupled.optimizer))], args[-1]
 
     def forward(*a):
-        params = dict(zip(trainables, a[:n]))
-        image = coupled.generate(params, a[n], a[n + 1][5])  # hyper[5] = sigma
-        return (*coupled.logits(image).values(), image)
+        image = coupled.generate(dict(zip(trainables, a[:n])), a[n], a[n + 1][5])  # hyper[5] = sigma
+        return (*coupled.logits(image).values(), image)  # in the layout's order
 
-    with torch.no_grad():
-        outputs = list(coupled.logits(coupled.generate(dict(zip(trainables, forward_args[:n])), args[n_state],
-                                                       args[-1][5])))
-    model = trace_onnx(forward, forward_args, [*trainables, "noise", "hyper"], [*outputs, "image"])
+    model = trace_onnx(forward, [*params, noise, hyper], [*trainables, "noise", "hyper"], [*coupled.layout, "image"])
     inputs = {v.name: v for v in model.graph.input}
-    for name, value in zip(trainables, forward_args[:n]):
+    for name, value in zip(trainables, params):
         model.graph.input.remove(inputs[name])
         model.graph.initializer.append(numpy_helper.from_array(value.numpy(), name))
     model.ir_version = min(model.ir_version, MAX_IR)
