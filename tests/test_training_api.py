@@ -189,6 +189,9 @@ def test_backend_must_be_in_the_artifacts(tmp_path, capfd, decoder_file):
     err = error_line(capfd, ["run", "--artifacts", art.path, "--backend", "step-graph", "--target", "class:1",
                               "--out", str(tmp_path / "r")])
     assert "--backend step-graph" in err
+    err = error_line(capfd, ["run", "--artifacts", art.path, "--device", "cuda", "--target", "class:1",
+                             "--out", str(tmp_path / "r")])
+    assert "onnxruntime-training==1.19.2" in err
 
 
 @pytest.mark.skipif(HAS_TRAINING, reason="checks the messages where onnxruntime-training is missing")

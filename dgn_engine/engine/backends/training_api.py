@@ -46,6 +46,10 @@ class TrainingApiBackend:
         self.preprocessing, self.layout, self.labels = art.preprocessing, art.layout, art.labels
         self.plan = art.plan
         self.features = self.plan.features
+        if device == "cuda" and "CUDAExecutionProvider" not in self.rt.get_available_providers():
+            raise UsageError("--device cuda: this is onnxruntime-training's CPU build; its CUDA build is "
+                             "onnxruntime-training==1.19.2 (CUDA 11.8, cuDNN 8, Python 3.10/3.11), or use the "
+                             "step-graph backend with onnxruntime-gpu")
         self.providers, self.device_type = providers(device)
         self.threads = threads
         options = self.rt.SessionOptions()
