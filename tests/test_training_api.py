@@ -192,6 +192,10 @@ def test_backend_must_be_in_the_artifacts(tmp_path, capfd, decoder_file):
     err = error_line(capfd, ["run", "--artifacts", art.path, "--device", "cuda", "--target", "class:1",
                              "--out", str(tmp_path / "r")])
     assert "onnxruntime-training==1.19.2" in err
+    with open(art.graph("training"), "r+b") as f:  # a damaged training model
+        f.truncate(1000)
+    err = error_line(capfd, ["run", "--artifacts", art.path, "--target", "class:1", "--out", str(tmp_path / "r")])
+    assert "cannot load the artifacts" in err
 
 
 @pytest.mark.skipif(HAS_TRAINING, reason="checks the messages where onnxruntime-training is missing")

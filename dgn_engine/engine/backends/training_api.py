@@ -52,24 +52,34 @@ class TrainingApiBackend:
                              "step-graph backend with onnxruntime-gpu")
         self.providers, self.device_type = providers(device)
         self.threads = threads
-        options = self.rt.SessionOptions()
-        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        C = self.C
-        kind = C.OrtDevice.cuda() if self.device_type == "cuda" else C.OrtDevice.cpu()
-        try:
-            self.checkpoint = C.load_checkpoint(os.path.join(art.path, "checkpoint"))
-            # no eval model: the engine never needs one (its BatchNorm handling is the fragile part)
-            self.module = C.Module(art.graph("training"), self.checkpoint, None,
-                                   C.OrtDevice(kind, C.OrtDevice.default_memory(), 0), options)
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise UsageError(f"onnxruntime-training cannot load the artifacts in {art.path!r}: "
-                             f"{str(e).splitlines()[0][:200]}") from None
+        # the CUDA build lists CUDA even where CUDA 11.8 / cuDNN 8 cannot start: --device auto falls back
+        tries = [self.device_type] + (["cpu"] if device == "auto" and self.device_type == "cuda" else [])
+        for i, self.device_type in enumerate(tries):
+            try:
+                self.module = self._module(art)
+                break
+            except Exception as e:  # onnxruntime raises its own exception types
+                if i == len(tries) - 1:
+                    raise UsageError(f"onnxruntime-training cannot load the artifacts in {art.path!r}: "
+                                     f"{str(e).splitlines()[0][:200]}") from None
+        if self.device_type == "cpu":
+            self.providers = ["CPUExecutionProvider"]
         self.inputs = self.module.input_names(True)
         self.outputs = self.module.output_names(True)
         self.trainables = list(trainable_shapes(self.mode, self.plan))
         self._classifier = None
+
+    def _module(self, art: Artifacts):
+        C = self.C
+        options = self.rt.SessionOptions()
+        options.intra_op_num_threads = self.threads or len(os.sched_getaffinity(0))
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        kind = C.OrtDevice.cuda() if self.device_type == "cuda" else C.OrtDevice.cpu()
+        self.checkpoint = C.load_checkpoint(os.path.join(art.path, "checkpoint"))
+        # no eval model: the engine never needs one (its BatchNorm handling is the fragile part)
+        return C.Module(art.graph("training"), self.checkpoint, None,
+                        C.OrtDevice(kind, C.OrtDevice.default_memory(), 0), options)
 
     def _set(self, name: str, value: np.ndarray) -> None:
         value = self.rt.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value, np.float32))
