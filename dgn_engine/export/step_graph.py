@@ -105,7 +105,7 @@ def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int, backends=("step-gr
         models["step"] = trace_onnx(step, step_args, step_in, step_out)
     if "training-api" in backends:
         from .training_api import training_graphs
-        models["training"], files["checkpoint"] = training_graphs(coupled, spec, k)
+        models["training"], files["checkpoint"] = training_graphs(coupled, step_args)
     models["render"] = trace_onnx(render, render_args, [*trainables, "noise", "hyper"], ["image"])
     models["classifier"] = trace_onnx(classify, [image], ["image"], classify_out)
     io = {"step_flops": k * counter.get_total_flops()}

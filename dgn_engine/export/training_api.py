@@ -23,14 +23,15 @@ from contextlib import contextmanager
 
 import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UsageError
-from ..spec import HYPER, RunSpec
+from ..spec import HYPER
 from ..state import state_shapes, trainable_shapes
 from ..targets import OUTPUT
 from .coupled import CoupledStep
-from .step_graph import example_inputs, trace_onnx
+from .step_graph import trace_onnx
 
 MAX_IR = 10  # what onnxruntime-training 1.19.2 loads (and opset <= 21: the export writes 20)
 
@@ -71,11 +72,11 @@ def native_log_kept_unless_failure():
             os.close(saved)
 
 
-def forward_model(coupled: CoupledStep, spec: RunSpec, k: int) -> onnx.ModelProto:
-    """G then D for k targets, with the trainables as initializers named as in the state."""
+def forward_model(coupled: CoupledStep, args: list[torch.Tensor]) -> onnx.ModelProto:
+    """G then D for the example step inputs `args` (state, noise, weights, penalty, hyper) of k
+    targets, with the trainables as initializers named as in the state."""
     trainables = list(trainable_shapes(coupled.mode, coupled.plan))
     n = len(trainables)
-    args = example_inputs(coupled, spec, k)  # state, noise, weights, penalty, hyper
     params, noise, hyper = args[:n], args[len(state_shapes(coupled.mode, coupled.plan, coupled.optimizer))], args[-1]
 
     def forward(*a):
@@ -161,11 +162,12 @@ def objective_block(onnxblock, layout: dict[str, tuple[int, ...]], k: int, reg_k
     return Objective()
 
 
-def training_graphs(coupled: CoupledStep, spec: RunSpec, k: int) -> tuple[onnx.ModelProto, bytes]:
-    """(the training model, the checkpoint's bytes) for batch k."""
+def training_graphs(coupled: CoupledStep, args: list[torch.Tensor]) -> tuple[onnx.ModelProto, bytes]:
+    """(the training model, the checkpoint's bytes) for the example step inputs of k targets."""
     artifacts, onnxblock = training_api()
     trainables = list(trainable_shapes(coupled.mode, coupled.plan))
-    model = forward_model(coupled, spec, k)
+    k = len(args[-2])  # the penalty has one value per target
+    model = forward_model(coupled, args)
     gamma = f"{coupled.plan.last_bn()}.weight" if coupled.mode == "untrained" else None
     loss = objective_block(onnxblock, coupled.layout, k, coupled.reg_kind, gamma)
     with tempfile.TemporaryDirectory() as tmp:

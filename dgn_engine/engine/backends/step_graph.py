@@ -15,21 +15,15 @@ from ...spec import RunSpec
 from ...state import initial_state
 from ...targets import Target, objective_weights
 from ..backend import StepReadout
-from .onnx_session import classify_in_batches, ort, pad_rows, providers, session
+from .base import ArtifactsBackend
+from .onnx_session import ort, pad_rows, session
 
 
-class StepGraphBackend:
+class StepGraphBackend(ArtifactsBackend):
     name = "step-graph"
 
     def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None):
-        art.require("step-graph")
-        self.art = art
-        self.mode, self.k = art.mode, art.batch
-        self.preprocessing, self.layout, self.labels = art.preprocessing, art.layout, art.labels
-        self.plan = art.plan
-        self.features = self.plan.features
-        self.providers, self.device_type = providers(device)
-        self.threads = threads
+        super().__init__(art, device, threads)
         self.session = session(art.graph("step"), self.providers, threads)
         if self.device_type == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             # onnxruntime-gpu lists CUDA even where it cannot start (no GPU, no CUDA libraries)
@@ -37,7 +31,6 @@ class StepGraphBackend:
                 raise UsageError("--device cuda: onnxruntime-gpu could not start its CUDA provider (no GPU "
                                  "visible, or the CUDA 13 / cuDNN 9 libraries are missing); use --device cpu")
             self.providers, self.device_type = ["CPUExecutionProvider"], "cpu"
-        self._classifier = None
         self.state_names = [s["name"] for s in art.manifest["state"]]
         self.binding = None
 
@@ -45,11 +38,7 @@ class StepGraphBackend:
         return ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, np.float32), self.device_type, 0)
 
     def start(self, targets: list[Target], spec: RunSpec) -> None:
-        if len(targets) > self.k:
-            raise ValueError(f"{len(targets)} targets for a graph of batch {self.k}")
-        self.art.check_spec(spec)
-        self.n = len(targets)
-        padded = targets + [targets[-1]] * (self.k - len(targets))  # rows are independent; extras are dropped
+        padded = self.padded(targets, spec)
         state = initial_state(self.mode, self.plan, spec.optimizer.name, spec.seed, padded)
         weights, penalty = objective_weights(padded, self.layout, spec.lam)
         self.state = [self._value(state[n]) for n in self.state_names]
@@ -94,11 +83,6 @@ class StepGraphBackend:
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The current state on the host (for verification), real rows only except for t."""
         return {n: (v.numpy() if n == "t" else v.numpy()[:self.n]).copy() for n, v in zip(self.state_names, self.state)}
-
-    def classify(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        if self._classifier is None:
-            self._classifier = session(self.art.graph("classifier"), self.providers, self.threads)
-        return classify_in_batches(self._classifier, images, self.k)
 
     def describe(self) -> dict:
         rt = ort()

@@ -21,7 +21,8 @@ from ...state import SLOTS, initial_state, trainable_shapes
 from ...targets import Target, objective_weights
 from ...update_rules import adamax, adamax_step_size, nesterov
 from ..backend import StepReadout
-from .onnx_session import classify_in_batches, ort, pad_rows, providers, session
+from .base import ArtifactsBackend
+from .onnx_session import ort, pad_rows
 
 INSTALL = ("the training-api backend needs onnxruntime-training, which provides its own `onnxruntime`: in a "
            "separate virtual environment, pip install 'dgn-engine[training-api]'")
@@ -35,23 +36,16 @@ def training_bindings():
     return rt, C
 
 
-class TrainingApiBackend:
+class TrainingApiBackend(ArtifactsBackend):
     name = "training-api"
 
     def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None):
-        art.require("training-api")
         self.rt, self.C = training_bindings()
-        self.art = art
-        self.mode, self.k = art.mode, art.batch
-        self.preprocessing, self.layout, self.labels = art.preprocessing, art.layout, art.labels
-        self.plan = art.plan
-        self.features = self.plan.features
         if device == "cuda" and "CUDAExecutionProvider" not in self.rt.get_available_providers():
             raise UsageError("--device cuda: this is onnxruntime-training's CPU build; its CUDA build is "
                              "onnxruntime-training==1.19.2 (CUDA 11.8, cuDNN 8, Python 3.10/3.11), or use the "
                              "step-graph backend with onnxruntime-gpu")
-        self.providers, self.device_type = providers(device)
-        self.threads = threads
+        super().__init__(art, device, threads)
         # the CUDA build lists CUDA even where CUDA 11.8 / cuDNN 8 cannot start: --device auto falls back
         tries = [self.device_type] + (["cpu"] if device == "auto" and self.device_type == "cuda" else [])
         for i, self.device_type in enumerate(tries):
@@ -67,7 +61,6 @@ class TrainingApiBackend:
         self.inputs = self.module.input_names(True)
         self.outputs = self.module.output_names(True)
         self.trainables = list(trainable_shapes(self.mode, self.plan))
-        self._classifier = None
 
     def _module(self, art: Artifacts):
         C = self.C
@@ -86,17 +79,14 @@ class TrainingApiBackend:
         self.checkpoint.copy_parameter_from(name, value._ortvalue)
 
     def start(self, targets: list[Target], spec: RunSpec) -> None:
-        if len(targets) > self.k:
-            raise ValueError(f"{len(targets)} targets for a graph of batch {self.k}")
-        self.art.check_spec(spec)
-        self.n = len(targets)
-        padded = targets + [targets[-1]] * (self.k - len(targets))  # rows are independent; extras are dropped
+        padded = self.padded(targets, spec)
         state = initial_state(self.mode, self.plan, spec.optimizer.name, spec.seed, padded)
         for name in self.trainables:
             self._set(name, state.pop(name))
         self.slots = state  # optimiser slots and the step count, on the host
         self.optimizer = spec.optimizer.name
         self.hyper = np.array(spec.hyper(), np.float32)
+        self.settings = dict(zip(HYPER, self.hyper))
         weights, penalty = objective_weights(padded, self.layout, spec.lam)
         self.feeds = {f"weight.{n}": np.ascontiguousarray(w, np.float32) for n, w in weights.items()}
         self.feeds.update(penalty=penalty.astype(np.float32), hyper=self.hyper)
@@ -118,8 +108,7 @@ class TrainingApiBackend:
 
     def _update(self) -> None:
         """One AdaMax / Nesterov step of every trainable, in float32 as the step graph computes it."""
-        h = dict(zip(HYPER, self.hyper))
-        s = self.slots
+        h, s = self.settings, self.slots
         s["t"] = s["t"] + np.float32(1)
         if self.optimizer == "adamax":
             step_size = adamax_step_size(s["t"], h["lr"], h["beta1"])
@@ -148,11 +137,6 @@ class TrainingApiBackend:
         out.update({n: (v if n == "t" else v[:self.n]).copy() for n, v in self.slots.items()})
         order = [*self.trainables, *(f"{s}.{n}" for s in SLOTS[self.optimizer] for n in self.trainables), "t"]
         return {n: out[n] for n in order}
-
-    def classify(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        if self._classifier is None:
-            self._classifier = session(self.art.graph("classifier"), self.providers, self.threads)
-        return classify_in_batches(self._classifier, images, self.k)
 
     def describe(self) -> dict:
         return {"backend": self.name, "device": self.device_type, "precision": "float32",

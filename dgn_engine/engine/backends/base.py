@@ -1,0 +1,38 @@
+"""What the engine's backends over an artifacts folder share (no torch)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ...artifacts import Artifacts
+from ...spec import RunSpec
+from ...targets import Target
+from .onnx_session import classify_in_batches, providers, session
+
+
+class ArtifactsBackend:
+    """The manifest's facts, the graphs' static batch K that a short batch is padded to, and D as
+    classifier.onnx. Subclasses set `name` and run the steps."""
+    name: str
+
+    def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None):
+        art.require(self.name)
+        self.art, self.threads = art, threads
+        self.mode, self.k = art.mode, art.batch
+        self.preprocessing, self.layout, self.labels = art.preprocessing, art.layout, art.labels
+        self.plan = art.plan
+        self.features = self.plan.features
+        self.providers, self.device_type = providers(device)
+        self._classifier = None
+
+    def padded(self, targets: list[Target], spec: RunSpec) -> list[Target]:
+        """The batch's targets repeated up to K (rows are independent; the extras are dropped)."""
+        if len(targets) > self.k:
+            raise ValueError(f"{len(targets)} targets for a graph of batch {self.k}")
+        self.art.check_spec(spec)
+        self.n = len(targets)
+        return targets + [targets[-1]] * (self.k - len(targets))
+
+    def classify(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        if self._classifier is None:
+            self._classifier = session(self.art.graph("classifier"), self.providers, self.threads)
+        return classify_in_batches(self._classifier, images, self.k)
