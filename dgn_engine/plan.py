@@ -76,6 +76,11 @@ class GeneratorPlan:
     def last_bn(self) -> str:
         return f"bn{len(self.convs()) - 1}"
 
+    @property
+    def grown_size(self) -> int:
+        """G's last layer makes an even size; an odd image size is its top-left crop."""
+        return self.out_size + self.out_size % 2
+
     def spatial_sizes(self) -> list[int]:
         size, sizes = self.feature_size, []
         for layer in self.layers:
@@ -107,14 +112,12 @@ def _trunk(cin: int, blocks: list[tuple[int, int]]) -> list:
 
 
 def _block_kernels(out_size: int, max_start: int = 6) -> tuple[int, list[int]]:
-    """Kernel sizes of the trunk's blocks, last first derived backwards from the image size.
+    """Kernel sizes of the trunk's blocks, last first derived backwards from the (even) image size.
 
     The head's valid 3x3 conv needs out+2 pixels after the last upsampling; each block's valid
     conv of kernel k turns m into m-k+1 and must start from an even (upsampled) size, so an odd m
     takes an even kernel (4 when large, 2 when small, as the paper's G does at 113 and 9 pixels).
     """
-    if out_size % 2:
-        raise ValueError(f"the generator needs an even image size, got {out_size}")
     m, kernels = (out_size + 2) // 2, []
     while True:
         k = 3 if m % 2 == 0 else (4 if m > 16 else 2)
@@ -133,9 +136,9 @@ def generator_plan(kind: str, out_size: int = 224, out_channels: int = 3, width:
     """kind: 'untrained' (head conv3 + ReLU + BN) or 'decoder' (head conv64, conv64, linear conv3 + BN).
 
     At 224 px, 3 channels, width 1 this is exactly the paper's G; other sizes keep the paper's last
-    blocks and scale every width by `width`.
+    blocks and scale every width by `width`; an odd size is grown to the next even one and cropped.
     """
-    start, kernels = _block_kernels(out_size)
+    start, kernels = _block_kernels(out_size + out_size % 2)
     widths = list(PAPER_WIDTHS[-len(kernels):]) if len(kernels) <= len(PAPER_WIDTHS) else \
         [PAPER_WIDTHS[0]] * (len(kernels) - len(PAPER_WIDTHS)) + list(PAPER_WIDTHS)
     scaled = lambda c: max(4, int(round(c * width)))  # noqa: E731
@@ -152,5 +155,5 @@ def generator_plan(kind: str, out_size: int = 224, out_channels: int = 3, width:
         raise ValueError(f"unknown generator kind {kind!r}")
     plan = GeneratorPlan(c0, start, tuple(layers), out_channels, out_size,
                          has_alpha=(kind == "untrained"), name=f"{kind}-{out_size}px-w{width:g}")
-    assert plan.spatial_sizes()[-1] == out_size, plan.spatial_sizes()
+    assert plan.spatial_sizes()[-1] == plan.grown_size, plan.spatial_sizes()
     return plan

@@ -1,33 +1,139 @@
-"""The backward ops the exporter writes as forward ops, against torch autograd in float64."""
+"""The backward ops the exporter writes as forward ops, against torch autograd in float64.
+
+Each case draws random shapes (odd sizes included) and compares our decomposition with the
+gradient autograd computes for the same forward op. All are float64 sums of at most a few thousand
+products, so agreement is to rounding: 1e-10.
+"""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from dgn_engine.kernels.decompositions import convolution_backward, max_pool2d_with_indices_backward
+from dgn_engine.kernels import decompositions as dec
+
+TOL = dict(rtol=1e-10, atol=1e-10)
+f64 = dict(dtype=torch.float64)
 
 
-@pytest.mark.parametrize("groups, pad, k, n", [(1, 0, 4, 1), (3, 1, 3, 2), (2, 0, 2, 1), (1, 1, 3, 2)])
-def test_convolution_backward(groups, pad, k, n):
-    """Input and weight gradients, grouped or not (K generators are one grouped network), any kernel."""
-    torch.manual_seed(0)
-    x = torch.randn(n, 4 * groups, 9, 9, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(5 * groups, 4, k, k, dtype=torch.float64, requires_grad=True)
-    y = torch.nn.functional.conv2d(x, w, None, 1, pad, 1, groups)
+def _autograd(fn, x, *params):
+    x = x.clone().requires_grad_(True)
+    params = [p.clone().requires_grad_(True) for p in params]
+    y = fn(x, *params)
     g = torch.randn_like(y)
-    y.backward(g)
-    grad_in, grad_w, grad_b = convolution_backward(g, x.detach(), w.detach(), None, [1, 1], [pad, pad], [1, 1],
-                                                   False, [0, 0], groups, [True, True, True])
-    # float64 sums of at most a few hundred products: agreement to rounding
-    torch.testing.assert_close(grad_in, x.grad, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(grad_w, w.grad, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(grad_b, g.sum((0, 2, 3)), rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(y, [x, *params], g)
+    return y, g, grads
 
 
-def test_max_pool_backward():
+CONV_CASES = [  # groups, kernel, stride, padding, dilation, size, channels per group (in, out)
+    (1, 4, 1, 0, 1, 9, (4, 5)),
+    (3, 3, 1, 1, 1, 9, (4, 5)),
+    (2, 2, 1, 0, 1, 8, (4, 5)),
+    (1, 3, 2, 1, 1, 11, (3, 6)),       # ResNet downsampling
+    (1, 7, 2, 3, 1, 17, (3, 8)),       # ResNet stem, odd size
+    (1, 1, 2, 0, 1, 10, (4, 6)),       # strided 1x1 shortcut: rows no window reaches
+    (6, 3, 2, 1, 1, 13, (1, 1)),       # depthwise stride 2
+    (8, 5, 1, 2, 1, 9, (1, 2)),        # depthwise with a channel multiplier
+    (1, 3, 1, 2, 2, 12, (4, 4)),       # dilated
+    (2, 3, 3, 2, 2, 16, (2, 3)),       # strided, dilated and grouped at once
+    (1, 1, 1, 1, 1, 7, (2, 3)),        # padding beyond the kernel
+    (1, (3, 5), (2, 1), (1, 2), (1, 2), 11, (3, 4)),  # rectangular everything
+]
+
+
+@pytest.mark.parametrize("groups, k, stride, pad, dil, size, ch", CONV_CASES)
+def test_convolution_backward(groups, k, stride, pad, dil, size, ch):
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
-    y, idx = torch.nn.functional.max_pool2d(x, 2, 2, return_indices=True)
-    g = torch.randn_like(y)
-    y.backward(g)
-    ours = max_pool2d_with_indices_backward(g, x.detach(), [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
-    assert torch.equal(ours, x.grad)  # a scatter of distinct positions: exact
+    k2 = k if isinstance(k, tuple) else (k, k)
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
+    x = torch.randn(2, ch[0] * groups, size, size + 1, **f64)
+    w = torch.randn(ch[1] * groups, ch[0], *k2, **f64)
+    _, g, (gx, gw) = _autograd(lambda x, w: F.conv2d(x, w, None, stride, pad, dil, groups), x, w)
+    ours = dec.convolution_backward(g, x, w, None, pair(stride), pair(pad), pair(dil), False, [0, 0], groups,
+                                    [True, True, True])
+    torch.testing.assert_close(ours[0], gx, **TOL)
+    torch.testing.assert_close(ours[1], gw, **TOL)
+    torch.testing.assert_close(ours[2], g.sum((0, 2, 3)), **TOL)
+
+
+@pytest.mark.parametrize("groups, k, stride, pad, dil, out_pad", [
+    (1, 4, 2, 1, 1, 0), (2, 3, 2, 1, 1, 1), (1, 3, 3, 0, 2, 2), (4, 3, 1, 1, 1, 0)])
+def test_transposed_convolution_backward(groups, k, stride, pad, dil, out_pad):
+    torch.manual_seed(1)
+    x = torch.randn(2, 2 * groups, 7, 6, **f64)
+    w = torch.randn(2 * groups, 3, k, k, **f64)
+    _, g, (gx, gw) = _autograd(
+        lambda x, w: F.conv_transpose2d(x, w, None, stride, pad, out_pad, groups, dil), x, w)
+    ours = dec.convolution_backward(g, x, w, None, [stride] * 2, [pad] * 2, [dil] * 2, True, [out_pad] * 2,
+                                    groups, [True, True, False])
+    torch.testing.assert_close(ours[0], gx, **TOL)
+    torch.testing.assert_close(ours[1], gw, **TOL)
+
+
+def test_convolution_backward_1d():
+    torch.manual_seed(2)
+    x, w = torch.randn(2, 6, 15, **f64), torch.randn(9, 2, 3, **f64)
+    _, g, (gx, gw) = _autograd(lambda x, w: F.conv1d(x, w, None, 2, 1, 2, 3), x, w)
+    ours = dec.convolution_backward(g, x, w, None, [2], [1], [2], False, [0], 3, [True, True, False])
+    torch.testing.assert_close(ours[0], gx, **TOL)
+    torch.testing.assert_close(ours[1], gw, **TOL)
+
+
+@pytest.mark.parametrize("k, stride, pad, dil, ceil, size", [
+    (2, 2, 0, 1, False, 8), (3, 2, 1, 1, False, 9), (3, 2, 0, 1, True, 10), (3, 2, 1, 2, True, 13),
+    (2, 1, 0, 1, False, 7), (3, 3, 1, 1, True, 11)])
+def test_max_pool_backward(k, stride, pad, dil, ceil, size):
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, size, size + 2, **f64)
+    y, idx = F.max_pool2d(x, k, stride, pad, dil, ceil, return_indices=True)
+    _, g, (gx,) = _autograd(lambda x: F.max_pool2d(x, k, stride, pad, dil, ceil), x)
+    ours = dec.max_pool2d_with_indices_backward(g, x, [k, k], [stride] * 2, [pad] * 2, [dil] * 2, ceil, idx)
+    assert torch.equal(ours, gx)  # sums of the same few values at the same places: exact
+
+
+@pytest.mark.parametrize("out, size", [((1, 1), (7, 7)), ((2, 3), (9, 7)), ((4, 4), (5, 11))])
+def test_adaptive_max_pool_backward(out, size):
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, *size, **f64)
+    _, idx = F.adaptive_max_pool2d(x, out, return_indices=True)
+    _, g, (gx,) = _autograd(lambda x: F.adaptive_max_pool2d(x, out), x)
+    assert torch.equal(dec.adaptive_max_pool2d_backward(g, x, idx), gx)
+    values, indices = dec.adaptive_max_pool2d(x, out)  # the forward ONNX lacks
+    assert torch.equal(values, F.adaptive_max_pool2d(x, out)) and torch.equal(indices, idx)
+
+
+@pytest.mark.parametrize("k, stride, pad, ceil, include, divisor, size", [
+    (2, 2, 0, False, True, None, 8), (3, 1, 1, False, False, None, 9), (3, 2, 1, True, True, None, 10),
+    (3, 2, 1, True, False, None, 12), (3, 2, 0, True, True, None, 11), (2, 2, 1, False, True, 3, 7),
+    (5, 3, 2, True, False, None, 14)])
+def test_avg_pool_backward(k, stride, pad, ceil, include, divisor, size):
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, size, size + 1, **f64)
+    _, g, (gx,) = _autograd(lambda x: F.avg_pool2d(x, k, stride, pad, ceil, include, divisor), x)
+    ours = dec.avg_pool2d_backward(g, x, [k, k], [stride] * 2, [pad] * 2, ceil, include, divisor)
+    torch.testing.assert_close(ours, gx, **TOL)
+
+
+@pytest.mark.parametrize("out, size", [((1, 1), (7, 7)), ((3, 2), (10, 7)), ((5, 5), (7, 13))])
+def test_adaptive_avg_pool_backward(out, size):
+    torch.manual_seed(6)
+    x = torch.randn(2, 3, *size, **f64)
+    _, g, (gx,) = _autograd(lambda x: F.adaptive_avg_pool2d(x, out), x)
+    torch.testing.assert_close(dec.adaptive_avg_pool2d_backward(g, x), gx, **TOL)
+
+
+@pytest.mark.parametrize("mode, corners, out, scale", [
+    ("bilinear", False, (13, 9), None), ("bilinear", True, (12, 17), None), ("bicubic", False, (11, 14), None),
+    ("nearest", None, (14, 10), None), ("bilinear", False, None, 2.0)])
+def test_upsample_backward(mode, corners, out, scale):
+    torch.manual_seed(7)
+    x = torch.randn(2, 3, 6, 5, **f64)
+    up = lambda x: F.interpolate(x, out, scale, mode=mode, align_corners=corners)  # noqa: E731
+    y, g, (gx,) = _autograd(up, x)
+    op = {"bilinear": torch.ops.aten.upsample_bilinear2d_backward.default,
+          "bicubic": torch.ops.aten.upsample_bicubic2d_backward.default,
+          "nearest": torch.ops.aten.upsample_nearest2d_backward.default}[mode]
+    table = dec.decomposition_table()
+    extra = [] if mode == "nearest" else [corners]
+    scales = [scale, scale] if scale else [None, None]
+    ours = table[op](g, list(y.shape[2:]), list(x.shape), *extra, *scales)
+    torch.testing.assert_close(ours, gx, **TOL)

@@ -36,7 +36,10 @@ def generator_forward(plan: GeneratorPlan, feature: torch.Tensor, conv_param: Co
         if layer.bn:
             x = norm(i, x)
         i += 1
-    return x.reshape(k, plan.out_channels, plan.out_size, plan.out_size)
+    size = plan.out_size
+    if size != plan.grown_size:
+        x = x[:, :, :size, :size]
+    return x.reshape(k, plan.out_channels, size, size)
 
 
 def stacked_generator(plan: GeneratorPlan, params: dict[str, torch.Tensor]):

@@ -1,52 +1,198 @@
 """Backward ops written as forward ops, so that a traced step has an ONNX translation everywhere.
 
-convolution_backward: with stride 1 the input gradient is a convolution of the output gradient with
-the flipped, in/out-swapped kernel, fully padded (onnxruntime's Conv is much faster than its
-ConvTranspose on the CPU); the weight gradient a convolution of the input with the output gradient
-(groups folded into the batch axis). Only stride 1 and dilation 1 occur in G and VGG. max_pool2d_with_indices_backward: a scatter-add of the
-gradient at the recorded argmax positions.
+Which case takes which path:
+- convolution_backward, input gradient: a plain (non-transposed) convolution with stride 1 and
+  padding <= dilation * (kernel - 1) is a Conv of the output gradient with the flipped, in/out-swapped
+  kernel (onnxruntime's Conv is much faster than its ConvTranspose on the CPU); every other strided,
+  over-padded convolution is a ConvTranspose (output_padding restores the rows no window reached);
+  a transposed convolution's input gradient is the plain convolution with its own weight.
+- convolution_backward, weight gradient: a convolution of the input with the output gradient, groups
+  folded into the batch axis; the forward stride becomes the kernel dilation and the forward dilation
+  the stride, cropped to the kernel size. A transposed convolution swaps the roles of input and
+  output gradient. Any number of spatial axes, any groups (depthwise included).
+- adaptive_max_pool2d forward (no ONNX op): max pooling where the windows are regular, else a max
+  per window.
+- max_pool2d / adaptive_max_pool2d backward: a scatter-add of the gradient at the recorded argmax
+  positions (any kernel, stride, padding, dilation, ceil_mode).
+- avg_pool2d backward: the output gradient divided by each window's divisor, spread by a ConvTranspose
+  with a ones kernel over the padded extent, then cropped.
+- adaptive_avg_pool2d and bilinear / bicubic / nearest upsampling backward: these forwards are
+  separable linear maps y = A_h x A_w^T with A fixed by the shapes, so the gradient is
+  A_h^T g A_w with both matrices computed at trace time (two matrix products).
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch._decomp import core_aten_decompositions
+from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
 aten = torch.ops.aten
 
 
+def _flip_swap(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """[G*O, C, *k] -> [G*C, O, *k], every kernel flipped: the adjoint convolution's weight."""
+    o, c, *k = weight.shape
+    spatial = list(range(2, weight.dim()))
+    w = weight.flip(spatial).reshape(groups, o // groups, c, *k).transpose(1, 2)
+    return w.reshape(groups * c, o // groups, *k)
+
+
+def _weight_grad(inp, grad_out, kernel, stride, padding, dilation, groups):
+    """d/dw of y = conv(inp, w): per group, a correlation of the input with the output gradient."""
+    n, cin, *size = inp.shape
+    cout, osize = grad_out.shape[1], grad_out.shape[2:]
+    cg, og = cin // groups, cout // groups
+    d = len(size)
+    x = inp.reshape(n, groups, cg, *size).permute(2, 1, 0, *range(3, 3 + d)).reshape(cg, groups * n, *size)
+    go = grad_out.reshape(n, groups, og, *osize).permute(1, 2, 0, *range(3, 3 + d)).reshape(groups * og, n, *osize)
+    g = aten.convolution(x, go, None, list(dilation), list(padding), list(stride), False, [0] * d, groups)
+    if tuple(g.shape[2:]) != tuple(kernel):
+        g = g[(slice(None), slice(None), *(slice(0, k) for k in kernel))]
+    return g.transpose(0, 1)
+
+
 def convolution_backward(grad_out, inp, weight, bias_sizes, stride, padding, dilation, transposed,
                          output_padding, groups, output_mask):
-    if any(s != 1 for s in stride) or any(d != 1 for d in dilation) or transposed:
-        raise NotImplementedError("convolution_backward: only stride 1, dilation 1, non-transposed")
     grad_in = grad_w = grad_b = None
-    n, cin, h, w = inp.shape
-    cg, og = cin // groups, weight.shape[0] // groups
-    kh, kw = weight.shape[2:]
+    kernel = weight.shape[2:]
+    d = len(kernel)
     if output_mask[0]:
-        flipped = weight.flip(2, 3).reshape(groups, og, cg, kh, kw).transpose(1, 2).reshape(groups * cg, og, kh, kw)
-        grad_in = aten.convolution(grad_out, flipped, None, [1, 1], [kh - 1 - padding[0], kw - 1 - padding[1]],
-                                   [1, 1], False, [0, 0], groups)
+        if transposed:
+            grad_in = aten.convolution(grad_out, weight, None, stride, padding, dilation, False, [0] * d, groups)
+        elif all(s == 1 for s in stride) and all(p <= dl * (k - 1) for p, dl, k in zip(padding, dilation, kernel)):
+            pads = [dl * (k - 1) - p for p, dl, k in zip(padding, dilation, kernel)]
+            grad_in = aten.convolution(grad_out, _flip_swap(weight, groups), None, [1] * d, pads, dilation, False,
+                                       [0] * d, groups)
+        else:
+            covered = [(o - 1) * s - 2 * p + dl * (k - 1) + 1
+                       for o, s, p, dl, k in zip(grad_out.shape[2:], stride, padding, dilation, kernel)]
+            extra = [size - c for size, c in zip(inp.shape[2:], covered)]
+            grad_in = aten.convolution(grad_out, weight, None, stride, padding, dilation, True, extra, groups)
     if output_mask[1]:
-        oh, ow = grad_out.shape[2:]
-        # per group g: grad_w[g, o, c] = sum_n x[n, g, c] (*) grad_out[n, g, o]  (a correlation)
-        x = inp.reshape(n, groups, cg, h, w).permute(2, 1, 0, 3, 4).reshape(cg, groups * n, h, w)
-        go = grad_out.reshape(n, groups, og, oh, ow).permute(1, 2, 0, 3, 4).reshape(groups * og, n, oh, ow)
-        grad_w = aten.convolution(x, go, None, [1, 1], padding, [1, 1], False, [0, 0], groups).transpose(0, 1)
+        if transposed:  # y = conv_transpose(x, w) is the adjoint of conv(., w): swap input and output gradient
+            grad_w = _weight_grad(grad_out, inp, kernel, stride, padding, dilation, groups)
+        else:
+            grad_w = _weight_grad(inp, grad_out, kernel, stride, padding, dilation, groups)
     if output_mask[2]:
-        grad_b = grad_out.sum((0, 2, 3))
+        grad_b = grad_out.sum([0, *range(2, grad_out.dim())])
     return grad_in, grad_w, grad_b
+
+
+def _scatter_indices(grad_out, inp, indices):
+    n, c = inp.shape[:2]
+    flat = torch.zeros(n * c, math.prod(inp.shape[2:]), dtype=grad_out.dtype, device=grad_out.device)
+    flat = flat.scatter_add(1, indices.reshape(n * c, -1), grad_out.reshape(n * c, -1))
+    return flat.reshape(inp.shape)
 
 
 def max_pool2d_with_indices_backward(grad_out, inp, kernel_size, stride, padding, dilation, ceil_mode,
                                      indices):
+    return _scatter_indices(grad_out, inp, indices)
+
+
+def adaptive_max_pool2d_backward(grad_out, inp, indices):
+    return _scatter_indices(grad_out, inp, indices)
+
+
+def adaptive_max_pool2d(inp, output_size):
+    """ONNX has no adaptive max pooling: a max pooling where the windows are regular, else each
+    window's max and argmax (indices flat over the input plane, as torch records them)."""
     n, c, h, w = inp.shape
-    flat = torch.zeros(n * c, h * w, dtype=grad_out.dtype, device=grad_out.device)
-    flat = flat.scatter_add(1, indices.reshape(n * c, -1), grad_out.reshape(n * c, -1))
-    return flat.reshape(inp.shape)
+    oh, ow = output_size
+    if h % oh == 0 and w % ow == 0:
+        return aten.max_pool2d_with_indices(inp, [h // oh, w // ow], [h // oh, w // ow])
+    values, indices = [], []
+    for i in range(oh):
+        hs, he = i * h // oh, -(-(i + 1) * h // oh)
+        for j in range(ow):
+            ws, we = j * w // ow, -(-(j + 1) * w // ow)
+            v, a = inp[:, :, hs:he, ws:we].reshape(n, c, -1).max(-1)
+            values.append(v)
+            indices.append((hs + a // (we - ws)) * w + ws + a % (we - ws))
+    return torch.stack(values, -1).reshape(n, c, oh, ow), torch.stack(indices, -1).reshape(n, c, oh, ow)
+
+
+def _pool_divisors(size, out, k, s, p, ceil_mode, count_include_pad) -> list[float]:
+    """The element count of each window of one spatial axis, as avg_pool2d divides by it."""
+    counts = []
+    for i in range(out):
+        start = i * s - p
+        end = min(start + k, size + p)
+        n = end - start
+        start, end = max(start, 0), min(end, size)
+        counts.append(float(n if count_include_pad else end - start))
+    return counts
+
+
+def avg_pool2d_backward(grad_out, inp, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                        divisor_override):
+    n, c, h, w = inp.shape
+    oh, ow = grad_out.shape[2:]
+    kh, kw = kernel_size
+    sh, sw = stride or kernel_size
+    ph, pw = padding if len(padding) == 2 else (padding[0], padding[0])
+    if divisor_override:
+        g = grad_out / divisor_override
+    else:
+        with disable_proxy_modes_tracing():
+            dh = torch.tensor(_pool_divisors(h, oh, kh, sh, ph, ceil_mode, count_include_pad), dtype=grad_out.dtype)
+            dw = torch.tensor(_pool_divisors(w, ow, kw, sw, pw, ceil_mode, count_include_pad), dtype=grad_out.dtype)
+            divisor = (dh[:, None] * dw[None, :]).to(grad_out.device)
+        g = grad_out / divisor
+    ones = torch.ones(1, 1, kh, kw, dtype=grad_out.dtype, device=grad_out.device)
+    spread = aten.convolution(g.reshape(n * c, 1, oh, ow), ones, None, [sh, sw], [0, 0], [1, 1], True, [0, 0], 1)
+    # `spread` covers the padded input from -padding; crop it to the input, zeros where no window reached
+    fh, fw = spread.shape[2:]
+    spread = F.pad(spread, [0, max(0, w + pw - fw), 0, max(0, h + ph - fh)])
+    return spread[:, :, ph:ph + h, pw:pw + w].reshape(n, c, h, w)
+
+
+def _linear_map_backward(grad_out, size, forward):
+    """The gradient of a separable linear resampling y = A_h x A_w^T: A_h^T g A_w, where the matrices
+    are found by applying `forward(images, axis)` to identity images along each axis at trace time."""
+    h, w = size
+    with disable_proxy_modes_tracing():
+        a_h = forward(torch.eye(h, dtype=torch.float64).reshape(h, 1, h, 1), 0)[:, 0, :, 0]  # [h, oh]
+        a_w = forward(torch.eye(w, dtype=torch.float64).reshape(w, 1, 1, w), 1)[:, 0, 0, :]  # [w, ow]
+        a_h, a_w = (a.to(grad_out.dtype).to(grad_out.device) for a in (a_h, a_w))
+    return a_h @ grad_out @ a_w.T  # [h, oh] @ [.., oh, ow] @ [ow, w]
+
+
+def _one_axis(pair, axis, other):
+    return (pair[0], other) if axis == 0 else (other, pair[1])
+
+
+def adaptive_avg_pool2d_backward(grad_out, inp):
+    out = grad_out.shape[2:]
+    return _linear_map_backward(grad_out, inp.shape[2:],
+                                lambda x, axis: F.adaptive_avg_pool2d(x, _one_axis(out, axis, 1)))
+
+
+def _interpolation_backward(op, corners: bool):
+    """The backward of aten.upsample_{bilinear,bicubic}2d (corners) or upsample_nearest2d."""
+    def backward(grad_out, output_size, input_size, *args, scales_h=None, scales_w=None):
+        extra = args[:1] if corners else ()
+        given = list(args[len(extra):])
+        scales = given + [scales_h, scales_w][len(given):]
+
+        def forward(x, axis):
+            return op(x, _one_axis(output_size, axis, 1), *extra, *_one_axis(scales, axis, None))
+        return _linear_map_backward(grad_out, input_size[2:], forward)
+    return backward
 
 
 def decomposition_table() -> dict:
     table = dict(core_aten_decompositions())
     table[aten.convolution_backward.default] = convolution_backward
     table[aten.max_pool2d_with_indices_backward.default] = max_pool2d_with_indices_backward
+    table[aten.adaptive_max_pool2d.default] = adaptive_max_pool2d
+    table[aten.adaptive_max_pool2d_backward.default] = adaptive_max_pool2d_backward
+    table[aten.avg_pool2d_backward.default] = avg_pool2d_backward
+    table[aten._adaptive_avg_pool2d_backward.default] = adaptive_avg_pool2d_backward
+    table[aten.upsample_bilinear2d_backward.default] = _interpolation_backward(aten.upsample_bilinear2d.default, True)
+    table[aten.upsample_bicubic2d_backward.default] = _interpolation_backward(aten.upsample_bicubic2d.default, True)
+    table[aten.upsample_nearest2d_backward.default] = _interpolation_backward(aten.upsample_nearest2d.default, False)
     return table
