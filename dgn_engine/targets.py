@@ -19,7 +19,7 @@ OUTPUT = "output"  # the layout key of D's class outputs
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _TERM = re.compile(rf"^(?:(?P<w>{_NUMBER})\*)?(?P<kind>class|channel|neuron):(?P<rest>.+)$")
-_LAYER = r"[A-Za-z_][\w.]*"
+_LAYER = r"\w[\w.]*"  # a module path: features.28, layer3.1, or 2 in a plain Sequential
 
 
 @dataclass(frozen=True)

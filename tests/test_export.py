@@ -108,7 +108,7 @@ def test_export_bad_input(tmp_path, capsys, artifacts):
     base = ["export", *SMALL, "--mode", "untrained"]
     assert "--batch must be at least 1" in error_line(capsys, base + ["--batch", "0", "--out", str(tmp_path / "a")])
     err = error_line(capsys, base + ["--taps", "features.77", "--out", str(tmp_path / "b")])
-    assert "unknown layer 'features.77'; valid layers: features.0" in err
+    assert "unknown layer 'features.77'; valid layers: features, features.0" in err  # blocks and leaves
     err = error_line(capsys, base + ["--out", artifacts["untrained"].path])
     assert "already holds artifacts; use --force" in err
     (tmp_path / "busy").mkdir()

@@ -148,8 +148,9 @@ def test_vgg16_torchvision_layout_full_size(tmp_path):
         torch.testing.assert_close(v, state[k], rtol=0, atol=0)
     assert clf.preprocessing == IMAGENET_TORCHVISION
     names = clf.layer_names()
-    assert names[:3] == ["features.0", "features.1", "features.2"] and names[-1] == "classifier.6"
-    assert sum(1 for n in names if n.startswith("features")) == 31
+    # every named module is tappable: the blocks and the 31 + 7 layers in them
+    assert names[:3] == ["features", "features.0", "features.1"] and names[-1] == "classifier.6"
+    assert sum(1 for n in names if n.startswith("features")) == 32
 
 
 def test_wrong_architecture_names_first_misfit(tmp_path):

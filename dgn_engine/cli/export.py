@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
                    help="targets per step graph: K rows of alpha (pretrained) or K generators as one grouped "
                         "network (untrained) (default: %(default)s)")
     p.add_argument("--taps", nargs="+", default=[], metavar="LAYER",
-                   help="layers whose activations channel/neuron targets may read, e.g. features.28")
+                   help="layers whose activations channel/neuron targets may read: any named module of D, "
+                        "a single layer or a whole block (features.28, layer3, layer3.1.conv2)")
     p.add_argument("--target", action="append", default=[], metavar="SPEC",
                    help="a target whose layers are tapped (repeatable)")
     p.add_argument("--targets-file", metavar="FILE", help="targets whose layers are tapped, one per line")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 
 from .. import demo
@@ -129,7 +130,8 @@ def demo_artifacts(mode: str, backend: str):
         return load_artifacts(demo.shipped_artifacts(mode))
     from .. import __version__
     from ..export.step_graph import export_demo
-    name = f"demo-{mode}-{backend}-{demo.fingerprint()}-v{FORMAT_VERSION}-{__version__}"
+    settings = hashlib.sha256(demo.spec(mode).dumps().encode()).hexdigest()[:8]  # the structure the graph fixes
+    name = f"demo-{mode}-{backend}-{demo.fingerprint()}-{settings}-v{FORMAT_VERSION}-{__version__}"
     out = os.path.join(demo.cache_dir(), name)
     if not os.path.isfile(os.path.join(out, MANIFEST)):
         try:

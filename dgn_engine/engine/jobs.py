@@ -211,6 +211,9 @@ class Job:
             if self.options.display == "original":
                 true = np.stack([pp.to_model(pp.to_pixels(o.image)) for o in ok])
                 seen_true = self._split(self.backend.classify(true), ok)
+            # what the search saw last and the median before it became pixels: where the target is lost
+            seen_median = self._split(self.backend.classify(np.stack([o.image for o in ok])), ok)
+            seen_last = self._split(self.backend.classify(np.stack([o.last_image for o in ok])), ok)
         for o in outcomes:
             record = {
                 "target": o.target.text,
@@ -229,6 +232,8 @@ class Job:
             }
             if o.image is not None:
                 record.update(self._report(o.target, seen[id(o)]))
+                record["faithfulness"] = {view: self._brief(o.target, acts[id(o)]) for view, acts in
+                                          (("last_step", seen_last), ("median", seen_median), ("png", seen))}
                 if self.options.display == "original":
                     record["model_view"] = self._report(o.target, seen_true[id(o)])
             else:
@@ -252,6 +257,11 @@ class Job:
     @staticmethod
     def _split(acts: dict[str, np.ndarray], outcomes: list[Outcome]) -> dict[int, dict[str, np.ndarray]]:
         return {id(o): {n: a[i] for n, a in acts.items()} for i, o in enumerate(outcomes)}
+
+    def _brief(self, target: Target, acts: dict[str, np.ndarray]) -> dict:
+        report = self._report(target, acts)
+        return {"activation": report["final_activation"], "top1": report["top5"][0]["class"],
+                "top1_is_target": report["top1_is_target"]}
 
     def _report(self, target: Target, acts: dict[str, np.ndarray]) -> dict:
         weights, _ = objective_weights([target], {n: a.shape for n, a in acts.items()}, self.spec.lam)

@@ -24,6 +24,7 @@ class Interrupted(Exception):
 class Outcome:
     target: Target
     image: np.ndarray | None  # median of the kept snapshots, model space [C, H, W]
+    last_image: np.ndarray | None = None  # the image of the last step, model space
     curve: list[list[float]] = field(default_factory=list)  # [step, loss, activation]
     last_activation: float = float("nan")
     diverged: str | None = None
@@ -43,10 +44,14 @@ def run_batch(backend: Backend, targets: list[Target], spec: RunSpec,
     for step in range(spec.steps):
         if should_stop is not None and should_stop():
             raise Interrupted()
-        read = step == 0 or (step + 1) % read_every == 0 or step == spec.steps - 1
-        out = backend.step(noise.next(), read=read, image=step in keep)
-        if out.image is not None:
+        last = step == spec.steps - 1
+        read = step == 0 or (step + 1) % read_every == 0 or last
+        out = backend.step(noise.next(), read=read, image=step in keep or last)
+        if step in keep:
             snapshots.append(out.image)
+        if last:
+            for row, o in enumerate(outcomes):
+                o.last_image = out.image[row]
         if read:
             bad = ~np.isfinite(out.loss)
             for o, loss, act in zip(outcomes, out.loss, out.activation):

@@ -40,9 +40,10 @@ class Classifier:
             p.requires_grad_(False)
 
     def layer_names(self) -> list[str]:
+        """Every named module, blocks as well as single layers: its output is the activation."""
         if not self.tappable:
             return []
-        return [n for n, m in self.module.named_modules() if n and not list(m.children())]
+        return [n for n, _ in self.module.named_modules() if n]
 
     def layout(self, taps: list[str] = ()) -> dict[str, tuple[int, ...]]:
         """Shapes (without batch) of the class outputs and of each tapped layer's output."""
@@ -57,9 +58,14 @@ class Classifier:
                 raise UsageError(f"classifier {self.name!r} does not accept {pp.channels}x{pp.image_size}x"
                                  f"{pp.image_size} input ({str(e).splitlines()[0][:160]}); "
                                  "set --image-size/--channels") from None
-        if out.dim() != 2:
-            raise UsageError(f"classifier {self.name!r} returns shape {tuple(out.shape)}; "
-                             "it must return [batch, classes]")
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            what = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+            raise UsageError(f"classifier {self.name!r} returns {what}; it must return one [batch, classes] "
+                             "tensor (wrap it in a module that picks the logits)")
+        for name, a in acts.items():
+            if not isinstance(a, torch.Tensor) or a.dim() < 2:
+                raise UsageError(f"layer {name!r} does not return one activation tensor per image; "
+                                 "tap a layer inside it or around it")
         return {OUTPUT: (out.shape[1],), **{n: tuple(a.shape[1:]) for n, a in acts.items()}}
 
     @property
@@ -80,7 +86,8 @@ class Tapped(nn.Module):
                 if not classifier.tappable:
                     raise UsageError(f"classifier {classifier.name!r} is a TorchScript file, whose layers "
                                      "cannot be tapped; use class targets or give it as module:factory")
-                raise UsageError(f"unknown layer {t!r}; valid layers: {', '.join(known)}")
+                shown = ", ".join(known[:40]) + (f", ... ({len(known)} in all)" if len(known) > 40 else "")
+                raise UsageError(f"unknown layer {t!r}; valid layers: {shown}")
         self._modules_by_name = dict(self.module.named_modules())
 
     def forward(self, x):
@@ -88,7 +95,10 @@ class Tapped(nn.Module):
         handles = [self._modules_by_name[t].register_forward_hook(
             lambda _m, _i, out, name=t: acts.__setitem__(name, out)) for t in self.taps]
         try:
-            out = self.module(x)
+            # a TorchScript archive runs op by op under plain autograd (not the JIT's own fused
+            # differentiable graphs), so that its gradient is the same computation the exporter traces
+            with torch.jit.optimized_execution(False):
+                out = self.module(x)
         finally:
             for h in handles:
                 h.remove()

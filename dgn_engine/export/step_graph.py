@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -29,6 +30,7 @@ from ..spec import HYPER, RunSpec
 from ..state import initial_state, state_shapes, trainable_shapes
 from ..targets import OUTPUT, Target, Term, objective_weights
 from .coupled import CoupledStep, Sources, build_coupled
+from .op_origin import forward_op, layer_calling
 
 BACKENDS = tuple(BACKEND_FILES)
 OPSET = 20
@@ -37,13 +39,31 @@ EXTERNAL_MIN_BYTES = 1024  # smaller constants stay inside the graph files
 ALIGN = 4096
 
 
+class UntranslatableOp(Exception):
+    """An ATen op of the traced step that torch.onnx cannot write as ONNX."""
+
+    def __init__(self, op: str, detail: str):
+        super().__init__(op)
+        self.op, self.detail = op, detail
+
+
+_MISSING = re.compile(r"No ONNX function found for <OpOverload\(op='([\w.]+)', overload='(\w+)'\)")
+
+
 def trace_onnx(fn, args: list[torch.Tensor], inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
-    gm = make_fx(fn, decomposition_table=decomposition_table())(*args)
+    # Shapes are static, so a size a traced TorchScript archive turns into a tensor and back (int(...))
+    # is a constant here: let make_fx read it instead of refusing it as data-dependent.
+    gm = make_fx(fn, decomposition_table=decomposition_table(), _error_on_data_dependent_ops=False)(*args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        program = torch.onnx.export(gm.eval(), tuple(args), dynamo=True, opset_version=OPSET, input_names=inputs,
-                                    output_names=outputs, verbose=False, optimize=True)
+        try:
+            program = torch.onnx.export(gm.eval(), tuple(args), dynamo=True, opset_version=OPSET,
+                                        input_names=inputs, output_names=outputs, verbose=False, optimize=True)
+        except torch.onnx.OnnxExporterError as e:
+            missing = _MISSING.search(str(e))
+            summary = next((l for l in str(e).splitlines() if "Error" in l and ":" in l), str(e).splitlines()[0])
+            raise UntranslatableOp(".".join(missing.groups()) if missing else "", summary[:200]) from None
     model = program.model_proto
     bad = {n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")}
     if bad:
@@ -101,13 +121,16 @@ def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int, backends=("step-gr
         step(*example_inputs(coupled, spec, 1))
     files: dict[str, bytes] = {}
     models = {}
-    if "step-graph" in backends:
-        models["step"] = trace_onnx(step, step_args, step_in, step_out)
-    if "training-api" in backends:
-        from .training_api import training_graphs
-        models["training"], files["checkpoint"] = training_graphs(coupled, step_args)
-    models["render"] = trace_onnx(render, render_args, [*trainables, "noise", "hyper"], ["image"])
-    models["classifier"] = trace_onnx(classify, [image], ["image"], classify_out)
+    try:
+        if "step-graph" in backends:
+            models["step"] = trace_onnx(step, step_args, step_in, step_out)
+        if "training-api" in backends:
+            from .training_api import training_graphs
+            models["training"], files["checkpoint"] = training_graphs(coupled, step_args)
+        models["render"] = trace_onnx(render, render_args, [*trainables, "noise", "hyper"], ["image"])
+        models["classifier"] = trace_onnx(classify, [image], ["image"], classify_out)
+    except UntranslatableOp as e:
+        raise UsageError(_untranslatable(coupled, image, e)) from None
     io = {"step_flops": k * counter.get_total_flops()}
     for name, model in models.items():
         inputs, outputs = model.graph.input, model.graph.output
@@ -117,6 +140,17 @@ def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int, backends=("step-gr
         io[name] = {"file": f"{name}.onnx", "inputs": [_describe(v) for v in inputs],
                     "outputs": [_describe(v) for v in outputs]}
     return models, io, files
+
+
+def _untranslatable(coupled: CoupledStep, image: torch.Tensor, e: UntranslatableOp) -> str:
+    if not e.op:
+        return f"the step of classifier {coupled.classifier.name!r} cannot be written as ONNX: {e.detail}"
+    where = layer_calling(coupled.classifier.module, image, e.op)
+    role = "the gradient of " if forward_op(e.op) != e.op.rsplit(".", 1)[0] else ""
+    layer = f"D's layer {where[0]!r} ({where[1]})" if where else f"classifier {coupled.classifier.name!r}"
+    return (f"{layer} uses {forward_op(e.op)}, and {role}that op has no ONNX translation in dgn-engine or "
+            f"torch {torch.__version__}; write that layer with other operations (or leave it out of D), or report "
+            f"the op to dgn-engine")
 
 
 def _describe(value: onnx.ValueInfoProto) -> dict:

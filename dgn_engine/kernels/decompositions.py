@@ -10,6 +10,7 @@ Which case takes which path:
   folded into the batch axis; the forward stride becomes the kernel dilation and the forward dilation
   the stride, cropped to the kernel size. A transposed convolution swaps the roles of input and
   output gradient. Any number of spatial axes, any groups (depthwise included).
+- aten._convolution (traced TorchScript archives hold it): aten.convolution.
 - adaptive_max_pool2d forward (no ONNX op): max pooling where the windows are regular, else a max
   per window.
 - max_pool2d / adaptive_max_pool2d backward: a scatter-add of the gradient at the recorded argmax
@@ -184,8 +185,14 @@ def _interpolation_backward(op, corners: bool):
     return backward
 
 
+def _convolution(inp, weight, bias, stride, padding, dilation, transposed, output_padding, groups, *_flags):
+    """What TorchScript archives call (cuDNN and TF32 flags besides): the plain convolution."""
+    return aten.convolution(inp, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+
+
 def decomposition_table() -> dict:
     table = dict(core_aten_decompositions())
+    table[aten._convolution.default] = _convolution
     table[aten.convolution_backward.default] = convolution_backward
     table[aten.max_pool2d_with_indices_backward.default] = max_pool2d_with_indices_backward
     table[aten.adaptive_max_pool2d.default] = adaptive_max_pool2d

@@ -1,0 +1,194 @@
+"""Classifiers of every common family as D, as a module and as a traced TorchScript archive: D's
+gradient through the exporter's translations against float64, exports in both modes, `verify` of
+the step graph, and the engine's results against the torch reference's.
+"""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from dgn_engine.artifacts import load_artifacts
+from dgn_engine.cli.main import main
+from dgn_engine.engine.backends.step_graph import StepGraphBackend
+from dgn_engine.engine.loop import run_batch
+from dgn_engine.export.coupled import Sources, build_coupled
+from dgn_engine.export.reference import TorchBackend
+from dgn_engine.export.verify import RELATIVE_TO_FLOAT32, verify
+from dgn_engine.targets import parse_target
+from tests import zoo
+from tests.conftest import error_line
+from tests.small_models import write_calibrated_decoder
+
+# a block of each net (not a leaf), so that channel targets read a whole block's output
+BLOCK = {"resnet_basic": "layer1.1", "resnet_bottleneck": "layer1.0", "mobilenet_v2": "2", "mobilenet_v3": "2.block",
+         "efficientnet": "4", "densenet": "7", "inception": "4", "squeezenet": "4", "dilated": "fuse", "vit": "patch_embed"}
+
+
+def _export(out, classifier, mode, decoder=None, *extra):
+    argv = ["export", "--classifier", classifier, "--mode", mode, "--out", str(out), *extra]
+    if decoder:
+        argv += ["--decoder", decoder]
+    assert main(argv) == 0
+    return load_artifacts(str(out))
+
+
+def _engine_equals_reference(art, targets):
+    """`run_batch` on the step graph against the torch reference for one step: the same noise, start,
+    features, image and activations (the updates are `verify`'s part, step by step from float64's
+    state). Over more steps two float32 implementations part: a ReLU decision in G or D taken
+    differently where a pre-activation lies within rounding of 0 changes the gradient by one unit's
+    share (measured on a random 48 px decoder: onnxruntime's input gradient 3e-3 from float64, torch
+    float32's 5e-7; at 75 px 3e-4 and 1.4e-3), and G amplifies it."""
+    spec = replace(art.spec, steps=1)
+    sources = Sources.from_json(art.manifest["sources"])
+    engine = run_batch(StepGraphBackend(art, "cpu"), targets, spec)
+    reference = run_batch(TorchBackend(build_coupled(sources, art.spec, art.manifest["taps"])), targets, spec)
+    for a, b in zip(engine, reference):
+        # one float32 forward pass of G (up to 15 layers) and D in each: rounding accumulates to
+        # ~1e-5 of O(1) values (1.4e-5 at most measured here); verify's floor, 1e-4, leaves room
+        np.testing.assert_allclose(np.array(a.curve), np.array(b.curve), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(a.image, b.image, rtol=1e-4, atol=1e-4)
+
+
+def _gradient_error(module, size):
+    """D's input gradient as the exporter writes it, run in onnxruntime, and in torch float32, against
+    torch float64: (onnxruntime's relative L2 error, torch float32's)."""
+    import onnxruntime
+
+    from dgn_engine.export.step_graph import trace_onnx
+
+    def grad(x, w):
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            return torch.autograd.grad((module(x) * w).sum(), x)[0]
+
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 3, size, size), torch.randn(2, 10)
+    graph = trace_onnx(grad, [x, w], ["x", "w"], ["g"])
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    ours = session.run(None, {"x": x.numpy(), "w": w.numpy()})[0]
+    float32 = grad(x, w).numpy()
+    module.double()
+    ref = grad(x.double(), w.double()).numpy()
+    module.float()
+    rel = lambda a: float(np.linalg.norm(a - ref) / np.linalg.norm(ref))  # noqa: E731
+    return rel(ours), rel(float32)
+
+
+@pytest.mark.parametrize("form", ["module", "torchscript"])
+@pytest.mark.parametrize("name", list(zoo.ZOO))
+def test_gradient_of_d(name, form):
+    """Every zoo net's input gradient (what the step graph backpropagates into G) through the
+    exporter's translations, in onnxruntime: as close to float64 as torch float32 (verify's rule)."""
+    module = zoo.ZOO[name]()
+    size = module.preprocessing.image_size
+    if form == "torchscript":
+        module = torch.jit.trace(module, torch.randn(1, 3, size, size))
+    ours, float32 = _gradient_error(module, size)
+    assert ours <= max(RELATIVE_TO_FLOAT32 * float32, 1e-6), (ours, float32)
+
+
+def _verified(art):
+    """`verify` in untrained mode: each step from float64's state, the gradient through AdaMax's slots."""
+    ok, report = verify(art, 2, "cpu", log=lambda *_: None, engine_backends=[StepGraphBackend(art, "cpu")])
+    assert ok, report
+
+
+# CI runs one net of each kind of block in each form; `python -m pytest -m full_zoo` runs the rest (~15 min)
+MODULE_CI = ("resnet_bottleneck", "mobilenet_v3", "efficientnet", "inception", "vit")
+TORCHSCRIPT_CI = ("resnet_basic", "densenet", "squeezenet", "vit")
+
+
+def _zoo(in_ci):
+    return [n if n in in_ci else pytest.param(n, marks=pytest.mark.full_zoo) for n in zoo.ZOO]
+
+
+@pytest.mark.parametrize("name", _zoo(MODULE_CI))
+def test_module_in_both_modes(tmp_path, name):
+    size = zoo.ZOO[name]().preprocessing.image_size
+    decoder = str(tmp_path / "decoder.pt")
+    write_calibrated_decoder(decoder, size, "RGB")
+    for mode in ("untrained", "pretrained"):
+        art = _export(tmp_path / mode, f"tests.zoo:{name}", mode, decoder if mode == "pretrained" else None,
+                      "--taps", BLOCK[name], "--batch", "2")
+        assert art.manifest["plan"]["out_size"] == size
+    _verified(load_artifacts(str(tmp_path / "untrained")))
+    _engine_equals_reference(art, [parse_target("class:3"), parse_target(f"channel:{BLOCK[name]}:1")])
+
+
+@pytest.mark.parametrize("name", _zoo(TORCHSCRIPT_CI))
+def test_torchscript_archive(tmp_path, name):
+    module = zoo.ZOO[name]()
+    size = module.preprocessing.image_size
+    path = str(tmp_path / f"{name}.pt")
+    torch.jit.save(torch.jit.trace(module, torch.randn(1, 3, size, size)), path)
+    decoder = str(tmp_path / "decoder.pt")
+    write_calibrated_decoder(decoder, size, "RGB")
+    mean, std = (",".join(map(str, v)) for v in zoo.RGB)
+    art = _export(tmp_path / "art", path, "pretrained", decoder, "--image-size", str(size), "--mean", mean, "--std", std)
+    _engine_equals_reference(art, [parse_target("class:3")])
+
+
+class LeNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(3, 6, 5), torch.nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2, self.fc3 = torch.nn.Linear(400, 120), torch.nn.Linear(120, 84), torch.nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x.view(x.size(0), -1))))))
+
+
+def test_traced_lenet_export_run_verify(tmp_path):
+    """A new user's CIFAR-10 LeNet, traced with torch.jit.trace: export, verify and an all-classes run."""
+    torch.manual_seed(0)
+    path = str(tmp_path / "lenet.pt")
+    torch.jit.save(torch.jit.trace(LeNet().eval(), torch.randn(1, 3, 32, 32)), path)
+    art = str(tmp_path / "art")
+    assert main(["export", "--classifier", path, "--image-size", "32", "--mode", "untrained", "--batch", "5",
+                 "--out", art]) == 0
+    assert main(["verify", "--artifacts", art, "--steps", "2"]) == 0
+    out = tmp_path / "results"
+    assert main(["run", "--artifacts", art, "--all-classes", "--steps", "20", "--out", str(out), "--quiet"]) == 0
+    record = json.loads((out / "targets" / "class-7.json").read_text())
+    views = record["faithfulness"]
+    assert set(views) == {"last_step", "median", "png"}
+    assert views["png"]["activation"] == pytest.approx(record["final_activation"])
+
+
+class _Warp(torch.nn.Module):
+    """A spatial-transformer layer: grid_sample, whose gradient has no ONNX translation."""
+
+    def forward(self, x):
+        theta = torch.tensor([[[1.0, 0.1, 0.0], [0.0, 1.0, 0.0]]]).expand(x.shape[0], 2, 3)
+        grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+        return torch.nn.functional.grid_sample(x, grid, align_corners=False)
+
+
+def warped():
+    net = zoo.resnet_basic()
+    net.stem.add_module("warp", _Warp())
+    return net
+
+
+def test_untranslatable_op_names_the_layer(tmp_path, capsys):
+    err = error_line(capsys, ["export", "--classifier", "tests.test_zoo:warped", "--mode", "untrained",
+                              "--out", str(tmp_path / "a")])
+    assert "'stem.warp' (_Warp)" in err and "aten.grid_sampler_2d" in err and "gradient" in err
+
+
+def test_unknown_and_unfit_taps(tmp_path, capsys):
+    err = error_line(capsys, ["export", "--classifier", "tests.zoo:resnet_basic", "--mode", "untrained",
+                              "--taps", "layer9", "--out", str(tmp_path / "a")])
+    assert "unknown layer 'layer9'" in err and "layer1.1" in err and "stem" in err
+
+
+def test_wrong_input_size(tmp_path, capsys):
+    err = error_line(capsys, ["export", "--classifier", "tests.zoo:vit", "--image-size", "48",
+                              "--mode", "untrained", "--out", str(tmp_path / "a")])
+    assert "does not accept 3x48x48 input" in err
