@@ -66,14 +66,17 @@ def test_matches_float64_reference(both, mode):
 
 
 @needs_training
-@pytest.mark.parametrize("mode, steps", [("untrained", 3), ("pretrained", 10)])
+@pytest.mark.parametrize("mode, steps", [("untrained", 3), ("pretrained", 5)])
 def test_same_results_as_the_step_graph(both, mode, steps):
     """Same seed, targets and steps on both backends. Two float32 implementations of one step differ
     by rounding only, but rounding compounds: AdaMax turns sign noise in near-zero gradients into
     lr-sized moves, so untrained mode is compared over 3 steps (as batching is). In pretrained mode
-    the paths agree within this tolerance for 12 steps here, then part abruptly (differences jump
-    from ~1e-6 to 0.2 within two steps, as when a value lands on different sides of a ReLU's kink),
-    so it is compared over 10."""
+    the paths agree to ~1e-6 for some steps, then part abruptly, as when a ReLU input lies within
+    rounding of 0 and the two implementations take its mask differently (each such flip changes the
+    gradient by that unit's share). Where they part depends on the environment's rounding: step 13
+    with the packages of an earlier CI, step 8 with numpy 2.4.6 and the same onnxruntime-training
+    1.19.2 (also on the code before the any-classifier change). So it is compared over 5 steps;
+    `verify` checks every step from float64's state."""
     art = both[mode]
     targets = [parse_target(t) for t in ("class:4", "0.5*class:2+class:7", "channel:features.3:5")]
     spec = default_spec(mode, steps=steps)
