@@ -16,7 +16,12 @@ def adamax(p, g, m, u, step_size, b1, b2, eps, maximum):
     """AdaMax (Kingma & Ba, sec. 7.1)."""
     m = b1 * m + (1 - b1) * g
     u = maximum(b2 * u, abs(g))
-    return p - step_size * m / (u + eps), m, u
+    return adamax_move(p, m, u, step_size, eps), m, u
+
+
+def adamax_move(p, m, u, step_size, eps):
+    """The parameters after AdaMax's step, from the new moments."""
+    return p - step_size * m / (u + eps)
 
 
 def nesterov(p, g, v, lr, mu):

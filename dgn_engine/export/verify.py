@@ -22,7 +22,7 @@ from .. import demo
 from ..errors import UsageError
 from ..rng import NoiseStreams
 from ..state import STEP_COUNT
-from ..update_rules import adamax_step_size
+from ..update_rules import adamax_move, adamax_step_size
 from ..engine.selfcheck import verify_targets
 from .coupled import Sources, build_coupled
 from .reference import TorchBackend
@@ -48,8 +48,8 @@ def _own_update(after: dict, before: dict, spec) -> dict:
     """AdaMax's new trainables from a path's own new slots: what its trainables must be."""
     o = spec.optimizer
     step_size = adamax_step_size(after[STEP_COUNT], o.lr, o.beta1)
-    return {n: (before[n] - step_size * after[f"m.{n}"] / (after[f"u.{n}"] + o.eps)) if f"m.{n}" in after
-            else ref for n, ref in after.items()}
+    return {n: adamax_move(before[n], after[f"m.{n}"], after[f"u.{n}"], step_size, o.eps) if f"m.{n}" in after
+            else value for n, value in after.items()}
 
 
 def step_error(after: dict, ref_after: dict, before: dict, spec) -> tuple[float, str]:
