@@ -19,7 +19,8 @@ OUTPUT = "output"  # the layout key of D's class outputs
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _TERM = re.compile(rf"^(?:(?P<w>{_NUMBER})\*)?(?P<kind>class|channel|neuron):(?P<rest>.+)$")
-_LAYER = r"\w[\w.]*"  # a module path: features.28, layer3.1, or 2 in a plain Sequential
+# a module path (features.28, layer3.1, 2 in a plain Sequential) or an ONNX tensor name (/layer1/Relu_output_0)
+_LAYER = r"[^\s+*]+"
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,13 @@ class Target:
 
     @property
     def id(self) -> str:
-        """A file-name-safe identifier, unique per canonical text."""
-        return self.text.replace(":", "-").replace("*", "x").replace("+", "_")
+        """A file-name-safe identifier, unique per canonical text (a hash where layer names hold other
+        characters than letters, digits, '.', '-' and '_')."""
+        plain = self.text.replace(":", "-").replace("*", "x").replace("+", "_")
+        if re.fullmatch(r"[\w.\-]+", plain, re.ASCII):
+            return plain
+        digest = hashlib.sha256(self.text.encode()).hexdigest()[:8]
+        return re.sub(r"[^\w.\-]", "_", plain, flags=re.ASCII) + "-" + digest
 
     @property
     def key(self) -> int:

@@ -1,6 +1,6 @@
-"""Classifiers of every common family as D, as a module and as a traced TorchScript archive: D's
-gradient through the exporter's translations against float64, exports in both modes, `verify` of
-the step graph, and the engine's results against the torch reference's.
+"""Classifiers of every common family as D, as a module, as a traced TorchScript archive and as an
+ONNX file: D's gradient through the exporter's translations against float64, exports in both modes,
+`verify` of the step graph, and the engine's results against the torch reference's.
 """
 
 import json
@@ -78,15 +78,62 @@ def _gradient_error(module, size):
     return rel(ours), rel(float32)
 
 
-@pytest.mark.parametrize("form", ["module", "torchscript"])
-@pytest.mark.parametrize("name", list(zoo.ZOO))
-def test_gradient_of_d(name, form):
-    """Every zoo net's input gradient (what the step graph backpropagates into G) through the
-    exporter's translations, in onnxruntime: as close to float64 as torch float32 (verify's rule)."""
+def onnx_file(path, module, size, *, batch=None, channels_last=False, **export_options):
+    """The net as an ONNX file written by torch's TorchScript-based exporter (tensor names carry the
+    module paths, as in most files users have): batch axis dynamic unless `batch` fixes it."""
+    if channels_last:
+        module = _ChannelsLast(module)
+    example = torch.randn(batch or 2, *((size, size, 3) if channels_last else (3, size, size)))
+    dynamic = export_options.pop("dynamic_axes", None if batch else {"image": {0: "batch"}})
+    torch.onnx.export(module.eval(), (example,), str(path), dynamo=False, input_names=["image"],
+                      output_names=["scores"], dynamic_axes=dynamic, opset_version=17, **export_options)
+    return str(path)
+
+
+class _ChannelsLast(torch.nn.Module):
+    """A net taking [batch, height, width, channels] images, as TensorFlow-made files do."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x.permute(0, 3, 1, 2).contiguous())
+
+
+# torch.onnx cannot write adaptive max-pooling to an output size that does not divide the input
+ONNX_UNWRITABLE = {"inception"}
+
+
+def _form(name, form, tmp_path):
     module = zoo.ZOO[name]()
     size = module.preprocessing.image_size
     if form == "torchscript":
-        module = torch.jit.trace(module, torch.randn(1, 3, size, size))
+        return torch.jit.trace(module, torch.randn(1, 3, size, size)), size
+    if form.startswith("onnx"):
+        from dgn_engine.export.classifiers import load_classifier
+        path = tmp_path / "d.onnx"
+        if form == "onnx":
+            onnx_file(path, module, size)
+        else:  # torch.export's ONNX exporter (opset 18), whose tensor names are not module paths
+            torch.onnx.export(module, (torch.randn(2, 3, size, size),), str(path), dynamo=True,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},))
+        return load_classifier(str(path)).module, size
+    return module, size
+
+
+DYNAMO_CI = ("resnet_basic", "efficientnet", "vit")  # its exporter takes ~8 s a net: CI writes three
+
+
+@pytest.mark.parametrize("form,name", [(f, n) for f in ("module", "torchscript", "onnx") for n in zoo.ZOO] + [
+    ("onnx_dynamo", n) if n in DYNAMO_CI else pytest.param("onnx_dynamo", n, marks=pytest.mark.full_zoo)
+    for n in zoo.ZOO])
+def test_gradient_of_d(tmp_path, name, form):
+    """Every zoo net's input gradient (what the step graph backpropagates into G) through the
+    exporter's translations, in onnxruntime: as close to float64 as torch float32 (verify's rule)."""
+    if form.startswith("onnx") and name in ONNX_UNWRITABLE:
+        pytest.skip("torch.onnx cannot write this net")
+    module, size = _form(name, form, tmp_path)
     ours, float32 = _gradient_error(module, size)
     assert ours <= max(RELATIVE_TO_FLOAT32 * float32, 1e-6), (ours, float32)
 
@@ -130,6 +177,61 @@ def test_torchscript_archive(tmp_path, name):
     mean, std = (",".join(map(str, v)) for v in zoo.RGB)
     art = _export(tmp_path / "art", path, "pretrained", decoder, "--image-size", str(size), "--mean", mean, "--std", std)
     _engine_equals_reference(art, [parse_target("class:3")])
+
+
+ONNX_CI = ("efficientnet", "vit")  # shape arithmetic in the graph (Shape, Gather, Pad), attention
+
+
+@pytest.mark.parametrize("name", [n if n in ONNX_CI else pytest.param(n, marks=pytest.mark.full_zoo)
+                                  for n in zoo.ZOO if n not in ONNX_UNWRITABLE])
+def test_onnx_file(tmp_path, name):
+    """An ONNX file as D: its size and channels read from the file, a tensor tapped by its ONNX name,
+    verify in untrained mode and the engine against the torch reference."""
+    module = zoo.ZOO[name]()
+    size = module.preprocessing.image_size
+    path = onnx_file(tmp_path / f"{name}.onnx", module, size)
+    from dgn_engine.export.classifiers import load_classifier
+    d = load_classifier(path)
+    tap = [n for n, shape in d.layout(d.layer_names()).items() if len(shape) == 3][-1]  # the last feature map
+    mean, std = (",".join(map(str, v)) for v in zoo.RGB)
+    art = _export(tmp_path / "art", path, "untrained", None, "--taps", tap, "--batch", "2", "--mean", mean,
+                  "--std", std)
+    assert art.manifest["plan"]["out_size"] == size
+    _verified(art)
+    _engine_equals_reference(art, [parse_target("class:3"), parse_target(f"channel:{tap}:1")])
+
+
+def test_onnx_file_with_one_image_batches_channels_last(tmp_path, decoder_file):
+    """A file fixing its batch to 1 with [batch, height, width, channels] input (TensorFlow-style):
+    the layout is read from the graph, images pass one at a time, and the engine equals the reference."""
+    path = onnx_file(tmp_path / "d.onnx", LeNet(), 32, batch=1, channels_last=True)
+    art = _export(tmp_path / "art", path, "pretrained", decoder_file, "--batch", "3")
+    assert art.manifest["plan"]["out_size"] == 32
+    _engine_equals_reference(art, [parse_target(f"class:{c}") for c in (0, 4, 9)])
+
+
+class _TwoInputs(torch.nn.Module):
+    def forward(self, x, scale):
+        return torch.flatten(x, 1)[:, :10] * scale
+
+
+def test_onnx_files_d_cannot_be(tmp_path, capsys):
+    two = str(tmp_path / "two.onnx")
+    torch.onnx.export(_TwoInputs(), (torch.randn(1, 3, 8, 8), torch.randn(1, 10)), two, dynamo=False,
+                      input_names=["image", "scale"])
+    err = error_line(capsys, ["export", "--classifier", two, "--mode", "untrained", "--out", str(tmp_path / "a")])
+    assert "takes 2 inputs (image, scale)" in err and "one image batch" in err
+    sizeless = onnx_file(tmp_path / "sizeless.onnx", LeNet(), 32, dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}})
+    err = error_line(capsys, ["export", "--classifier", sizeless, "--mode", "untrained", "--out", str(tmp_path / "a")])
+    assert "does not tell its input size" in err and "--image-size" in err
+    fixed = onnx_file(tmp_path / "fixed.onnx", LeNet(), 32)
+    err = error_line(capsys, ["export", "--classifier", fixed, "--image-size", "64", "--mode", "untrained",
+                              "--out", str(tmp_path / "a")])
+    assert "takes 32x32 images" in err
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07not a model at all")
+    err = error_line(capsys, ["export", "--classifier", str(garbage), "--mode", "untrained", "--out", str(tmp_path / "a")])
+    assert "is not an ONNX model" in err
 
 
 class LeNet(torch.nn.Module):

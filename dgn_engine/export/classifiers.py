@@ -3,6 +3,7 @@
 --classifier demo               the embedded Fashion-MNIST demo (dgn_engine/demo_data)
 --classifier vgg16              the real VGG-16; --weights FILE.pth (torchvision layout),
                                 FILE.h5 (Keras-1 layout) or 'random' (seeded, for timing and tests)
+--classifier PATH.onnx          an ONNX file (converted by onnx2fx); its tensors are tapped by name
 --classifier PATH               a TorchScript file (its class outputs only: no layer taps)
 --classifier module:factory     factory() builds the module; --weights optionally a state dict
 The file cannot always tell the input format: --image-size, --channels, --mean, --std say it.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import zipfile
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +23,7 @@ from .. import demo
 from ..errors import UsageError
 from ..preprocessing import IMAGENET_CAFFE, IMAGENET_TORCHVISION, Preprocessing
 from ..targets import OUTPUT
+from .onnx_classifier import convert_onnx, read_onnx
 from .vgg import vgg16, vgg_style
 from .weights import apply_state_dict, keras1_state_dict, sha256_file, state_dict_from_file
 
@@ -33,23 +36,36 @@ class Classifier:
     sources: dict[str, str] = field(default_factory=dict)  # file path -> sha256
     tappable: bool = True
     labels: list[str] | None = None
+    tap_points: dict[str, nn.Module] | None = None  # name -> module whose output is read; None: named_modules
+
 
     def __post_init__(self):
         self.module.eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
-    def layer_names(self) -> list[str]:
+    def taps_by_name(self) -> dict[str, nn.Module]:
         """Every named module, blocks as well as single layers: its output is the activation."""
         if not self.tappable:
-            return []
-        return [n for n, _ in self.module.named_modules() if n]
+            return {}
+        if self.tap_points is not None:
+            return self.tap_points
+        return {n: m for n, m in self.module.named_modules() if n}
+
+    def layer_names(self) -> list[str]:
+        return list(self.taps_by_name())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        tensor = next(iter(self.module.parameters()), None)
+        if tensor is None:
+            tensor = next(iter(self.module.buffers()), None)
+        return tensor.dtype if tensor is not None else torch.float32
 
     def layout(self, taps: list[str] = ()) -> dict[str, tuple[int, ...]]:
         """Shapes (without batch) of the class outputs and of each tapped layer's output."""
         pp = self.preprocessing
-        x = torch.zeros(1, pp.channels, pp.image_size, pp.image_size,
-                        dtype=next(self.module.parameters()).dtype)
+        x = torch.zeros(1, pp.channels, pp.image_size, pp.image_size, dtype=self.dtype)
         tapped = Tapped(self, taps)
         with torch.no_grad():
             try:
@@ -80,7 +96,8 @@ class Tapped(nn.Module):
         super().__init__()
         self.module = classifier.module
         self.taps = list(taps)
-        known = classifier.layer_names()
+        self._modules_by_name = classifier.taps_by_name()
+        known = list(self._modules_by_name)
         for t in self.taps:
             if t not in known:
                 if not classifier.tappable:
@@ -88,7 +105,6 @@ class Tapped(nn.Module):
                                      "cannot be tapped; use class targets or give it as module:factory")
                 shown = ", ".join(known[:40]) + (f", ... ({len(known)} in all)" if len(known) > 40 else "")
                 raise UsageError(f"unknown layer {t!r}; valid layers: {shown}")
-        self._modules_by_name = dict(self.module.named_modules())
 
     def forward(self, x):
         acts: dict[str, torch.Tensor] = {}
@@ -152,6 +168,8 @@ def load_classifier(name: str, weights: str | None = None, *, image_size: int | 
             sources[weights] = sha256_file(weights)
         default = getattr(module, "preprocessing", None)
         return Classifier(module, _preprocessing(default, image_size, channels, mean, std, name), name, sources)
+    if os.path.isfile(name) and not zipfile.is_zipfile(name):  # TorchScript archives are zip files
+        return _onnx_classifier(name, image_size, channels, mean, std)
     if os.path.exists(name):
         try:
             module = torch.jit.load(name, map_location="cpu")
@@ -161,7 +179,23 @@ def load_classifier(name: str, weights: str | None = None, *, image_size: int | 
         sources[name] = sha256_file(name)
         pp = _preprocessing(None, image_size, channels, mean, std, f"TorchScript file {name!r}")
         return Classifier(module, pp, name, sources, tappable=False)
-    raise UsageError(f"unknown classifier {name!r}: give vgg16, a TorchScript file or module:factory")
+    raise UsageError(f"unknown classifier {name!r}: give vgg16, an ONNX or TorchScript file, or module:factory")
+
+
+def _onnx_classifier(path: str, image_size, channels, mean, std) -> Classifier:
+    given = read_onnx(path)
+    if image_size is not None and given.size is not None and image_size != given.size:
+        raise UsageError(f"ONNX file {path!r} takes {given.size}x{given.size} images; drop --image-size "
+                         f"{image_size} (the file fixes it)")
+    if channels is not None and (1 if channels == "L" else 3) != given.channels:
+        raise UsageError(f"ONNX file {path!r} takes {given.channels}-channel images; --channels {channels} "
+                         "does not match")
+    order = channels or ("L" if given.channels == 1 else "RGB")
+    default = Preprocessing(given.size, order, (0.0,) * given.channels, (1.0,) * given.channels) \
+        if given.size is not None else None
+    pp = _preprocessing(default, image_size, order, mean, std, f"ONNX file {path!r}")
+    module, taps = convert_onnx(given, path)
+    return Classifier(module, pp, path, {path: sha256_file(path)}, tap_points=taps)
 
 
 def _seeded(build, seed: int) -> nn.Module:
