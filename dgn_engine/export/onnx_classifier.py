@@ -114,7 +114,7 @@ def convert_onnx(given: OnnxInput, path: str) -> tuple[OnnxClassifier, dict[str,
         from onnx2fx.graph_builder import GraphBuilder
     except ImportError:
         raise UsageError("an ONNX file as D needs onnx2fx (Python 3.11 or later): "
-                         "pip install 'dgn-engine[export]'") from None
+                         "pip install 'dgn-engine[export,onnx-classifier]'") from None
 
     model = given.model
     builder = GraphBuilder(model)
