@@ -90,7 +90,8 @@ class Artifacts:
         for what, ours, theirs in (("mode", spec.mode, fixed.mode),
                                    ("optimizer", spec.optimizer.name, fixed.optimizer.name),
                                    ("noise kind", spec.noise.kind, fixed.noise.kind),
-                                   ("regularizer", spec.regularizer.kind, fixed.regularizer.kind)):
+                                   ("regularizer", spec.regularizer.kind, fixed.regularizer.kind),
+                                   ("image range", spec.image_range, fixed.image_range)):
             if ours != theirs:
                 raise UsageError(f"the artifacts in {self.path!r} were exported with {what} {theirs}, "
                                  f"not {ours}; export again with the settings you want")

@@ -16,6 +16,10 @@ MODES = ("untrained", "pretrained")
 OPTIMIZERS = ("adamax", "nesterov")
 NOISE_KINDS = ("additive", "multiplicative")
 REGULARIZERS = ("l1-final-gamma", "l2-alpha", "l2sq-alpha", "none")
+# bounded (the default, not the paper's): G's image is soft-clipped into the pixel range, so the PNG
+# holds what D scored; free: the paper's G, whose image D may score far outside the range a PNG holds
+# (untrained demo: activation 863 during the search, 20 on the clipped PNG; bounded 51 and 48)
+IMAGE_RANGES = ("bounded", "free")
 HYPER = (
     "lr",
     "beta1",
@@ -80,6 +84,7 @@ class RunSpec:
     steps: int = 0
     snapshots: Snapshots = field(default_factory=Snapshots)
     seed: int = 0
+    image_range: str = "bounded"
 
     def validated(self) -> "RunSpec":
         _require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
@@ -106,6 +111,7 @@ class RunSpec:
         s = self.snapshots
         _require(s.count >= 1 and 1 <= s.keep <= s.count, "snapshots: need count >= 1 and 1 <= keep <= count")
         _require(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed must be an integer >= 0")
+        _require(self.image_range in IMAGE_RANGES, f"image range must be one of {', '.join(IMAGE_RANGES)}")
         return replace(self, targets=targets)
 
     def hyper(self) -> list[float]:
@@ -141,7 +147,8 @@ class RunSpec:
 
 
 def default_spec(mode: str, **overrides) -> RunSpec:
-    """The paper's settings for a mode (Table 1), with optional field overrides."""
+    """The paper's settings for a mode (Table 1), with optional field overrides; one departure: the
+    image range is bounded (`image_range="free"` is the paper's)."""
     if mode == "untrained":
         spec = RunSpec(
             mode,

@@ -8,7 +8,7 @@ import os
 from dataclasses import replace
 
 from ..errors import UsageError
-from ..spec import GAUSSIAN_DROPOUT_SIGMA, REGULARIZERS, Snapshots, default_spec
+from ..spec import GAUSSIAN_DROPOUT_SIGMA, IMAGE_RANGES, REGULARIZERS, Snapshots, default_spec
 
 
 def need_torch(command: str):
@@ -135,6 +135,14 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         "(eq. 3) untrained; l2sq-alpha is the original Keras code's sum of squares",
     )
     g.add_argument("--reg-weight", type=float, help="regulariser weight (default: 0.1 / 0.01)")
+    g.add_argument(
+        "--image-range",
+        choices=IMAGE_RANGES,
+        help="bounded: G's image is soft-clipped into the pixel range (unchanged inside 10..90%% of it, "
+        "saturating outside), so the written PNG is the image D scored; free: the paper's unbounded G, "
+        "whose image D may score far outside 0..255 and which is clipped when written (fixed at export; "
+        "default: bounded)",
+    )
     g.add_argument("--snapshots", type=int, default=30, help="images taken over the run (default: %(default)s)")
     g.add_argument(
         "--keep",
@@ -171,6 +179,7 @@ def spec_from_args(args, targets, base=None):
         reg = replace(reg, weight=args.reg_weight)
     return replace(
         spec,
+        image_range=args.image_range or spec.image_range,
         targets=tuple(targets),
         optimizer=opt,
         noise=noise,

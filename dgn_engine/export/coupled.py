@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .. import demo
 from ..errors import UsageError
+from ..kernels.layers import soft_pixel_range
 from ..kernels.objective import objective, regularizer
 from ..update_rules import adamax, adamax_step_size, nesterov
 from ..plan import GeneratorPlan, generator_plan
@@ -36,6 +37,7 @@ class CoupledStep:
             raise ValueError("pretrained mode needs the decoder's tensors")
         self.classifier, self.plan, self.mode = classifier, plan, spec.mode
         self.noise_kind, self.reg_kind, self.optimizer = spec.noise.kind, spec.regularizer.kind, spec.optimizer.name
+        self.image_range = spec.image_range
         self.taps = list(taps)
         self.tapped = Tapped(classifier, self.taps)
         self.layout = classifier.layout(self.taps)
@@ -58,8 +60,13 @@ class CoupledStep:
     def generate(self, params: dict[str, torch.Tensor], noise: torch.Tensor, sigma) -> torch.Tensor:
         f = self.features(params["alpha"], noise, sigma)
         if self.mode == "untrained":
-            return generator_forward(self.plan, f, *stacked_generator(self.plan, params), groups=f.shape[0])
-        return generator_forward(self.plan, f, *frozen_generator(self.decoder))
+            image = generator_forward(self.plan, f, *stacked_generator(self.plan, params), groups=f.shape[0])
+        else:
+            image = generator_forward(self.plan, f, *frozen_generator(self.decoder))
+        if self.image_range == "free":
+            return image
+        pp = self.classifier.preprocessing
+        return soft_pixel_range(image, pp.mean, pp.std)
 
     def logits(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """D's class logits and the taps."""
