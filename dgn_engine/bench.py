@@ -20,7 +20,6 @@ import numpy as np
 
 from .errors import UsageError
 
-SIZES = ("demo", "full")
 BACKENDS = ("step-graph", "training-api", "torch", "torch-compile")
 ENGINE_BACKENDS = ("step-graph", "training-api")
 
@@ -79,7 +78,7 @@ def artifacts_for(size: str, mode: str, k: int, cache: str, backends=("step-grap
     from .artifacts import MANIFEST, load_artifacts
 
     backends = [b for b in ENGINE_BACKENDS if b in backends] or ["step-graph"]  # torch rows read the sources
-    out = os.path.join(cache, f"{size}-{mode}-k{k}-{'+'.join(backends)}")
+    out = os.path.join(cache, f"{_file_safe(size)}-{mode}-k{k}-{'+'.join(backends)}")
     if os.path.isfile(os.path.join(out, MANIFEST)):
         return load_artifacts(out)
     from .export.coupled import build_coupled
@@ -92,26 +91,34 @@ def artifacts_for(size: str, mode: str, k: int, cache: str, backends=("step-grap
                             backends=backends)
 
 
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
 def bench_sources(size: str, mode: str, cache: str):
+    """demo, full (VGG-16 with random weights) or any classifier name (its own weights), with a
+    random decoder of the classifier's size in pretrained mode: timing does not depend on the values."""
     from .export.coupled import Sources
 
     if size == "demo":
         return Sources(mode, "demo")
+    classifier, weights = ("vgg16", "random") if size == "full" else (size, None)
     decoder = None
-    if mode == "pretrained":  # timing does not depend on the values: a random paper decoder
-        decoder = os.path.join(cache, "paper-decoder-random.pt")
+    if mode == "pretrained":
+        from .export.classifiers import resolve_preprocessing
+
+        pp = resolve_preprocessing(classifier, weights)
+        decoder = os.path.join(cache, f"decoder-random-{pp.image_size}-{pp.order}.pt")
         if not os.path.isfile(decoder):
             import torch
             from .export.autoencoder import save_decoder
             from .export.generator import Decoder
             from .plan import generator_plan
-            from .preprocessing import IMAGENET_TORCHVISION
 
             torch.manual_seed(0)
-            save_decoder(
-                decoder, Decoder(generator_plan("decoder")).eval(), IMAGENET_TORCHVISION, {"note": "random, for timing"}
-            )
-    return Sources(mode, "vgg16", "random", decoder=decoder)
+            plan = generator_plan("decoder", pp.image_size, pp.channels)
+            save_decoder(decoder, Decoder(plan).eval(), pp, {"note": "random, for timing"})
+    return Sources(mode, classifier, weights, decoder=decoder)
 
 
 def step_flops(art) -> float:
@@ -254,19 +261,24 @@ def machine() -> dict:
 
 
 HEADER = (
-    f"{'size':5s} {'mode':10s} {'backend':13s} {'K':>3s} {'s/step':>8s} {'targets/s':>10s} "
+    f"{'size':12s} {'mode':10s} {'backend':13s} {'K':>3s} {'s/step':>8s} {'targets/s':>10s} "
     f"{'vs torch':>8s} {'TFLOP/s':>8s} {'peak RSS':>9s} {'GPU mem':>8s}"
 )
 
 
+def _label(size: str) -> str:
+    """demo, full, or a classifier's short name (the factory, or the file's name)."""
+    return os.path.splitext(os.path.basename(size.rpartition(":")[2]))[0][:12]
+
+
 def format_row(r: dict) -> str:
     if "error" in r:
-        return f"{r['size'][:5]:5s} {r['mode']:10s} {r['backend']:13s} {r['k']:3d}  failed: {r['error']}"
+        return f"{_label(r['size']):12s} {r['mode']:10s} {r['backend']:13s} {r['k']:3d}  failed: {r['error']}"
     vs = f"{r['vs_torch']:.2f}x" if r.get("vs_torch") else "-"
     tf = f"{r['tflops']:.3f}" if r.get("tflops") else "-"
     gpu = f"{r['gpu_memory_mib']:.0f}M" if r.get("gpu_memory_mib") else "-"
     return (
-        f"{r['size'][:5]:5s} {r['mode']:10s} {r['backend']:13s} {r['k']:3d} {r['seconds_per_step']:8.4f} "
+        f"{_label(r['size']):12s} {r['mode']:10s} {r['backend']:13s} {r['k']:3d} {r['seconds_per_step']:8.4f} "
         f"{r['targets_per_second']:10.4f} {vs:>8s} {tf:>8s} {r['peak_rss_mib']:8.0f}M {gpu:>8s}"
     )
 

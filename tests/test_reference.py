@@ -20,13 +20,16 @@ def record(out, target_id):
         return json.load(f)
 
 
-# The paper's step counts are 500 (untrained) and 1,200 (pretrained); a few hundred suffice here.
-@pytest.mark.parametrize(
-    "mode, target, steps, factor", [("untrained", "class:1", 500, 3), ("pretrained", "class:0", 300, 20)]
-)
-def test_reference_run_raises_the_target_activation(tmp_path, tiny_decoder, mode, target, steps, factor):
+# The paper's step counts are 500 (untrained) and 1,200 (pretrained); a few hundred suffice here. The
+# bounded image range keeps pixels inside 0..1, which caps what the random test decoder's images can
+# reach (measured: x5.5 in pretrained mode, against x20+ with the paper's free range).
+@pytest.mark.parametrize("mode, target, steps, image_range, factor", [
+    ("untrained", "class:1", 500, "bounded", 3), ("pretrained", "class:0", 300, "bounded", 4),
+    ("pretrained", "class:0", 300, "free", 20)])
+def test_reference_run_raises_the_target_activation(tmp_path, tiny_decoder, mode, target, steps, image_range,
+                                                    factor):
     extra = ["--decoder", tiny_decoder] if mode == "pretrained" else []
-    run(tmp_path, "--mode", mode, "--target", target, "--steps", str(steps), *extra)
+    run(tmp_path, "--mode", mode, "--target", target, "--steps", str(steps), "--image-range", image_range, *extra)
     rec = record(tmp_path, target.replace(":", "-"))
     curve = np.array(rec["loss_curve"])
     # the activation of each step's noisy forward pass (sigma = 2 in untrained mode): average 5 readings

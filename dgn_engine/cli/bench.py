@@ -11,8 +11,9 @@ For each size x mode x batch K, times one optimisation step of every backend on 
 one run, each in its own process: seconds per step, targets per second (K / (s/step x the mode's
 steps per target: 1200 pretrained, 500 untrained)), the ratio against torch eager at the same K,
 the achieved TFLOP/s from the step's FLOP count, and the peak memory (RSS; GPU memory on CUDA).
-Sizes: demo (the embedded demo) and full (VGG-16 + the paper's G, random weights: timing does not
-depend on the values). Artifacts are exported once into --cache. With --artifacts DIR only that
+Sizes: demo (the embedded demo), full (VGG-16 + the paper's G, random weights: timing does not
+depend on the values), or any --classifier name (module:factory, a TorchScript or ONNX file) with a G
+of its input size (a random decoder in pretrained mode). Artifacts are exported once into --cache. With --artifacts DIR only that
 folder is timed (no torch needed for --backends step-graph). The training-api backend runs where
 onnxruntime-training is installed (its own environment)."""
 
@@ -21,7 +22,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help=HELP, description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(default: %(default)s)")
-    p.add_argument("--sizes", default="demo", help="comma-separated: demo, full (default: %(default)s)")
+    p.add_argument("--sizes", default="demo",
+                   help="comma-separated: demo, full, or classifier names as --classifier takes them "
+                        "(default: %(default)s)")
     p.add_argument("--modes", default="pretrained,untrained", help="(default: %(default)s)")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes K (default: %(default)s)")
     p.add_argument("--backends", default="step-graph,torch",
@@ -36,7 +39,7 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from ..bench import BACKENDS, HEADER, SIZES, bench, bench_artifacts, parse_list
+    from ..bench import BACKENDS, HEADER, bench, bench_artifacts, parse_list
     from ..engine.outputs import write_json
 
     if args.steps < 1 or args.warmup < 0:
@@ -51,7 +54,7 @@ def main(args) -> int:
         except ImportError:
             raise UsageError("bench exports its artifacts with torch: pip install 'dgn-engine[export]', or time "
                              "an artifacts folder with --artifacts DIR --backends step-graph") from None
-        result = bench(parse_list(args.sizes, SIZES), parse_list(args.modes, ("pretrained", "untrained")),
+        result = bench(parse_list(args.sizes), parse_list(args.modes, ("pretrained", "untrained")),
                        parse_list(args.batch, kind=int), backends, args.device, args.steps, args.warmup,
                        args.cache, args.threads)
     if args.json:
