@@ -282,6 +282,10 @@ def test_untranslatable_op_names_the_layer(tmp_path, capsys):
     err = error_line(capsys, ["export", "--classifier", "tests.test_zoo:warped", "--mode", "untrained",
                               "--out", str(tmp_path / "a")])
     assert "'stem.warp' (_Warp)" in err and "aten.grid_sampler_2d" in err and "gradient" in err
+    # the same net as an ONNX file: the layer is the ONNX node whose translation calls the op
+    path = onnx_file(tmp_path / "warped.onnx", warped(), 64)
+    err = error_line(capsys, ["export", "--classifier", path, "--mode", "untrained", "--out", str(tmp_path / "b")])
+    assert "(GridSample)" in err and "aten.grid_sampler_2d" in err and "gradient" in err
 
 
 def test_unknown_and_unfit_taps(tmp_path, capsys):

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UsageError
+from .op_origin import Recorder, forward_op
 
 _FLOAT_TYPES = {1, 10, 11, 16}  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 _NO_TAP_OPS = {"Constant", "ConstantOfShape", "Shape", "Size"}
@@ -23,6 +24,32 @@ class OnnxClassifier(nn.Module):
     def __init__(self, graph: nn.Module, channels_last: bool, one_at_a_time: bool):
         super().__init__()
         self.graph, self.channels_last, self.one_at_a_time = graph, channels_last, one_at_a_time
+
+    def layer_calling(self, example: torch.Tensor, op: str) -> tuple[str, str] | None:
+        """(ONNX node name, its op type) of the node whose torch translation calls `op` (or the op
+        whose backward `op` is); None where none does."""
+        labels, label = {}, None
+        for node in reversed(self.graph.graph.nodes):  # a node's helper nodes come before it, untagged
+            if "onnx_op_type" in node.meta:
+                label = (node.meta.get("onnx_name") or node.name, node.meta["onnx_op_type"])
+            labels[node] = label
+        stack, found = [None], {}
+
+        class Labelled(torch.fx.Interpreter):
+            def run_node(self, node):
+                stack.append(labels.get(node))
+                try:
+                    return super().run_node(node)
+                finally:
+                    stack.pop()
+
+        try:
+            with torch.no_grad(), Recorder(stack, found):
+                x = example.permute(0, 2, 3, 1) if self.channels_last else example
+                Labelled(self.graph).run(x[:1] if self.one_at_a_time else x)
+        except Exception:  # the failure being reported is the export's; this lookup only adds detail
+            return None
+        return found.get(forward_op(op))
 
     def forward(self, x):
         if self.channels_last:  # the file's own layout: G makes [batch, channels, height, width]

@@ -17,20 +17,25 @@ def forward_op(op: str) -> str:
     return _BACKWARD.sub("", name)
 
 
-class _Recorder(TorchDispatchMode):
+class Recorder(TorchDispatchMode):
+    """Records, for each ATen op, the innermost label on `stack` when it first runs."""
+
     def __init__(self, stack: list[str], found: dict[str, str]):
         super().__init__()
         self.stack, self.found = stack, found
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = f"{func.namespace}.{func._opname}"
-        self.found.setdefault(name, self.stack[-1])
+        if self.stack[-1]:
+            self.found.setdefault(f"{func.namespace}.{func._opname}", self.stack[-1])
         return func(*args, **(kwargs or {}))
 
 
 def layer_calling(module: nn.Module, example: torch.Tensor, op: str) -> tuple[str, str] | None:
     """(layer name, its class) of the innermost module whose forward calls `op` (or the op whose
-    backward `op` is), running D once on `example`; None where no hooked module calls it."""
+    backward `op` is), running D once on `example`; None where no hooked module calls it. A module
+    that knows its ops' origins better than its module tree (an ONNX file's graph) answers itself."""
+    if hasattr(module, "layer_calling"):
+        return module.layer_calling(example, op)
     stack, found = [""], {}
     handles = []
     modules = dict(module.named_modules())
@@ -43,7 +48,7 @@ def layer_calling(module: nn.Module, example: torch.Tensor, op: str) -> tuple[st
             handles.append(m.register_forward_pre_hook(lambda _m, _i, name=name: stack.append(name)))
             handles.append(m.register_forward_hook(leave))
     try:
-        with torch.no_grad(), _Recorder(stack, found):
+        with torch.no_grad(), Recorder(stack, found):
             module(example)
     except Exception:  # the failure being reported is the export's; this lookup only adds detail
         return None

@@ -36,19 +36,22 @@ def batch_norm_eval(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, me
     return x * scale[None, :, None, None] + (beta - mean * scale)[None, :, None, None]
 
 
-# the soft clip's knee: pixels inside [KNEE, 1 - KNEE] pass unchanged, the tails saturate exponentially
+# the soft clip's knee: pixels inside [KNEE, 1 - KNEE] pass unchanged
 KNEE = 0.1
 
 
 def soft_pixel_range(x: torch.Tensor, mean, std) -> torch.Tensor:
     """A model-space image made to lie inside the pixel range 0..1, so that nothing the search finds
-    is clipped away in the PNG: the identity inside [KNEE, 1 - KNEE], exponential tails (value and
-    slope continuous) towards 0 and 1 outside it."""
+    is clipped away in the PNG: the identity inside [KNEE, 1 - KNEE], hyperbolic tails outside it
+    (value and slope continuous) that approach 0 and 1 without reaching them. Unlike exponential or
+    tanh tails they keep a gradient (falling as 1/distance^2) and do not round far-out pixels to the
+    same float32 value, whose exact ties would make D's max-pooling choose differently in float32
+    and float64."""
     mean = x.new_tensor(mean)[None, :, None, None]
     std = x.new_tensor(std)[None, :, None, None]
     p = x * std + mean
-    # each tail's exponent is clamped on the other side, so that neither branch of `where` overflows
-    low = KNEE * torch.exp(torch.clamp(p - KNEE, max=0.0) / KNEE)
-    high = 1.0 - KNEE * torch.exp(torch.clamp((1.0 - KNEE) - p, max=0.0) / KNEE)
+    # each tail's distance is clamped at 0 on the other side, so that neither branch of `where` divides by 0
+    low = KNEE * KNEE / (KNEE + torch.clamp(KNEE - p, min=0.0))
+    high = 1.0 - KNEE * KNEE / (KNEE + torch.clamp(p - (1.0 - KNEE), min=0.0))
     p = torch.where(p < KNEE, low, torch.where(p > 1.0 - KNEE, high, p))
     return (p - mean) / std
