@@ -18,7 +18,7 @@ NOISE_KINDS = ("additive", "multiplicative")
 REGULARIZERS = ("l1-final-gamma", "l2-alpha", "l2sq-alpha", "none")
 # bounded (the default, not the paper's): G's image is soft-clipped into the pixel range, so the PNG
 # holds what D scored; free: the paper's G, whose image D may score far outside the range a PNG holds
-# (untrained demo: activation 863 during the search, 20 on the clipped PNG; bounded 51 and 48)
+# (untrained demo: activation 863 during the search, 20 on the clipped PNG; bounded 47 and 43)
 IMAGE_RANGES = ("bounded", "free")
 HYPER = (
     "lr",
