@@ -175,8 +175,38 @@ def test_torchscript_archive(tmp_path, name):
     decoder = str(tmp_path / "decoder.pt")
     write_calibrated_decoder(decoder, size, "RGB")
     mean, std = (",".join(map(str, v)) for v in zoo.RGB)
-    art = _export(tmp_path / "art", path, "pretrained", decoder, "--image-size", str(size), "--mean", mean, "--std", std)
-    _engine_equals_reference(art, [parse_target("class:3")])
+    art = _export(tmp_path / "art", path, "pretrained", decoder, "--image-size", str(size), "--mean", mean, "--std", std,
+                  "--taps", BLOCK[name])
+    _engine_equals_reference(art, [parse_target("class:3"), parse_target(f"channel:{BLOCK[name]}:1")])
+
+
+@pytest.mark.parametrize("name", list(zoo.ZOO))
+def test_torchscript_taps_read_the_blocks(tmp_path, name):
+    """A traced archive's submodules are tapped by name: the activation is exactly what the module's
+    own block returns (forward hook on the original), and the class outputs are the archive's."""
+    from dgn_engine.export.classifiers import Tapped, load_classifier
+
+    module = zoo.ZOO[name]()
+    size = module.preprocessing.image_size
+    path = str(tmp_path / "d.pt")
+    torch.jit.save(torch.jit.trace(module, torch.randn(1, 3, size, size)), path)
+    classifier = load_classifier(path, image_size=size)
+    assert BLOCK[name] in classifier.layer_names()
+    x = torch.randn(2, 3, size, size)
+    seen = {}
+    dict(module.named_modules())[BLOCK[name]].register_forward_hook(lambda _m, _i, out: seen.update(out=out))
+    with torch.no_grad():
+        expected = module(x)
+        out, acts = Tapped(classifier, [BLOCK[name]])(x)
+    assert torch.equal(acts[BLOCK[name]], seen["out"]) and torch.equal(out, expected)
+
+
+def test_scripted_archive_with_control_flow_is_class_only(tmp_path, capsys):
+    path = str(tmp_path / "scripted.pt")
+    torch.jit.save(torch.jit.script(zoo.resnet_basic()), path)
+    err = error_line(capsys, ["export", "--classifier", path, "--image-size", "64", "--mode", "untrained",
+                              "--taps", "layer1", "--out", str(tmp_path / "a")])
+    assert "control flow" in err and "torch.jit.trace" in err
 
 
 ONNX_CI = ("efficientnet", "vit")  # shape arithmetic in the graph (Shape, Gather, Pad), attention

@@ -4,7 +4,8 @@
 --classifier vgg16              the real VGG-16; --weights FILE.pth (torchvision layout),
                                 FILE.h5 (Keras-1 layout) or 'random' (seeded, for timing and tests)
 --classifier PATH.onnx          an ONNX file (converted by onnx2fx); its tensors are tapped by name
---classifier PATH               a TorchScript file (its class outputs only: no layer taps)
+--classifier PATH               a TorchScript file; its submodules are tapped by name where its graphs
+                                hold no control flow (traced archives), else class targets only
 --classifier module:factory     factory() builds the module; --weights optionally a state dict
 The file cannot always tell the input format: --image-size, --channels, --mean, --std say it.
 """
@@ -24,6 +25,7 @@ from ..errors import UsageError
 from ..preprocessing import IMAGENET_CAFFE, IMAGENET_TORCHVISION, Preprocessing
 from ..targets import OUTPUT
 from .onnx_classifier import convert_onnx, read_onnx
+from .torchscript_classifier import TorchScriptClassifier, interpretable
 from .vgg import vgg16, vgg_style
 from .weights import apply_state_dict, keras1_state_dict, sha256_file, state_dict_from_file
 
@@ -101,8 +103,9 @@ class Tapped(nn.Module):
         for t in self.taps:
             if t not in known:
                 if not classifier.tappable:
-                    raise UsageError(f"classifier {classifier.name!r} is a TorchScript file, whose layers "
-                                     "cannot be tapped; use class targets or give it as module:factory")
+                    raise UsageError(f"classifier {classifier.name!r} is a TorchScript file with control flow, "
+                                     "whose layers cannot be tapped; use class targets, trace it with "
+                                     "torch.jit.trace, or give it as module:factory")
                 shown = ", ".join(known[:40]) + (f", ... ({len(known)} in all)" if len(known) > 40 else "")
                 raise UsageError(f"unknown layer {t!r}; valid layers: {shown}")
 
@@ -178,6 +181,10 @@ def load_classifier(name: str, weights: str | None = None, *, image_size: int | 
                              f"{str(e).splitlines()[0][:160]}") from None
         sources[name] = sha256_file(name)
         pp = _preprocessing(None, image_size, channels, mean, std, f"TorchScript file {name!r}")
+        example = torch.randn(2, pp.channels, pp.image_size, pp.image_size, generator=torch.Generator().manual_seed(0))
+        if interpretable(module, example):
+            interpreted = TorchScriptClassifier(module)
+            return Classifier(interpreted, pp, name, sources, tap_points=interpreted.tap_points())
         return Classifier(module, pp, name, sources, tappable=False)
     raise UsageError(f"unknown classifier {name!r}: give vgg16, an ONNX or TorchScript file, or module:factory")
 

@@ -1,0 +1,106 @@
+"""D given as a TorchScript archive, run graph by graph from Python so that its submodules can be tapped.
+
+Compiled code calls submodules without forward hooks, so the archive's graphs are interpreted here:
+each `prim::CallMethod` on a submodule runs that submodule's graph the same way, and its output passes
+an identity module named after the submodule (`layer1.0`), whose hooks the taps read. The ATen ops
+run as torch ops, so autograd and make_fx see the same computation as the compiled archive. Graphs
+with control flow or other prim nodes are not interpreted: such archives keep class targets only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+_PRIM = {"prim::Constant", "prim::GetAttr", "prim::CallMethod", "prim::ListConstruct", "prim::TupleConstruct",
+         "prim::ListUnpack", "prim::TupleUnpack", "prim::NumToTensor"}
+
+
+def interpretable(archive: torch.jit.ScriptModule, example: torch.Tensor) -> bool:
+    """Whether every graph of the archive holds only ATen ops and the prim nodes above, and the
+    interpretation gives the archive's own output on `example`."""
+    for module in [archive, *archive.modules()]:
+        graph = getattr(module, "graph", None)
+        if graph is None:
+            return False
+        for node in graph.nodes():
+            kind = node.kind()
+            if not (kind.startswith("aten::") or kind in _PRIM):
+                return False
+            if kind == "prim::CallMethod" and node.s("name") != "forward":
+                return False
+    try:
+        with torch.no_grad():
+            ours, theirs = TorchScriptClassifier(archive)(example), archive(example)
+    except Exception:  # anything the interpretation cannot run leaves the archive compiled, untapped
+        return False
+    return isinstance(ours, torch.Tensor) and isinstance(theirs, torch.Tensor) and torch.equal(ours, theirs)
+
+
+class TorchScriptClassifier(nn.Module):
+    """The archive, interpreted; `taps[name]` is the identity module after submodule `name`."""
+
+    def __init__(self, archive: torch.jit.ScriptModule):
+        super().__init__()
+        self.archive = archive
+        self.taps = nn.ModuleDict()
+        self._tap_of, self._ops = {}, {}
+        for i, (name, _) in enumerate(n for n in archive.named_modules() if n[0]):
+            self.taps[f"tap_{i}"] = nn.Identity()
+            self._tap_of[name] = self.taps[f"tap_{i}"]
+
+    def _op(self, schema: str):
+        """The ATen overload a node's schema names, and which of its arguments are keyword-only."""
+        if schema not in self._ops:
+            parsed = torch._C.parse_schema(schema)
+            packet = getattr(torch.ops.aten, parsed.name.split("::", 1)[1])
+            self._ops[schema] = (getattr(packet, parsed.overload_name or "default"),
+                                 [a.name if a.kwarg_only else None for a in parsed.arguments])
+        return self._ops[schema]
+
+    def tap_points(self) -> dict[str, nn.Module]:
+        return dict(self._tap_of)
+
+    def forward(self, x):
+        return self._run(self.archive, "", [x])
+
+    def _run(self, module, prefix: str, args: list):
+        graph = module.graph
+        inputs = list(graph.inputs())
+        # values are keyed by their number in the graph (the Python wrappers of a Value are not stable)
+        env = {inputs[0].unique(): module, **{v.unique(): a for v, a in zip(inputs[1:], args)}}
+        names = {inputs[0].unique(): prefix}  # the qualified name of each module value
+        for node in graph.nodes():
+            kind, ins = node.kind(), [env[v.unique()] for v in node.inputs()]
+            if kind == "prim::Constant":
+                out = node.output().toIValue()
+            elif kind == "prim::GetAttr":
+                field = node.s("name")
+                out = getattr(ins[0], field)
+                owner = names.get(next(iter(node.inputs())).unique())
+                if owner is not None and isinstance(out, torch.jit.ScriptModule):
+                    names[node.output().unique()] = f"{owner}.{field}" if owner else field
+            elif kind == "prim::CallMethod":
+                name = names[next(iter(node.inputs())).unique()]
+                out = self._run(ins[0], name, ins[1:])
+                if name in self._tap_of and isinstance(out, torch.Tensor):
+                    out = self._tap_of[name](out)
+            elif kind in ("prim::ListConstruct", "prim::TupleConstruct"):
+                out = ins if kind == "prim::ListConstruct" else tuple(ins)
+            elif kind in ("prim::ListUnpack", "prim::TupleUnpack"):
+                for v, value in zip(node.outputs(), ins[0]):
+                    env[v.unique()] = value
+                continue
+            elif kind == "prim::NumToTensor":
+                out = torch.scalar_tensor(ins[0]) if not isinstance(ins[0], torch.Tensor) else ins[0]
+            else:
+                op, keyword = self._op(node.schema())
+                out = op(*[a for a, k in zip(ins, keyword) if not k],
+                         **{k: a for a, k in zip(ins, keyword) if k})
+            outputs = list(node.outputs())
+            if len(outputs) == 1:
+                env[outputs[0].unique()] = out
+            else:
+                for v, value in zip(outputs, out):
+                    env[v.unique()] = value
+        results = [env[v.unique()] for v in graph.outputs()]
+        return results[0] if len(results) == 1 else tuple(results)
