@@ -78,7 +78,7 @@ def _gradient_error(module, size):
     return rel(ours), rel(float32)
 
 
-def onnx_file(path, module, size, *, batch=None, channels_last=False, **export_options):
+def onnx_file(path, module, size, *, batch=None, channels_last=False, opset=17, **export_options):
     """The net as an ONNX file written by torch's TorchScript-based exporter (tensor names carry the
     module paths, as in most files users have): batch axis dynamic unless `batch` fixes it."""
     if channels_last:
@@ -86,7 +86,7 @@ def onnx_file(path, module, size, *, batch=None, channels_last=False, **export_o
     example = torch.randn(batch or 2, *((size, size, 3) if channels_last else (3, size, size)))
     dynamic = export_options.pop("dynamic_axes", None if batch else {"image": {0: "batch"}})
     torch.onnx.export(module.eval(), (example,), str(path), dynamo=False, input_names=["image"],
-                      output_names=["scores"], dynamic_axes=dynamic, opset_version=17, **export_options)
+                      output_names=["scores"], dynamic_axes=dynamic, opset_version=opset, **export_options)
     return str(path)
 
 
@@ -313,9 +313,15 @@ def test_untranslatable_op_names_the_layer(tmp_path, capsys):
                               "--out", str(tmp_path / "a")])
     assert "'stem.warp' (_Warp)" in err and "aten.grid_sampler_2d" in err and "gradient" in err
     # the same net as an ONNX file: the layer is the ONNX node whose translation calls the op
-    path = onnx_file(tmp_path / "warped.onnx", warped(), 64)
+    path = onnx_file(tmp_path / "warped.onnx", warped(), 64, opset=20)
     err = error_line(capsys, ["export", "--classifier", path, "--mode", "untrained", "--out", str(tmp_path / "b")])
     assert "(GridSample)" in err and "aten.grid_sampler_2d" in err and "gradient" in err
+    # as a traced TorchScript archive: the submodule's name and class
+    path = str(tmp_path / "warped.pt")
+    torch.jit.save(torch.jit.trace(warped(), torch.randn(1, 3, 64, 64)), path)
+    err = error_line(capsys, ["export", "--classifier", path, "--image-size", "64", "--mode", "untrained",
+                              "--out", str(tmp_path / "c")])
+    assert "'stem.warp' (_Warp)" in err and "aten.grid_sampler_2d" in err
 
 
 def test_unknown_and_unfit_taps(tmp_path, capsys):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .op_origin import Recorder, forward_op
+
 _PRIM = {"prim::Constant", "prim::GetAttr", "prim::CallMethod", "prim::ListConstruct", "prim::TupleConstruct",
          "prim::ListUnpack", "prim::TupleUnpack", "prim::NumToTensor"}
 
@@ -43,7 +45,7 @@ class TorchScriptClassifier(nn.Module):
         super().__init__()
         self.archive = archive
         self.taps = nn.ModuleDict()
-        self._tap_of, self._ops = {}, {}
+        self._tap_of, self._ops, self._stack = {}, {}, [""]  # the stack: submodules being run
         for i, (name, _) in enumerate(n for n in archive.named_modules() if n[0]):
             self.taps[f"tap_{i}"] = nn.Identity()
             self._tap_of[name] = self.taps[f"tap_{i}"]
@@ -63,6 +65,20 @@ class TorchScriptClassifier(nn.Module):
     def forward(self, x):
         return self._run(self.archive, "", [x])
 
+    def layer_calling(self, example: torch.Tensor, op: str) -> tuple[str, str] | None:
+        """(submodule name, its class) of the innermost submodule whose graph calls `op` (or the op
+        whose backward `op` is); None where none does."""
+        found = {}
+        try:
+            with torch.no_grad(), Recorder(self._stack, found):
+                self(example)
+        except Exception:  # the failure being reported is the export's; this lookup only adds detail
+            return None
+        name = found.get(forward_op(op))
+        if not name:
+            return None
+        return name, dict(self.archive.named_modules())[name].original_name
+
     def _run(self, module, prefix: str, args: list):
         graph = module.graph
         inputs = list(graph.inputs())
@@ -81,7 +97,11 @@ class TorchScriptClassifier(nn.Module):
                     names[node.output().unique()] = f"{owner}.{field}" if owner else field
             elif kind == "prim::CallMethod":
                 name = names[next(iter(node.inputs())).unique()]
-                out = self._run(ins[0], name, ins[1:])
+                self._stack.append(name)
+                try:
+                    out = self._run(ins[0], name, ins[1:])
+                finally:
+                    self._stack.pop()
                 if name in self._tap_of and isinstance(out, torch.Tensor):
                     out = self._tap_of[name](out)
             elif kind in ("prim::ListConstruct", "prim::TupleConstruct"):
