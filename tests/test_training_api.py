@@ -220,3 +220,13 @@ def test_missing_training_api_is_one_line(tmp_path, capsys, artifacts):
     assert "none of the backends" in err
     err = error_line(capsys, ["run", "--backend", "training-api", "--all-classes", "--out", str(tmp_path / "d")])
     assert "dgn-engine[training-api]" in err  # the demo: said before any export work
+
+
+def test_an_op_without_a_training_gradient_is_named(tmp_path, capsys):
+    """onnxruntime-training has no gradient for ReduceMax (the Inception-shaped net's adaptive max
+    pooling): one line names the op and points to the step-graph backend, which takes the net."""
+    from tests.conftest import error_line
+
+    err = error_line(capsys, ["export", "--classifier", "tests.zoo:inception", "--mode", "untrained",
+                              "--backend", "training-api", "--out", str(tmp_path / "a")])
+    assert "no gradient for the ONNX op ReduceMax" in err and "step-graph" in err

@@ -17,6 +17,7 @@ BatchNorm is plain arithmetic and the eval model is not used).
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -162,6 +163,15 @@ def objective_block(onnxblock, layout: dict[str, tuple[int, ...]], k: int, reg_k
     return Objective()
 
 
+def _gradient_builder_failure(coupled: CoupledStep, message: str) -> str:
+    """One line from onnxruntime-training's C++ failure: the op its gradient builder lacks, where it says."""
+    missing = re.search(r"has not been registered: (\w+) for node (\S+)", message)
+    what = (f"has no gradient for the ONNX op {missing[1]} (node {missing[2]})" if missing
+            else f"cannot build the gradient graph ({message.strip().splitlines()[-1].split(' was false. ')[-1][:160]})")
+    return (f"onnxruntime-training's gradient builder {what} of classifier {coupled.classifier.name!r}; "
+            "use the step-graph backend (export --backend step-graph), which takes this classifier")
+
+
 def training_graphs(coupled: CoupledStep, args: list[torch.Tensor]) -> tuple[onnx.ModelProto, bytes]:
     """(the training model, the checkpoint's bytes) for the example step inputs of k targets."""
     artifacts, onnxblock = training_api()
@@ -177,6 +187,8 @@ def training_graphs(coupled: CoupledStep, args: list[torch.Tensor]) -> tuple[onn
             with native_log_kept_unless_failure():
                 artifacts.generate_artifacts(model, requires_grad=trainables, frozen_params=[], loss=loss,
                                              artifact_directory=tmp, additional_output_names=["image"])
+        except RuntimeError as e:
+            raise UsageError(_gradient_builder_failure(coupled, str(e))) from None
         finally:
             os.chdir(cwd)
         training = onnx.load(os.path.join(tmp, "training_model.onnx"))
