@@ -222,6 +222,7 @@ def test_missing_training_api_is_one_line(tmp_path, capsys, artifacts):
     assert "dgn-engine[training-api]" in err  # the demo: said before any export work
 
 
+@needs_training
 def test_an_op_without_a_training_gradient_is_named(tmp_path, capsys):
     """onnxruntime-training has no gradient for ReduceMax (the Inception-shaped net's adaptive max
     pooling): one line names the op and points to the step-graph backend, which takes the net."""
