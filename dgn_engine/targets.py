@@ -4,6 +4,9 @@ Grammar (terms joined by '+', each with an optional weight):
     class:668    channel:features.28:17    neuron:features.28:17:7:7    0.5*class:9+class:339
 The objective of a target is sum_k w_k a_k over its terms; a class term reads D's output (after the
 final ReLU), a channel term the mean of one channel of a layer, a neuron term one spatial value.
+A layer with a [tokens, features] output (a transformer block) has its features as channels: a channel
+term reads one feature's mean over the tokens, a neuron term one feature of one token
+(neuron:blocks.3:17:5, token 5).
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ class Term:
             body = f"class:{self.index}"
         elif self.kind == "channel":
             body = f"channel:{self.layer}:{self.index}"
+        elif self.x < 0:  # one token of a [tokens, features] layer
+            body = f"neuron:{self.layer}:{self.index}:{self.y}"
         else:
             body = f"neuron:{self.layer}:{self.index}:{self.y}:{self.x}"
         return body if self.weight == 1.0 else f"{self.weight:g}*{body}"
@@ -93,15 +98,15 @@ def parse_term(text: str, spec: str) -> Term:
     if kind == "class":
         return Term("class", _int(rest, "the class index", spec), weight=weight)
     parts = rest.rsplit(":", 3 if kind == "neuron" else 1)
-    expected = 4 if kind == "neuron" else 2
-    if len(parts) != expected or not re.fullmatch(_LAYER, parts[0]):
-        form = "neuron:LAYER:C:Y:X" if kind == "neuron" else "channel:LAYER:C"
+    expected = (3, 4) if kind == "neuron" else (2,)
+    if len(parts) not in expected or not re.fullmatch(_LAYER, parts[0]):
+        form = "neuron:LAYER:C:Y:X (or neuron:LAYER:C:TOKEN)" if kind == "neuron" else "channel:LAYER:C"
         raise UsageError(f"target {spec!r}: {text!r} is not of the form {form}")
     layer, channel = parts[0], _int(parts[1], "the channel index", spec)
     if kind == "channel":
         return Term("channel", channel, layer=layer, weight=weight)
-    return Term("neuron", channel, layer=layer, y=_int(parts[2], "y", spec),
-                x=_int(parts[3], "x", spec), weight=weight)
+    x = _int(parts[3], "x", spec) if len(parts) == 4 else -1
+    return Term("neuron", channel, layer=layer, y=_int(parts[2], "y", spec), x=x, weight=weight)
 
 
 def parse_target(spec: str) -> Target:
@@ -131,15 +136,23 @@ def check_target(target: Target, layout: dict[str, tuple[int, ...]], layers: lis
             raise UsageError(f"target {target.text!r}: unknown layer {t.layer!r}; valid layers: "
                              + ", ".join(known))
         shape = layout[t.layer]
-        addressable = len(shape) == 3 or (len(shape) == 1 and t.kind == "channel")
+        addressable = len(shape) in (2, 3) or (len(shape) == 1 and t.kind == "channel")
         if not addressable:
             raise UsageError(f"target {target.text!r}: layer {t.layer!r} has shape {shape}, "
                              "which has no channels and positions to address")
-        if t.index >= shape[0]:
-            raise UsageError(f"target {target.text!r}: layer {t.layer!r} has channels 0..{shape[0] - 1}")
-        if t.kind == "neuron" and not (t.y < shape[1] and t.x < shape[2]):
+        tokens = len(shape) == 2
+        channels = shape[1] if tokens else shape[0]
+        if t.index >= channels:
+            raise UsageError(f"target {target.text!r}: layer {t.layer!r} has channels 0..{channels - 1}"
+                             + (" (the last axis of its [tokens, features] output)" if tokens else ""))
+        if t.kind != "neuron":
+            continue
+        if tokens and (t.x >= 0 or t.y >= shape[0]):
+            raise UsageError(f"target {target.text!r}: layer {t.layer!r} has [tokens, features] output "
+                             f"{shape}; name one neuron as neuron:{t.layer}:C:TOKEN with TOKEN 0..{shape[0] - 1}")
+        if not tokens and (t.x < 0 or not (t.y < shape[1] and t.x < shape[2])):
             raise UsageError(f"target {target.text!r}: layer {t.layer!r} has positions "
-                             f"y 0..{shape[1] - 1}, x 0..{shape[2] - 1}")
+                             f"y 0..{shape[1] - 1}, x 0..{shape[2] - 1}; write neuron:{t.layer}:C:Y:X")
 
 
 def objective_weights(targets: list[Target], layout: dict[str, tuple[int, ...]], lam: float
@@ -159,6 +172,11 @@ def objective_weights(targets: list[Target], layout: dict[str, tuple[int, ...]],
             w = weights[t.layer][row]
             if t.kind == "class":
                 w[t.index] = t.weight
+            elif w.ndim == 2:  # [tokens, features]: a channel is one feature, read as its mean over tokens
+                if t.kind == "channel":
+                    w[:, t.index] = t.weight / w.shape[0]
+                else:
+                    w[t.y, t.index] = t.weight
             elif t.kind == "channel":
                 w[t.index] = t.weight / (w[t.index].size or 1)
             else:

@@ -342,3 +342,11 @@ def test_wrong_input_size(tmp_path, capsys):
     err = error_line(capsys, ["export", "--classifier", "tests.zoo:vit", "--image-size", "48",
                               "--mode", "untrained", "--out", str(tmp_path / "a")])
     assert "does not accept 3x48x48 input" in err
+
+
+def test_transformer_block_features_as_channels(tmp_path):
+    """A ViT block's [tokens, features] output is tappable: a channel target reads one feature's mean
+    over the tokens and a neuron target one token's feature, in the engine as in the torch reference."""
+    art = _export(tmp_path / "art", "tests.zoo:vit", "untrained", None, "--taps", "blocks.0", "--batch", "2")
+    assert art.layout["blocks.0"] == (17, 32)  # 16 patches and the class token, 32 features
+    _engine_equals_reference(art, [parse_target("channel:blocks.0:5"), parse_target("neuron:blocks.0:5:3")])

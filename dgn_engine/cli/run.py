@@ -20,8 +20,8 @@ command again skips finished targets. Without --artifacts and classifier options
 embedded Fashion-MNIST demo (exported once into ~/.cache/dgn-engine where torch is installed,
 else its prebuilt artifacts shipped in the package).
 
-Targets: class:668, channel:features.28:17 (a filter's mean activation), neuron:features.28:17:7:7,
-weighted mixes such as 0.5*class:9+class:339. Defaults follow the paper per mode (Table 1)."""
+Targets: class:668, channel:features.28:17 (a filter's mean activation), neuron:features.28:17:7:7
+(neuron:blocks.3:17:5 for token 5 of a [tokens, features] layer), weighted mixes such as 0.5*class:9+class:339. Defaults follow the paper per mode (Table 1)."""
 
 
 def add_parser(sub) -> None:
