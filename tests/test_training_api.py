@@ -231,3 +231,17 @@ def test_an_op_without_a_training_gradient_is_named(tmp_path, capsys):
     err = error_line(capsys, ["export", "--classifier", "tests.zoo:inception", "--mode", "untrained",
                               "--backend", "training-api", "--out", str(tmp_path / "a")])
     assert "no gradient for the ONNX op ReduceMax" in err and "step-graph" in err
+
+
+@needs_training
+def test_transformer_classifier(tmp_path):
+    """A ViT-shaped D (LayerNorms sharing equal freshly initialised weights, which the tracer merges
+    into one initializer; torch.onnx's LayerNormalization without its optional outputs): onnxruntime-
+    training builds its gradient, and each step matches float64 within verify's tolerance."""
+    from dgn_engine.artifacts import load_artifacts
+    from dgn_engine.export.verify import verify
+    assert main(["export", "--classifier", "tests.zoo:vit", "--mode", "untrained", "--backend", "training-api",
+                 "--taps", "blocks.0", "--out", str(tmp_path / "art")]) == 0
+    art = load_artifacts(str(tmp_path / "art"))
+    ok, report = verify(art, 2, "cpu", log=lambda *_: None, engine_backends=[_backend(art)])
+    assert ok, report

@@ -90,7 +90,28 @@ def forward_model(coupled: CoupledStep, args: list[torch.Tensor]) -> onnx.ModelP
         model.graph.input.remove(inputs[name])
         model.graph.initializer.append(numpy_helper.from_array(value.numpy(), name))
     model.ir_version = min(model.ir_version, MAX_IR)
+    _prepare_layer_norms(model)
     return model
+
+
+def _prepare_layer_norms(model: onnx.ModelProto) -> None:
+    """Two traps of LayerNormalization's gradient builder: it reads the node's optional Mean and
+    InvStdDev outputs, which torch.onnx leaves out (named here; the forward values are unchanged), and
+    it names the gradient of scale and bias after them, so that two LayerNorms sharing one initializer
+    (equal freshly initialised weights, deduplicated by the tracer) define it twice (each gets a copy)."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    for i, node in enumerate(model.graph.node):
+        if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
+            continue
+        if len(node.output) == 1:
+            node.output.extend([f"{node.output[0]}.mean", f"{node.output[0]}.inv_std_dev"])
+        for j in range(1, len(node.input)):
+            if node.input[j] in initializers:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(initializers[node.input[j]])
+                copy.name = f"{node.input[j]}.layer_norm{i}"
+                model.graph.initializer.append(copy)
+                node.input[j] = copy.name
 
 
 def objective_block(onnxblock, layout: dict[str, tuple[int, ...]], k: int, reg_kind: str, final_gamma: str | None):
@@ -166,8 +187,9 @@ def objective_block(onnxblock, layout: dict[str, tuple[int, ...]], k: int, reg_k
 def _gradient_builder_failure(coupled: CoupledStep, message: str) -> str:
     """One line from onnxruntime-training's C++ failure: the op its gradient builder lacks, where it says."""
     missing = re.search(r"has not been registered: (\w+) for node (\S+)", message)
+    detail = message.strip().splitlines()[-1].split("FAIL : ")[-1]  # past the C++ source location
     what = (f"has no gradient for the ONNX op {missing[1]} (node {missing[2]})" if missing
-            else f"cannot build the gradient graph ({message.strip().splitlines()[-1].split(' was false. ')[-1][:160]})")
+            else f"cannot build the gradient graph ({detail[-200:]})")
     return (f"onnxruntime-training's gradient builder {what} of classifier {coupled.classifier.name!r}; "
             "use the step-graph backend (export --backend step-graph), which takes this classifier")
 
