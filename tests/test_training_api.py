@@ -234,14 +234,33 @@ def test_an_op_without_a_training_gradient_is_named(tmp_path, capsys):
 
 
 @needs_training
-def test_transformer_classifier(tmp_path):
-    """A ViT-shaped D (LayerNorms sharing equal freshly initialised weights, which the tracer merges
-    into one initializer; torch.onnx's LayerNormalization without its optional outputs): onnxruntime-
-    training builds its gradient, and each step matches float64 within verify's tolerance."""
+@pytest.mark.parametrize("name", ["vit", "densenet"])
+def test_transformer_and_pre_activation_classifiers(tmp_path, name):
+    """Two traps of the gradient builder, each a net family: a ViT (LayerNorms sharing equal freshly
+    initialised weights, which the tracer merges into one initializer; torch.onnx's LayerNormalization
+    without its optional outputs) and a DenseNet (BatchNorm before the conv, so not folded into it,
+    which onnxruntime-training would turn into batch-statistics BatchNorm: another D). Each step
+    matches float64 within verify's tolerance (the DenseNet's loss was 29% off before)."""
     from dgn_engine.artifacts import load_artifacts
     from dgn_engine.export.verify import verify
-    assert main(["export", "--classifier", "tests.zoo:vit", "--mode", "untrained", "--backend", "training-api",
-                 "--taps", "blocks.0", "--out", str(tmp_path / "art")]) == 0
+    assert main(["export", "--classifier", f"tests.zoo:{name}", "--mode", "untrained", "--backend", "training-api",
+                 "--out", str(tmp_path / "art")]) == 0
     art = load_artifacts(str(tmp_path / "art"))
     ok, report = verify(art, 2, "cpu", log=lambda *_: None, engine_backends=[_backend(art)])
     assert ok, report
+
+
+@needs_training
+def test_onnx_file_as_d_says_where_it_converts(tmp_path, capsys):
+    """onnx2fx needs onnx >= 1.19.1, onnxruntime-training 1.19 pins onnx 1.17: one line says which
+    environment converts an ONNX file (and the other forms D can take)."""
+    from onnx import TensorProto, helper
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["logits"])],
+        "d", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])])
+    path = tmp_path / "d.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    err = error_line(capsys, ["export", "--classifier", str(path), "--mode", "untrained", "--backend", "training-api",
+                              "--out", str(tmp_path / "art")])
+    assert "onnxruntime-training environment" in err and "step-graph" in err and "TorchScript" in err

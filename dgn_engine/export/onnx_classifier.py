@@ -6,6 +6,8 @@ channel count and, where static, the image size; a batch axis fixed to 1 is run 
 """
 from __future__ import annotations
 
+import importlib.util
+
 from dataclasses import dataclass
 
 import torch
@@ -140,6 +142,11 @@ def convert_onnx(given: OnnxInput, path: str) -> tuple[OnnxClassifier, dict[str,
         import onnx2fx
         from onnx2fx.graph_builder import GraphBuilder
     except ImportError:
+        if importlib.util.find_spec("onnxruntime.training") is not None:
+            raise UsageError("an ONNX file as D cannot be converted in the onnxruntime-training environment "
+                             "(onnx2fx needs onnx >= 1.19.1, onnxruntime-training 1.19 onnx 1.17): export it for "
+                             "the step-graph backend in the main environment, or give D as a TorchScript "
+                             "archive or a module") from None
         raise UsageError("an ONNX file as D needs onnx2fx (Python 3.11 or later): "
                          "pip install 'dgn-engine[export,onnx-classifier]'") from None
 

@@ -12,7 +12,10 @@ Traps of onnxruntime-training 1.19.2 this relies on being avoided (each has a te
 and IR <= 10; no CPU gradient for Resize (G upsamples with expand); ConvGrad ignores auto_pad (G's
 "same" padding is explicit: exact, even when asymmetric); no gradient w.r.t. a graph input (the
 trainables are initializers); BatchNormalization in training mode breaks the eval model (G's
-BatchNorm is plain arithmetic and the eval model is not used).
+BatchNorm is plain arithmetic and the eval model is not used); every BatchNormalization becomes its
+batch-statistics form (D's unfolded ones are rewritten as arithmetic); a frozen initializer shared by
+two LayerNorms or BatchNorms gets its gradient defined twice (copies); LayerNormalization needs its
+optional outputs (named).
 """
 from __future__ import annotations
 
@@ -90,28 +93,62 @@ def forward_model(coupled: CoupledStep, args: list[torch.Tensor]) -> onnx.ModelP
         model.graph.input.remove(inputs[name])
         model.graph.initializer.append(numpy_helper.from_array(value.numpy(), name))
     model.ir_version = min(model.ir_version, MAX_IR)
-    _prepare_layer_norms(model)
+    _batch_norms_as_arithmetic(model)
+    _prepare_for_gradient_builder(model, trainables)
     return model
 
 
-def _prepare_layer_norms(model: onnx.ModelProto) -> None:
-    """Two traps of LayerNormalization's gradient builder: it reads the node's optional Mean and
-    InvStdDev outputs, which torch.onnx leaves out (named here; the forward values are unchanged), and
-    it names the gradient of scale and bias after them, so that two LayerNorms sharing one initializer
-    (equal freshly initialised weights, deduplicated by the tracer) define it twice (each gets a copy)."""
+def _batch_norms_as_arithmetic(model: onnx.ModelProto) -> None:
+    """D's eval-mode BatchNormalization as x * scale + shift with the running statistics folded in:
+    onnxruntime-training turns every BatchNormalization into its training form (BatchNormInternal),
+    which normalises with the statistics of the batch and so computes another D. (Nets whose BN
+    follows a conv have it folded into the conv by the exporter; pre-activation nets keep it.)"""
     initializers = {t.name: t for t in model.graph.initializer}
-    for i, node in enumerate(model.graph.node):
-        if node.op_type != "LayerNormalization" or node.domain not in ("", "ai.onnx"):
+    ranks = {v.name: len(v.type.tensor_type.shape.dim)
+             for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    ranks.update({v.name: len(v.type.tensor_type.shape.dim) for v in model.graph.input})
+    nodes = []
+    for node in model.graph.node:
+        training = any(a.name == "training_mode" and a.i for a in node.attribute)
+        if node.op_type != "BatchNormalization" or training or not all(n in initializers for n in node.input[1:5]):
+            nodes.append(node)
             continue
-        if len(node.output) == 1:
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (numpy_helper.to_array(initializers[n]).astype(np.float64) for n in node.input[1:5])
+        scale = gamma / np.sqrt(var + eps)
+        shape = [-1] + [1] * (ranks.get(node.input[0], 4) - 2)
+        names = [f"{node.output[0]}.bn_scale", f"{node.output[0]}.bn_shift"]
+        for name, value in zip(names, (scale, beta - mean * scale)):
+            model.graph.initializer.append(numpy_helper.from_array(value.reshape(shape).astype(np.float32), name))
+        scaled = f"{node.output[0]}.bn_scaled"
+        nodes += [helper.make_node("Mul", [node.input[0], names[0]], [scaled], name=scaled),
+                  helper.make_node("Add", [scaled, names[1]], [node.output[0]], name=f"{node.output[0]}.bn")]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def _prepare_for_gradient_builder(model: onnx.ModelProto, trainables: list[str]) -> None:
+    """Two traps of onnxruntime-training's gradient builder. Some gradient builders (LayerNormalization,
+    BatchNormalization) name the gradient of each weight input after the input, even a frozen one, so
+    that two nodes sharing one initializer (equal freshly initialised weights, deduplicated by the
+    tracer) define it twice: each consumer gets its own copy of a shared frozen initializer.
+    LayerNormalization's builder also reads the node's optional Mean and InvStdDev outputs, which
+    torch.onnx leaves out: they are named (the forward values are unchanged)."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if node.op_type == "LayerNormalization" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
             node.output.extend([f"{node.output[0]}.mean", f"{node.output[0]}.inv_std_dev"])
-        for j in range(1, len(node.input)):
-            if node.input[j] in initializers:
+        for j, name in enumerate(node.input):
+            if name not in initializers or name in trainables:
+                continue
+            if name in seen:
                 copy = onnx.TensorProto()
-                copy.CopyFrom(initializers[node.input[j]])
-                copy.name = f"{node.input[j]}.layer_norm{i}"
+                copy.CopyFrom(initializers[name])
+                copy.name = f"{name}.copy{i}_{j}"
                 model.graph.initializer.append(copy)
                 node.input[j] = copy.name
+            seen.add(name)
 
 
 def objective_block(onnxblock, layout: dict[str, tuple[int, ...]], k: int, reg_kind: str, final_gamma: str | None):
