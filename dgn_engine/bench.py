@@ -283,8 +283,16 @@ def format_row(r: dict) -> str:
     )
 
 
-def parse_list(text: str, allowed=None, kind=str) -> list:
-    values = [kind(v) for v in text.split(",") if v]
+def parse_list(text: str, allowed=None, kind=str, what: str = "value") -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{what}: expected comma-separated {'integers' if kind is int else 'names'}, "
+                         f"got {text!r}") from None
+    if not values:
+        raise UsageError(f"{what}: give at least one value")
+    if kind is int and min(values) < 1:
+        raise UsageError(f"{what}: every value must be at least 1, got {text!r}")
     if allowed:
         bad = [v for v in values if v not in allowed]
         if bad:

@@ -6,11 +6,16 @@ The generator produces model inputs directly; `to_pixels` maps them back to the 
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from .errors import UsageError
+
+
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048  # beyond 2048 px one target's G would not fit a GPU
 
 
 @dataclass(frozen=True)
@@ -27,10 +32,13 @@ class Preprocessing:
         if len(self.mean) != n or len(self.std) != n:
             raise UsageError(f"--mean and --std need {n} values each for {self.order} input, "
                              f"got {len(self.mean)} and {len(self.std)}")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise UsageError(f"--mean and --std must be finite numbers, got {self.mean} and {self.std}")
         if any(s <= 0 for s in self.std):
             raise UsageError("--std values must be positive")
-        if self.image_size < 8:
-            raise UsageError(f"--image-size must be at least 8 pixels, got {self.image_size}")
+        if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            raise UsageError(f"--image-size must lie between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, "
+                             f"got {self.image_size}")
 
     @property
     def channels(self) -> int:

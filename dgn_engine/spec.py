@@ -20,6 +20,7 @@ REGULARIZERS = ("l1-final-gamma", "l2-alpha", "l2sq-alpha", "none")
 # holds what D scored; free: the paper's G, whose image D may score far outside the range a PNG holds
 # (untrained demo: activation 863 during the search, 20 on the clipped PNG; bounded 47 and 43)
 IMAGE_RANGES = ("bounded", "free")
+MAX_STEPS = 1_000_000  # per target; the paper uses 500 and 1,200
 HYPER = (
     "lr",
     "beta1",
@@ -107,7 +108,9 @@ class RunSpec:
             not (r.kind == "l1-final-gamma" and self.mode == "pretrained"),
             "the l1-final-gamma regulariser needs --mode untrained (pretrained mode trains only alpha)",
         )
-        _require(isinstance(self.steps, int) and self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _require(isinstance(self.steps, int) and 1 <= self.steps <= MAX_STEPS,
+                 f"steps must lie between 1 and {MAX_STEPS:,}, got {self.steps}")
+        _require(all(math.isfinite(v) for v in self.hyper()), "the run's numbers must be finite")
         s = self.snapshots
         _require(s.count >= 1 and 1 <= s.keep <= s.count, "snapshots: need count >= 1 and 1 <= keep <= count")
         _require(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed must be an integer >= 0")

@@ -78,8 +78,8 @@ SMALL_UNTRAINED = [*TORCH_RUN, *SMALL, "--mode", "untrained", "--out", "{tmp}/o"
     ([*TORCH_RUN, "--mode", "untrained", "--out", "{tmp}/o"], "say what to synthesise"),
     ([*TORCH_RUN, *SMALL, "--mode", "pretrained", "--target", "class:1", "--out", "{tmp}/o"], "needs --decoder"),
     ([*SMALL_UNTRAINED, "--target", "klass:1"], "cannot read 'klass:1'"),
-    ([*SMALL_UNTRAINED, "--target", "class:1", "--batch", "0"], "--batch must be at least 1"),
-    ([*SMALL_UNTRAINED, "--target", "class:1", "--steps", "0"], "steps must be >= 1"),
+    ([*SMALL_UNTRAINED, "--target", "class:1", "--batch", "0"], "argument --batch: must be at least 1"),
+    ([*SMALL_UNTRAINED, "--target", "class:1", "--steps", "0"], "argument --steps: must be between 1 and 1,000,000, got 0"),
     ([*TORCH_RUN, "--classifier", "no_such_module:f", "--mode", "untrained", "--target", "class:1", "--out", "{tmp}/o"],
      "cannot load classifier factory"),
     ([*TORCH_RUN, "--classifier", "vgg16", "--mode", "untrained", "--target", "class:1", "--out", "{tmp}/o"],
@@ -119,5 +119,5 @@ def test_other_settings_in_out_folder_refused(capsys, tmp_path):
     ]
     assert main(base + ["--steps", "2"]) == 0
     err = error_line(capsys, base + ["--steps", "3"])
-    assert "holds a run with other settings" in err and "--force" in err
+    assert "holds results made otherwise (steps 2 -> 3)" in err and "--force" in err
     assert main(base + ["--steps", "3", "--force"]) == 0

@@ -258,7 +258,7 @@ def test_other_spec_in_out_folder_is_refused_and_kept(tmp_path, artifacts, capsy
     assert main(run_argv(art, out, "--target", "class:1", "--steps", "4")) == 0
     before = snapshot(out)
     err = error_line(capsys, run_argv(art, out, "--target", "class:1", "--steps", "5"))
-    assert "holds a run with other settings" in err
+    assert "holds results made otherwise (steps 4 -> 5)" in err
     assert snapshot(out) == before
 
 

@@ -1,5 +1,6 @@
 """Export: the ONNX step graph against the float64 torch reference, batching, determinism, errors."""
 
+import hashlib
 import json
 import os
 
@@ -78,7 +79,7 @@ def test_export_twice_gives_the_same_graph(tmp_path, artifacts, decoder_file):
 
 def test_manifest(artifacts, decoder_file):
     m = artifacts["pretrained"].manifest
-    assert m["format_version"] == 2 and m["backends"] == ["step-graph"]
+    assert m["format_version"] == 3 and m["backends"] == ["step-graph"]
     assert m["mode"] == "pretrained" and m["batch"] == 3
     assert m["taps"] == ["features.3"] and m["layout"]["features.3"] == [16, 16, 16]
     assert m["num_classes"] == 10 and m["trainable_per_target"] == artifacts["pretrained"].plan.features
@@ -90,6 +91,12 @@ def test_manifest(artifacts, decoder_file):
     assert [o["name"] for o in step["outputs"]][-3:] == ["loss", "activation", "image"]
     u = artifacts["untrained"].manifest
     assert u["trainable_per_target"] == artifacts["untrained"].plan.trainable_count()
+    # every file but the manifest, with the size and digest it was written with
+    path = artifacts["pretrained"].path
+    assert set(m["files"]) == set(os.listdir(path)) - {"manifest.json"}
+    for f, entry in m["files"].items():
+        data = open(os.path.join(path, f), "rb").read()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def test_unknown_format_version_refused(tmp_path, artifacts):
@@ -106,7 +113,7 @@ def test_unknown_format_version_refused(tmp_path, artifacts):
 
 def test_export_bad_input(tmp_path, capsys, artifacts):
     base = ["export", *SMALL, "--mode", "untrained"]
-    assert "--batch must be at least 1" in error_line(capsys, base + ["--batch", "0", "--out", str(tmp_path / "a")])
+    assert "argument --batch: must be between 1 and 4,096" in error_line(capsys, base + ["--batch", "0", "--out", str(tmp_path / "a")])
     err = error_line(capsys, base + ["--taps", "features.77", "--out", str(tmp_path / "b")])
     assert "unknown layer 'features.77'; valid layers: features, features.0" in err  # blocks and leaves
     err = error_line(capsys, base + ["--out", artifacts["untrained"].path])

@@ -29,7 +29,7 @@ def test_json_round_trip():
 
 @pytest.mark.parametrize("change, fragment", [
     ({"mode": "half"}, "mode must be one of"),
-    ({"steps": 0}, "steps must be >= 1"),
+    ({"steps": 0}, "steps must lie between 1 and 1,000,000"),
     ({"lam": -1}, "lambda must be >= 0"),
     ({"optimizer": {"name": "adam", "lr": 0.1}}, "optimizer must be one of"),
     ({"optimizer": {"name": "nesterov", "lr": 0}}, "learning rate must be > 0"),

@@ -4,6 +4,7 @@ These run in the environment that has onnxruntime-training (.ci/run builds it; s
 elsewhere they skip, except the checks that a missing onnxruntime-training gives one clear line.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -211,6 +212,9 @@ def test_missing_training_api_is_one_line(tmp_path, capsys, artifacts):
     art = tmp_path / "made-elsewhere"
     shutil.copytree(artifacts["pretrained"].path, art)
     manifest = json.loads((art / "manifest.json").read_text())
+    empty = {"size": 0, "sha256": hashlib.sha256(b"").hexdigest()}
+    manifest["graphs"]["training"] = {"file": "training.onnx", "inputs": [], "outputs": []}
+    manifest["files"].update({"training.onnx": empty, "checkpoint": empty})
     (art / "manifest.json").write_text(json.dumps({**manifest, "backends": ["training-api"]}))
     (art / "training.onnx").write_bytes(b"")
     (art / "checkpoint").write_bytes(b"")

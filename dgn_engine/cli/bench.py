@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..errors import UsageError
+from .common import THREADS, ensure_writable_dir, integer
 
 HELP = "time the engine's backends against torch eager (and torch.compile) on the same work"
 DESCRIPTION = """\
@@ -26,13 +28,14 @@ def add_parser(sub) -> None:
                    help="comma-separated: demo, full, or classifier names as --classifier takes them "
                         "(default: %(default)s)")
     p.add_argument("--modes", default="pretrained,untrained", help="(default: %(default)s)")
-    p.add_argument("--batch", default="1", help="comma-separated batch sizes K (default: %(default)s)")
+    p.add_argument("--batch", help="comma-separated batch sizes K (default: 1; with --artifacts their batch, "
+                                    "the only one its graphs run)")
     p.add_argument("--backends", default="step-graph,torch",
                    help="comma-separated: step-graph, training-api, torch, torch-compile (default: %(default)s)")
     p.add_argument("--artifacts", metavar="DIR", help="time this artifacts folder only")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per row (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
-    p.add_argument("--threads", type=int, help="CPU threads for every backend (default: all cores)")
+    p.add_argument("--steps", type=integer(1, 100_000), default=10, help="timed steps per row (default: %(default)s)")
+    p.add_argument("--warmup", type=integer(0, 100_000), default=2, help="untimed steps first (default: %(default)s)")
+    p.add_argument("--threads", type=THREADS, help="CPU threads for every backend (default: all cores)")
     p.add_argument("--cache", metavar="DIR", help="where exported artifacts are kept (default: a temp folder)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=main)
@@ -42,9 +45,18 @@ def main(args) -> int:
     from ..bench import BACKENDS, HEADER, bench, bench_artifacts, parse_list
     from ..engine.outputs import write_json
 
-    if args.steps < 1 or args.warmup < 0:
-        raise UsageError("--steps must be >= 1 and --warmup >= 0")
-    backends = parse_list(args.backends, BACKENDS)
+    backends = parse_list(args.backends, BACKENDS, what="--backends")
+    batches = parse_list(args.batch or "1", kind=int, what="--batch")
+    if args.json:
+        if os.path.isdir(args.json):
+            raise UsageError(f"--json {args.json!r} is a folder; give a file name")
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.json)), "folder of --json")
+    if args.artifacts and args.batch:
+        from ..artifacts import load_artifacts
+        art = load_artifacts(args.artifacts)
+        if batches != [art.batch]:
+            raise UsageError(f"the artifacts in {args.artifacts!r} run batches of {art.batch} only; leave out "
+                             "--batch, or export them again with the batch you want")
     print(HEADER)
     if args.artifacts:
         result = bench_artifacts(args.artifacts, backends, args.device, args.steps, args.warmup, args.threads)
@@ -54,8 +66,8 @@ def main(args) -> int:
         except ImportError:
             raise UsageError("bench exports its artifacts with torch: pip install 'dgn-engine[export]', or time "
                              "an artifacts folder with --artifacts DIR --backends step-graph") from None
-        result = bench(parse_list(args.sizes), parse_list(args.modes, ("pretrained", "untrained")),
-                       parse_list(args.batch, kind=int), backends, args.device, args.steps, args.warmup,
+        result = bench(parse_list(args.sizes, what="--sizes"),
+                       parse_list(args.modes, ("pretrained", "untrained"), what="--modes"), batches, backends, args.device, args.steps, args.warmup,
                        args.cache, args.threads)
     if args.json:
         write_json(args.json, result)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 from dataclasses import replace
 
 from ..errors import UsageError
-from ..spec import GAUSSIAN_DROPOUT_SIGMA, IMAGE_RANGES, REGULARIZERS, Snapshots, default_spec
+from ..records import read_lines  # noqa: F401 (the commands read their text files through it)
+from ..preprocessing import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from ..spec import GAUSSIAN_DROPOUT_SIGMA, IMAGE_RANGES, MAX_STEPS, REGULARIZERS, Snapshots, default_spec
 
 
 def need_torch(command: str):
@@ -18,11 +21,47 @@ def need_torch(command: str):
         raise UsageError(f"{command} needs torch: pip install 'dgn-engine[export]'") from None
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line naming the option and pointing to --help (not usage + error)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def floats(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(v) for v in text.split(","))
+        values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
+
+
+def integer(lo: int, hi: int | None = None):
+    """An argparse type: an integer in [lo, hi]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            bound = f"between {lo} and {hi:,}" if hi is not None else f"at least {lo}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def finite(text: str) -> float:
+    """An argparse type: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def add_classifier_options(p: argparse.ArgumentParser, default: str | None = "vgg16") -> None:
@@ -42,7 +81,8 @@ def add_classifier_options(p: argparse.ArgumentParser, default: str | None = "vg
         help="weights for D: a torch state dict (.pth/.pt, torchvision names for vgg16), a Keras-1 "
         "vgg16_weights.h5 (layer_k/param_p, BGR, Caffe mean), or 'random' (seeded by --seed)",
     )
-    g.add_argument("--image-size", type=int, metavar="PX", help="D's input size, where the file cannot tell")
+    g.add_argument("--image-size", type=integer(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), metavar="PX",
+                   help="D's input size, where the file cannot tell")
     g.add_argument(
         "--channels",
         choices=("RGB", "BGR", "L"),
@@ -58,20 +98,20 @@ def add_classifier_options(p: argparse.ArgumentParser, default: str | None = "vg
 
 
 def ensure_writable_dir(path: str, what: str = "output folder") -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create the {what} {path!r}: {e.strerror}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
+    """Fail early where `path` cannot become a writable folder, without creating it: a command that
+    stops on a later check leaves nothing behind."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"the {what} {path!r} is a file; give a folder")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"cannot create the {what} {path!r}: {existing!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"the {what} {path!r} is not writable; choose another")
 
 
-def read_lines(path: str, what: str) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-    except OSError as e:
-        raise UsageError(f"cannot read {what} {path!r}: {e.strerror}") from None
+THREADS = integer(1, 4096)
 
 
 def set_threads(n: int | None) -> None:
@@ -93,29 +133,31 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decoder", metavar="FILE", help="the pretrained G (made by dgn-engine train-decoder)")
     g.add_argument(
         "--g-width",
-        type=float,
+        type=finite,
         metavar="X",
         help="untrained G: scale of the paper's layer widths (default: 1 at 224 px, image size / 224 below)",
     )
-    g.add_argument("--steps", type=int, help="steps per target (default: 1200 pretrained, 500 untrained)")
-    g.add_argument("--seed", type=int, default=0, help="seeds G's start and the noise (default: %(default)s)")
+    g.add_argument("--steps", type=integer(1, MAX_STEPS),
+                   help="steps per target (default: 1200 pretrained, 500 untrained)")
+    g.add_argument("--seed", type=integer(0, 2**63 - 1), default=0,
+                   help="seeds G's start and the noise (default: %(default)s)")
     g.add_argument(
         "--lambda",
         dest="lam",
-        type=float,
+        type=finite,
         default=0.01,
         help="penalty on the classes a target does not name (default: %(default)s)",
     )
     g.add_argument(
         "--target-leak",
-        type=float,
+        type=finite,
         default=1.0,
         help="slope of a class target's term below zero: 1 lets a target whose logit starts "
         "negative rise; 0 is the paper's literal ReLU on the target as well, which leaves "
         "such a target stuck at 0 (default: %(default)s)",
     )
-    g.add_argument("--lr", type=float, help="learning rate (default: 0.01 Nesterov, 0.002 AdaMax)")
-    g.add_argument("--momentum", type=float, help="Nesterov momentum (default: 0.1)")
+    g.add_argument("--lr", type=finite, help="learning rate (default: 0.01 Nesterov, 0.002 AdaMax)")
+    g.add_argument("--momentum", type=finite, help="Nesterov momentum (default: 0.1)")
     g.add_argument(
         "--optimizer",
         choices=("adamax", "nesterov"),
@@ -134,7 +176,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         help="default: l2-alpha (eq. 4, 0.1 * ||alpha||_2) pretrained, l1-final-gamma "
         "(eq. 3) untrained; l2sq-alpha is the original Keras code's sum of squares",
     )
-    g.add_argument("--reg-weight", type=float, help="regulariser weight (default: 0.1 / 0.01)")
+    g.add_argument("--reg-weight", type=finite, help="regulariser weight (default: 0.1 / 0.01)")
     g.add_argument(
         "--image-range",
         choices=IMAGE_RANGES,
@@ -143,10 +185,10 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         "whose image D may score far outside 0..255 and which is clipped when written (fixed at export; "
         "default: bounded)",
     )
-    g.add_argument("--snapshots", type=int, default=30, help="images taken over the run (default: %(default)s)")
+    g.add_argument("--snapshots", type=integer(1, MAX_STEPS), default=30, help="images taken over the run (default: %(default)s)")
     g.add_argument(
         "--keep",
-        type=int,
+        type=integer(1, MAX_STEPS),
         default=10,
         help="the final image is the per-pixel median of the last KEEP snapshots (default: %(default)s)",
     )
@@ -195,6 +237,11 @@ def spec_from_args(args, targets, base=None):
 def sources_from_args(args):
     from ..export.coupled import Sources
 
+    if args.decoder and args.mode == "untrained":
+        raise UsageError("--decoder is the pretrained G and untrained mode builds a fresh one; leave out "
+                         "--decoder, or use --mode pretrained")
+    if getattr(args, "g_width", None) and (args.mode or "pretrained") == "pretrained":
+        raise UsageError("--g-width scales the untrained G; in pretrained mode the decoder fixes G's widths")
     return Sources(
         args.mode or "pretrained",
         args.classifier or "vgg16",

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from .common import (add_classifier_options, add_method_options, need_torch, read_lines, set_threads,
-                     sources_from_args, spec_from_args)
+from .common import (THREADS, add_classifier_options, add_method_options, integer, need_torch, read_lines,
+                     set_threads, sources_from_args, spec_from_args)
 
 HELP = "export G + D as ONNX graphs (one optimisation step of K targets) plus a manifest"
 DESCRIPTION = """\
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("export", help=HELP, description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, metavar="DIR", help="the artifacts folder to write")
-    p.add_argument("--batch", type=int, default=1, metavar="K",
+    p.add_argument("--batch", type=integer(1, 4096), default=1, metavar="K",
                    help="targets per step graph: K rows of alpha (pretrained) or K generators as one grouped "
                         "network (untrained) (default: %(default)s)")
     p.add_argument("--taps", nargs="+", default=[], metavar="LAYER",
@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", action="append", choices=("step-graph", "training-api"), metavar="NAME",
                    help="what the artifacts are for: step-graph (default) or training-api; repeat for both")
     p.add_argument("--force", action="store_true", help="replace the artifacts already in --out")
-    p.add_argument("--threads", type=int, help="CPU threads for tracing (default: all cores)")
+    p.add_argument("--threads", type=THREADS, help="CPU threads for tracing (default: all cores)")
     add_classifier_options(p)
     add_method_options(p)
     p.set_defaults(func=main)
@@ -50,8 +50,6 @@ def main(args) -> int:
     from ..export.step_graph import export_artifacts, prepare_out
     from ..targets import parse_target
 
-    if args.batch < 1:
-        raise UsageError(f"--batch must be at least 1, got {args.batch}")
     backends = args.backend or ["step-graph"]
     if "training-api" in backends:
         from ..export.training_api import training_api

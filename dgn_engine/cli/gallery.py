@@ -25,7 +25,9 @@ def main(args) -> int:
     from ..engine.gallery import build_gallery, summary_line
     if not os.path.isdir(os.path.join(args.results, "targets")):
         raise UsageError(f"{args.results!r} holds no results (no targets/ folder); give the --out of a run")
-    summary = build_gallery(args.results)
+    from ..engine.lock import FolderLock
+    with FolderLock(args.results):
+        summary = build_gallery(args.results)
     print(summary_line(summary))
     print(f"open {os.path.join(os.path.abspath(args.results), 'index.html')}")
     return 0

@@ -1,13 +1,14 @@
 """dgn-engine: the entry point."""
 from __future__ import annotations
 
-import argparse
+import signal
 import sys
 
 from .. import __version__
 from ..engine.loop import Interrupted
 from ..errors import UsageError
 from . import bench, export, gallery, run, train_decoder, verify
+from .common import OneLineParser
 
 DESCRIPTION = """\
 Shows what an image classifier has learned by synthesising its preferred inputs: images made by a
@@ -16,7 +17,7 @@ deep generator network that drive a chosen class, filter or neuron as high as po
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dgn-engine", description=DESCRIPTION)
+    p = OneLineParser(prog="dgn-engine", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"dgn-engine {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for command in (run, export, verify, bench, gallery, train_decoder):
@@ -24,24 +25,57 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _joined_values(argv: list[str]) -> list[str]:
+    """`--target -1*class:1` as `--target=-1*class:1`: argparse takes a value that starts with '-'
+    for an option unless it is a plain negative number."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--target" and i + 1 < len(argv) and argv[i + 1].startswith("-") and ":" in argv[i + 1]:
+            out.append(f"--target={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the optimisation loop (which stops between steps by itself): handled as Ctrl-C."""
+
+
+def _terminate(*_):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
-    args = p.parse_args(argv)
-    if not getattr(args, "func", None):
-        p.print_help()
-        return 2
     try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        args = p.parse_args(_joined_values(sys.argv[1:] if argv is None else list(argv)))
+        if not getattr(args, "func", None):
+            p.print_help()
+            return 2
         return args.func(args) or 0
     except UsageError as e:
         print(f"dgn-engine: error: {e}", file=sys.stderr)
         return UsageError.exit_code
+    except Terminated:
+        print("\ndgn-engine: stopped by SIGTERM; run the same command again to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("\ndgn-engine: stopped; run the same command again to resume", file=sys.stderr)
         return 130
-    except Interrupted:
-        print("\ndgn-engine: stopped by Ctrl-C; finished targets are kept; run the same command again "
+    except Interrupted as e:
+        by = "SIGTERM" if e.signal == "SIGTERM" else "Ctrl-C"
+        print(f"\ndgn-engine: stopped by {by}; finished targets are kept; run the same command again "
               "to resume", file=sys.stderr)
-        return 130
+        return 143 if e.signal == "SIGTERM" else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

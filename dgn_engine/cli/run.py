@@ -7,8 +7,8 @@ import os
 
 from .. import demo
 from ..errors import UsageError
-from .common import (add_classifier_options, add_method_options, ensure_writable_dir, need_torch, read_lines,
-                     set_threads, sources_from_args, spec_from_args)
+from .common import (THREADS, add_classifier_options, add_method_options, ensure_writable_dir, integer, need_torch,
+                     read_lines, set_threads, sources_from_args, spec_from_args)
 
 HELP = "synthesise preferred inputs for targets (classes, filters, neurons)"
 DESCRIPTION = """\
@@ -46,12 +46,12 @@ def add_parser(sub) -> None:
     add_classifier_options(p, default=None)
     add_method_options(p)
     e = p.add_argument_group("execution")
-    e.add_argument("--batch", type=int,
+    e.add_argument("--batch", type=integer(1),
                    help="targets optimised together (default: the artifacts' batch; 1 for --backend torch)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
     e.add_argument("--precision", choices=("float32", "float64"), default="float32",
                    help="torch backend arithmetic (default: %(default)s)")
-    e.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    e.add_argument("--threads", type=THREADS, help="CPU threads (default: all cores)")
     e.add_argument("--display", choices=("model", "original"), default="model",
                    help="model: the PNG is the image D saw, through its preprocessing; original: per-image "
                         "min-max (and a square root for untrained G), as the original code showed it "
@@ -73,8 +73,6 @@ def main(args) -> int:
     from ..engine.jobs import Job, JobOptions
     from ..targets import all_classes, parse_target
 
-    if args.batch is not None and args.batch < 1:
-        raise UsageError(f"--batch must be at least 1, got {args.batch}")
     targets = [parse_target(t).text for t in requested_targets(args)]
     if args.backend == "training-api":
         from ..engine.backends.training_api import training_bindings
@@ -85,6 +83,7 @@ def main(args) -> int:
         art = load_artifacts(args.artifacts)
         if args.mode and args.mode != art.mode:
             raise UsageError(f"the artifacts in {args.artifacts!r} are for --mode {art.mode}, not {args.mode}")
+        check_fixed_options(args, art)
         args.backend = args.backend or art.backends[0]
     elif args.classifier is None and args.weights is None:  # the embedded demo
         args.backend = args.backend or "step-graph"
@@ -144,6 +143,33 @@ def demo_artifacts(mode: str, backend: str):
                                  "set DGN_ENGINE_CACHE to a writable folder") from None
             return load_artifacts(demo.shipped_artifacts(mode))
     return load_artifacts(out)
+
+
+def check_fixed_options(args, art) -> None:
+    """The artifacts fix D, G and the input format: an option that says otherwise is refused, not
+    silently ignored."""
+    sources, pp = art.manifest["sources"], art.preprocessing
+
+    def same_file(given, recorded):  # a name (vgg16, demo, module:factory) or a path
+        if recorded is None:
+            return False
+        both_files = os.path.exists(given) and os.path.exists(recorded)
+        return given == recorded or (both_files and os.path.samefile(given, recorded))
+    given = {
+        "--classifier": (args.classifier, lambda v: same_file(v, sources.get("classifier"))),
+        "--weights": (args.weights, lambda v: same_file(v, sources.get("weights"))),
+        "--decoder": (args.decoder, lambda v: same_file(v, sources.get("decoder"))),
+        "--image-size": (args.image_size, lambda v: v == pp.image_size),
+        "--channels": (args.channels, lambda v: v == pp.order),
+        "--mean": (args.mean, lambda v: tuple(v) == tuple(pp.mean)),
+        "--std": (args.std, lambda v: tuple(v) == tuple(pp.std)),
+        "--g-width": (args.g_width, lambda v: v == sources.get("g_width")),
+    }
+    clash = [name for name, (value, agrees) in given.items() if value is not None and not agrees(value)]
+    if clash:
+        raise UsageError(f"the artifacts in {art.path!r} fix {', '.join(clash)} (they were exported with other "
+                         f"values); leave {'them' if len(clash) > 1 else 'it'} out, or export again with the values "
+                         "you want")
 
 
 def check_targets(targets: list[str], layout, layers: list[str], art) -> None:

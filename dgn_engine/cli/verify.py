@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from .common import need_torch
+from .common import THREADS, integer, need_torch
 
 HELP = "check the engine's backends numerically against the torch reference (float32 and float64)"
 DESCRIPTION = """\
@@ -24,9 +24,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("verify", help=HELP, description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifacts", required=True, metavar="DIR", help="an artifacts folder (dgn-engine export)")
-    p.add_argument("--steps", type=int, default=5, help="steps to compare (default: %(default)s)")
+    p.add_argument("--steps", type=integer(1, 10_000), default=5, help="steps to compare (default: %(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(default: %(default)s)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=THREADS, help="CPU threads (default: all cores)")
     p.add_argument("--no-torch", action="store_true",
                    help="engine only: the step graph against render.onnx and classifier.onnx (no torch needed)")
     p.set_defaults(func=main)
@@ -51,8 +51,6 @@ def main(args) -> int:
     from ..artifacts import load_artifacts
     from ..engine.backends import engine_backend
 
-    if args.steps < 1:
-        raise UsageError(f"--steps must be at least 1, got {args.steps}")
     art = load_artifacts(args.artifacts)
     names = runnable_backends(art)
     if not names:

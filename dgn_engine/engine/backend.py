@@ -40,4 +40,8 @@ class Backend(Protocol):
         """D on model-space images [N, C, H, W]: class outputs (after ReLU) and tapped layers."""
 
     def describe(self) -> dict:
-        """What ran (backend, device, precision), for run.json."""
+        """What ran (backend, device, precision, versions), for run.json."""
+
+    def provenance(self) -> dict:
+        """What decides the results besides the spec (backend, precision, digests of the artifacts or of
+        G's and D's tensors): results resume only into a folder made with the same."""

@@ -6,34 +6,53 @@ from __future__ import annotations
 import html
 import json
 import os
+import sys
 from statistics import median
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .outputs import atomic_write, png_bytes, read_json, write_json
+from ..digests import sha256_file
+from ..errors import UsageError
+from ..records import RunRecord, TargetRecord, read_record
+from .outputs import atomic_write, png_bytes, write_json
 
 SHEET_SIZE = 100  # targets per contact sheet, 10 x 10
 CAPTION = 14  # pixels of caption under each tile of a contact sheet
 
 
-def _records(out: str) -> list[dict]:
+def _records(out: str, warn) -> list[dict]:
+    """The valid results of the folder, in the run's target order; a file that is not one is named."""
     folder = os.path.join(out, "targets")
     order: list[str] = []
     run_file = os.path.join(out, "run.json")
     if os.path.isfile(run_file):
-        order = [t for t in read_json(run_file)["spec"]["targets"]]
+        try:
+            order = list(read_record(run_file, RunRecord, "run record").spec.get("targets", []))
+        except UsageError as e:
+            warn(f"dgn-engine: warning: {e}")
     records = {}
     for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-        if f.endswith(".json") and not f.startswith("."):
-            try:
-                rec = read_json(os.path.join(folder, f))
-            except (OSError, ValueError):
-                continue
-            if os.path.isfile(os.path.join(folder, rec["id"] + ".png")):
-                records[rec["target"]] = rec
+        if not f.endswith(".json") or f.startswith("."):
+            continue
+        path = os.path.join(folder, f)
+        try:
+            rec = read_record(path, TargetRecord, "result")
+        except UsageError as e:
+            warn(f"dgn-engine: warning: left out of the gallery: {e}")
+            continue
+        png = os.path.join(folder, rec.id + ".png")
+        if not os.path.isfile(png) or sha256_file(png) != rec.png_sha256:
+            warn(f"dgn-engine: warning: left out of the gallery: {png!r} is missing or not the image its "
+                 f"result {f} reports; run the same command again to recompute it")
+            continue
+        records[rec.target] = rec.model_dump(by_alias=True)
     ranked = [records.pop(t) for t in order if t in records]
     return ranked + [records[t] for t in sorted(records)]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _name(rec: dict) -> str:
@@ -136,9 +155,9 @@ detail.addEventListener("click", () => {{ detail.style.display = "none"; }});
 """
 
 
-def build_gallery(out: str) -> dict:
+def build_gallery(out: str, warn=_stderr) -> dict:
     """Write index.html, the contact sheets and summary.json for the results in `out`."""
-    records = _records(out)
+    records = _records(out, warn)
     summary = summarise(records)
     sheets = _sheets(out, records)
     cards, data = [], []

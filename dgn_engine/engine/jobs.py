@@ -12,15 +12,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import progress
+from .. import __version__, progress
+from ..digests import sha256_file, sha256_json
 from ..errors import UsageError
 from ..preprocessing import display_original
+from ..records import RunRecord, TargetRecord, read_record
 from ..spec import RunSpec
 from ..targets import OUTPUT, Target, objective_weights, parse_target
 from .backend import Backend
 from .gallery import build_gallery, summary_line
+from .lock import FolderLock
 from .loop import Interrupted, Outcome, run_batch
-from .outputs import atomic_write, png_bytes, read_json, read_png, write_json
+from .outputs import atomic_write, png_bytes, read_png, write_json
 
 TOP_K = 5
 
@@ -34,40 +37,71 @@ class JobOptions:
     progress: bool = True
 
 
-def spec_key(spec: RunSpec) -> str:
-    """Identifies the settings of a run, whatever its targets (results of equal keys are reusable)."""
-    d = spec.to_json()
-    d.pop("targets")
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+def made_by(spec: RunSpec, display: str, provenance: dict) -> dict:
+    """Everything that decides a target's result besides the target itself."""
+    settings = spec.to_json()
+    settings.pop("targets")
+    made = {"spec": settings, "display": display, "provenance": provenance, "dgn_engine": __version__}
+    return json.loads(json.dumps(made))  # as it reads back from run.json (tuples become lists)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def differences(old: dict, new: dict, most: int = 4) -> str:
+    """'steps 20 -> 10, seed 0 -> 3': the settings in which two made_by records differ."""
+    a, b = _flat(old), _flat(new)
+
+    def show(v):
+        text = "unset" if v is None else str(v)
+        return text[:12] + "…" if len(text) > 16 else text
+    diffs = [f"{k.removeprefix('spec.').removeprefix('provenance.')} {show(a.get(k))} -> {show(b.get(k))}"
+             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return ", ".join(diffs[:most]) + (f" and {len(diffs) - most} more" if len(diffs) > most else "")
 
 
 class _StopFlag:
-    """Ctrl-C sets a flag that the loop checks between steps, so a write in progress completes."""
+    """Ctrl-C and SIGTERM set a flag that the loop checks between steps, so a write in progress
+    completes and the run records that it was interrupted."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.set = False
+        self.signal: str | None = None
 
     def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread
-            self._old = None
+        self._old = {}
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
         return self
 
-    def _handle(self, *_):
-        self.set = True
+    def _handle(self, signum, _frame):
+        self.set, self.signal = True, signal.Signals(signum).name
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 class Job:
     def __init__(self, backend: Backend, spec: RunSpec, out_dir: str, options: JobOptions):
         self.backend, self.spec, self.out, self.options = backend, spec, out_dir, options
         self.targets = [parse_target(t) for t in spec.targets]
-        self.key = spec_key(spec)
+        self.made_by = made_by(spec, options.display, backend.provenance())
+        self.key = sha256_json(self.made_by)[:16]
         self.dir = os.path.join(out_dir, "targets")
+        self.damaged = self.done = 0
 
     # -- files ---------------------------------------------------------------------------------
     def _paths(self, target: Target) -> tuple[str, str]:
@@ -75,43 +109,49 @@ class Job:
         return base + ".png", base + ".json"
 
     def is_done(self, target: Target) -> bool:
+        """Its JSON is a valid record made as this run would make it, and its PNG the one the JSON's
+        scores are of (a PNG cut short, emptied or replaced is recomputed)."""
         png, js = self._paths(target)
-        if not (os.path.isfile(png) and os.path.isfile(js)):
+        if not os.path.isfile(js):
             return False
         try:
-            return read_json(js).get("spec_key") == self.key
-        except (OSError, ValueError):
+            record = read_record(js, TargetRecord, "result")
+        except UsageError:
+            self.damaged += 1
             return False
+        if record.results_key != self.key:
+            return False
+        if not os.path.isfile(png) or sha256_file(png) != record.png_sha256:
+            self.damaged += 1
+            return False
+        return True
 
     def _prepare(self) -> None:
-        try:
-            os.makedirs(self.dir, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"cannot create the output folder {self.out!r}: {e.strerror}") from None
-        if not os.access(self.dir, os.W_OK):
-            raise UsageError(f"the output folder {self.out!r} is not writable; choose another --out")
-        for folder in (self.out, self.dir):  # what a killed run was writing when it died
+        """Under the lock: what a killed run was writing goes, and a folder made otherwise is refused."""
+        for folder in (self.out, self.dir):
             for f in os.listdir(folder):
                 if f.startswith(".tmp-"):
                     os.unlink(os.path.join(folder, f))
         run_file = os.path.join(self.out, "run.json")
+        if os.path.lexists(run_file) and not os.path.isfile(run_file):
+            raise UsageError(f"{run_file!r} is not a file; remove it, or use another --out")
         if os.path.isfile(run_file) and not self.options.force:
-            try:
-                old = read_json(run_file).get("spec_key")
-            except (OSError, ValueError):
-                old = None
-            if old != self.key:
+            old = read_record(run_file, RunRecord, "run record")
+            if old.results_key != self.key:
+                settings = {k: v for k, v in old.spec.items() if k != "targets"}
+                previous = {"spec": settings, "display": old.display, "provenance": old.provenance,
+                            "dgn_engine": old.model_extra.get("dgn_engine")}
                 raise UsageError(
-                    f"{self.out!r} holds a run with other settings; use another --out, "
-                    "or --force to recompute its targets with these settings"
-                )
+                    f"{self.out!r} holds results made otherwise ({differences(previous, self.made_by)}); use "
+                    "another --out, or --force to recompute its targets this way")
 
     def _write_run(self, done: int, seconds: float, state: str) -> None:
         write_json(
             os.path.join(self.out, "run.json"),
             {
+                **self.made_by,
                 "spec": self.spec.to_json(),
-                "spec_key": self.key,
+                "results_key": self.key,
                 "backend": self.backend.describe(),
                 "batch": self.options.batch,
                 "display": self.options.display,
@@ -130,11 +170,31 @@ class Job:
 
     # -- running -------------------------------------------------------------------------------
     def run(self, log=print) -> dict:
-        self._prepare()
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create the output folder {self.out!r}: {e.strerror}") from None
+        if not os.access(self.dir, os.W_OK | os.X_OK):
+            raise UsageError(f"the output folder {self.out!r} is not writable; choose another --out")
+        with FolderLock(self.out):
+            self._prepare()
+            try:
+                return self._run(log)
+            except OSError as e:  # a full disk, a folder made read-only mid-run
+                raise UsageError(
+                    f"writing results to {self.out!r} failed ({e.strerror or e}); the {self.done} finished targets "
+                    "are kept, fix the cause and run the same command again") from None
+
+    def _run(self, log) -> dict:
         finished = {t for t in self.targets if self.is_done(t)}  # reads each target's JSON once
-        done = len(finished)
+        done = self.done = len(finished)
+        if self.damaged:
+            log(f"recomputing {self.damaged} target(s) whose result files are damaged or do not match")
         if done == len(self.targets):
             log(f"nothing to do: all {len(self.targets)} targets in {self.out!r} are finished")
+            if self._record_is_stale():  # a --force over a damaged run.json, a deleted gallery
+                self._write_run(done, 0.0, "finished")
+                log(summary_line(build_gallery(self.out)))
             return {"computed": 0, "done": done, "total": len(self.targets), "summary": None}
         if done:
             log(f"resuming: {done} of {len(self.targets)} targets already finished")
@@ -162,19 +222,15 @@ class Job:
                     self._write_results(new)
                     finished.update(o.target for o in new)
                     done += len(new)
+                    self.done = done
                     computed += len(new)
                     bar.update(len(new))
                     self._write_run(done, time.perf_counter() - started, "running")
                     if stop.set:
-                        raise Interrupted()
+                        raise Interrupted(stop.signal)
         except Interrupted:
             self._write_run(done, time.perf_counter() - started, "interrupted")
-            raise
-        except OSError as e:
-            raise UsageError(
-                f"writing results to {self.out!r} failed ({e.strerror or e}); the {done} "
-                "finished targets are kept, fix the cause and run the same command again"
-            ) from None
+            raise Interrupted(stop.signal) from None
         finally:
             step_bar.close()
             bar.close()
@@ -190,6 +246,15 @@ class Job:
             "summary": summary,
         }
 
+    def _record_is_stale(self) -> bool:
+        if not os.path.isfile(os.path.join(self.out, "index.html")):
+            return True
+        try:
+            record = read_record(os.path.join(self.out, "run.json"), RunRecord, "run record")
+        except UsageError:
+            return True
+        return record.results_key != self.key or record.progress.state != "finished"
+
     def _write_results(self, outcomes: list[Outcome]) -> None:
         pp = self.backend.preprocessing
         ok = [o for o in outcomes if o.image is not None]
@@ -201,8 +266,10 @@ class Job:
             )
             for o in ok
         }
+        written = {}
         for o in ok:
-            atomic_write(self._paths(o.target)[0], png_bytes(pixels[id(o)]))
+            written[id(o)] = png_bytes(pixels[id(o)])
+            atomic_write(self._paths(o.target)[0], written[id(o)])
         # Classify what was written: the top-5 tells the truth about the file a person looks at.
         seen = {}
         if ok:
@@ -219,12 +286,12 @@ class Job:
                 "target": o.target.text,
                 "id": o.target.id,
                 "name": self._target_name(o.target),
-                "spec_key": self.key,
+                "results_key": self.key,
+                **self.made_by,
                 "mode": self.spec.mode,
                 "seed": self.spec.seed,
                 "steps": self.spec.steps,
                 "backend": self.backend.name,
-                "display": self.options.display,
                 "loss_curve": o.curve,
                 "last_step_activation": o.last_activation,
                 "seconds": round(o.seconds, 3),
@@ -237,7 +304,9 @@ class Job:
                 if self.options.display == "original":
                     record["model_view"] = self._report(o.target, seen_true[id(o)])
             else:
-                atomic_write(self._paths(o.target)[0], png_bytes(np.zeros((8, 8, pp.channels), np.uint8)))
+                written[id(o)] = png_bytes(np.zeros((8, 8, pp.channels), np.uint8))
+                atomic_write(self._paths(o.target)[0], written[id(o)])
+            record["png_sha256"] = hashlib.sha256(written[id(o)]).hexdigest()
             write_json(self._paths(o.target)[1], record)
 
     def _labels(self) -> list[str] | None:

@@ -17,8 +17,11 @@ CURVE_POINTS = 100  # loss-curve samples per target (and the host reads per batc
 
 
 class Interrupted(Exception):
-    """The user asked to stop (Ctrl-C); the batch in flight is dropped."""
+    """The user asked to stop (Ctrl-C, SIGTERM); the batch in flight is dropped."""
 
+    def __init__(self, signal: str | None = None):
+        super().__init__(signal or "SIGINT")
+        self.signal = signal
 
 @dataclass
 class Outcome:

@@ -42,11 +42,6 @@ def write_json(path: str, obj) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def read_json(path: str):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def png_bytes(pixels: np.ndarray) -> bytes:
     """uint8 [H, W, 3] or [H, W, 1] -> PNG."""
     img = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)

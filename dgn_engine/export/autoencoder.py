@@ -148,9 +148,9 @@ def train_decoder(images: np.ndarray, pp: Preprocessing, out: str, *, epochs: in
     def as_model(idx) -> torch.Tensor:
         return torch.from_numpy(pp.to_model(images[idx]))
 
-    def mse(idx) -> float:
+    def mse(idx) -> float | None:
         if len(idx) == 0:
-            return float("nan")
+            return None
         model.eval()
         total = 0.0
         with torch.no_grad():
@@ -178,8 +178,9 @@ def train_decoder(images: np.ndarray, pp: Preprocessing, out: str, *, epochs: in
             running, seen = running + loss.item() * len(idx), seen + len(idx)
             bar.set_postfix(mse=f"{running / seen:.4f}")
         history.append({"epoch": epoch + 1, "train_mse": running / max(seen, 1), "val_mse": mse(val_idx)})
-        log(f"epoch {epoch + 1}/{epochs}: train MSE {history[-1]['train_mse']:.5f}, "
-            f"held-out MSE {history[-1]['val_mse']:.5f}")
+        val = history[-1]["val_mse"]
+        log(f"epoch {epoch + 1}/{epochs}: train MSE {history[-1]['train_mse']:.5f}"
+            + (f", held-out MSE {val:.5f}" if val is not None else ""))
         training = {"epochs": epoch + 1, "history": history, "train_images": len(train_idx),
                     "heldout_images": len(val_idx), "optimizer": "Adadelta(lr=1, rho=0.95)", "batch": batch,
                     "noise_sigma": noise_sigma, "seed": seed}

@@ -141,7 +141,11 @@ def load_classifier(name: str, weights: str | None = None, *, image_size: int | 
                     channels: str | None = None, mean=None, std=None, seed: int = 0) -> Classifier:
     sources: dict[str, str] = {}
     if name == demo.NAME:
-        module = vgg_style(1, demo.PREPROCESSING.image_size, demo.CLASSES, demo.CONVS, demo.HIDDEN)
+        def build():
+            return vgg_style(1, demo.PREPROCESSING.image_size, demo.CLASSES, demo.CONVS, demo.HIDDEN)
+        if weights == "random":
+            return Classifier(_seeded(build, seed), demo.PREPROCESSING, name, {}, labels=demo.labels())
+        module = build()
         path = weights or demo.classifier_weights()
         apply_state_dict(module, state_dict_from_file(path), path)
         key = demo.source_name(path) if weights is None else path
@@ -165,12 +169,14 @@ def load_classifier(name: str, weights: str | None = None, *, image_size: int | 
         pp = _preprocessing(default, image_size, channels, mean, std, name)
         return Classifier(module, pp, name, sources)
     if ":" in name and not os.path.exists(name):
-        module = _from_factory(name)
-        if weights:
+        module = _seeded(lambda: _from_factory(name), seed) if weights == "random" else _from_factory(name)
+        if weights and weights != "random":
             apply_state_dict(module, state_dict_from_file(weights), weights)
             sources[weights] = sha256_file(weights)
         default = getattr(module, "preprocessing", None)
         return Classifier(module, _preprocessing(default, image_size, channels, mean, std, name), name, sources)
+    if weights is not None and os.path.isfile(name):
+        raise UsageError(f"classifier file {name!r} carries its own weights; leave out --weights")
     if os.path.isfile(name) and not zipfile.is_zipfile(name):  # TorchScript archives are zip files
         return _onnx_classifier(name, image_size, channels, mean, std)
     if os.path.exists(name):

@@ -1,6 +1,8 @@
 """The torch reference backend: the coupled step run eagerly (float32 or float64, CPU or CUDA)."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -29,6 +31,7 @@ class TorchBackend:
                  labels: list[str] | None = None):
         self.coupled = coupled
         self.dtype, self.device = DTYPES[dtype], torch_device(device)
+        self._made_of = made_of(coupled)  # before the cast: the tensors as loaded
         coupled.to(self.dtype, self.device)
         self.mode = coupled.mode
         self.preprocessing = coupled.classifier.preprocessing
@@ -72,3 +75,27 @@ class TorchBackend:
     def describe(self) -> dict:
         return {"backend": self.name, "device": str(self.device), "precision": str(self.dtype).split(".")[-1],
                 "torch": torch.__version__}
+
+    def provenance(self) -> dict:
+        return {"backend": self.name, "precision": str(self.dtype).split(".")[-1], **self._made_of}
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """One digest of named tensors (names, dtypes, shapes and values): the weights themselves, whatever
+    file or factory they came from."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def made_of(coupled: CoupledStep) -> dict:
+    """What decides a torch backend's results besides the spec: D's and G's tensors, G's plan, D's
+    preprocessing and taps, and the files they were read from."""
+    clf = coupled.classifier
+    return {"classifier": clf.name, "source_files_sha256": dict(clf.sources),
+            "classifier_tensors_sha256": tensors_sha256(clf.module.state_dict()),
+            "decoder_tensors_sha256": tensors_sha256(coupled.decoder) if coupled.decoder is not None else None,
+            "plan": coupled.plan.to_json(), "preprocessing": clf.preprocessing.to_json(), "taps": coupled.taps}

@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .. import __version__, demo
 from ..artifacts import BACKEND_FILES, FORMAT_VERSION, MANIFEST, load_artifacts
+from ..digests import sha256_file
 from ..engine.outputs import write_json
 from ..errors import UsageError
 from ..kernels.decompositions import decomposition_table
@@ -224,6 +225,8 @@ def export_artifacts(coupled: CoupledStep, spec: RunSpec, sources: Sources, k: i
                 f.write(data)
         layout = coupled.layout
         clf = coupled.classifier
+        written = {f: {"size": os.path.getsize(os.path.join(tmp, f)), "sha256": sha256_file(os.path.join(tmp, f))}
+                   for f in sorted(os.listdir(tmp))}
         manifest = {
             "format_version": FORMAT_VERSION, "backends": backends, "mode": coupled.mode, "batch": k,
             "spec": {**spec.to_json(), "targets": []}, "hyper": list(HYPER), "plan": coupled.plan.to_json(),
@@ -234,7 +237,7 @@ def export_artifacts(coupled: CoupledStep, spec: RunSpec, sources: Sources, k: i
             "state": [{"name": n, "shape": list(s)}
                       for n, s in state_shapes(coupled.mode, coupled.plan, coupled.optimizer).items()],
             "step_flops": io.pop("step_flops"), "graphs": io, "sources": sources.absolute().to_json(),
-            "sha256": clf.sources,
+            "sha256": clf.sources, "files": written,
             "versions": _versions(), "opset": OPSET, "export_seconds": round(time.perf_counter() - started, 2),
         }
         write_json(os.path.join(tmp, MANIFEST + ".part"), manifest)

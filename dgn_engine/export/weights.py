@@ -7,7 +7,6 @@ dense kernels [in, out]).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 
@@ -15,15 +14,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..digests import sha256_file  # noqa: F401 (re-exported for the loaders)
 from ..errors import UsageError
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def require_file(path: str, what: str) -> None:

@@ -16,6 +16,7 @@ class ArtifactsBackend:
 
     def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None):
         art.require(self.name)
+        art.check_files()  # a flipped byte in weights.bin would otherwise run as another D
         self.art, self.threads = art, threads
         self.mode, self.k = art.mode, art.batch
         self.preprocessing, self.layout, self.labels = art.preprocessing, art.layout, art.labels
@@ -31,6 +32,12 @@ class ArtifactsBackend:
         self.art.check_spec(spec)
         self.n = len(targets)
         return targets + [targets[-1]] * (self.k - len(targets))
+
+    def provenance(self) -> dict:
+        """The manifest's digest covers everything the graphs are made of: it records the sha256 of
+        every file of the artifacts and of the sources they were exported from."""
+        return {"backend": self.name, "precision": "float32", "artifacts_manifest_sha256": self.art.manifest_sha256,
+                "files_sha256": {f: e["sha256"] for f, e in sorted(self.art.manifest["files"].items())}}
 
     def classify(self, images: np.ndarray) -> dict[str, np.ndarray]:
         if self._classifier is None:
