@@ -316,3 +316,16 @@ def test_train_decoder_refuses_what_would_give_a_useless_decoder(tmp_path, capsy
     (tmp_path / "dfolder").mkdir()
     assert "is a folder" in error_line(capsys, argv + ["--out", str(tmp_path / "dfolder")])
     assert not (tmp_path / "d.pt").exists()
+
+
+def test_tensor_digest():
+    """D's identity for the torch backend: names, dtypes, shapes and values, 0-dim buffers included
+    (BatchNorm's num_batches_tracked)."""
+    from dgn_engine.export.reference import tensors_sha256
+    bn = torch.nn.BatchNorm2d(3)
+    base = tensors_sha256(bn.state_dict())
+    assert base == tensors_sha256(torch.nn.BatchNorm2d(3).state_dict())
+    bn.weight.data[1] += 1e-6
+    assert tensors_sha256(bn.state_dict()) != base
+    assert tensors_sha256({"w": torch.zeros(2)}) != tensors_sha256({"w": torch.zeros(2, dtype=torch.float64)})
+    assert tensors_sha256({"w": torch.zeros(2)}) != tensors_sha256({"v": torch.zeros(2)})
