@@ -173,6 +173,50 @@ def default_spec(mode: str, **overrides) -> RunSpec:
     return replace(spec, **overrides).validated()
 
 
+SETTINGS = ("steps", "seed", "lr", "momentum", "optimizer", "noise_sigma", "regularizer", "reg_weight", "lam",
+            "target_leak", "image_range", "snapshots", "keep")
+
+
+def with_settings(base: RunSpec, targets=(), **settings) -> RunSpec:
+    """`base` (a mode's defaults, or the spec artifacts were exported with) with the settings given
+    (None = keep): the one place where the CLI's options and the Python API's keywords become a spec.
+    noise_sigma is a number or "gaussian-dropout"; optimizer "adamax" or "nesterov" brings that
+    optimiser's defaults."""
+    unknown = set(settings) - set(SETTINGS)
+    if unknown:
+        raise UsageError(f"unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(SETTINGS)}")
+    given = {k: v for k, v in settings.items() if v is not None}
+    opt, noise, reg = base.optimizer, base.noise, base.regularizer
+    if "optimizer" in given and given["optimizer"] != opt.name:
+        if given["optimizer"] not in OPTIMIZERS:
+            raise UsageError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {given['optimizer']!r}")
+        opt = default_spec("untrained" if given["optimizer"] == "adamax" else "pretrained").optimizer
+    if "lr" in given:
+        opt = replace(opt, lr=float(given["lr"]))
+    if "momentum" in given:
+        opt = replace(opt, momentum=float(given["momentum"]))
+    if "noise_sigma" in given:
+        sigma = given["noise_sigma"]
+        if sigma == "gaussian-dropout":
+            sigma = GAUSSIAN_DROPOUT_SIGMA
+        try:
+            sigma = float(sigma)
+        except (TypeError, ValueError):
+            raise UsageError(f"noise sigma must be a number or gaussian-dropout, got {sigma!r}") from None
+        noise = replace(noise, sigma=sigma)
+    if "regularizer" in given:
+        reg = replace(reg, kind=given["regularizer"])
+    if "reg_weight" in given:
+        reg = replace(reg, weight=float(given["reg_weight"]))
+    snapshots = Snapshots(given.get("snapshots", base.snapshots.count), given.get("keep", base.snapshots.keep))
+    return replace(
+        base, targets=tuple(targets), optimizer=opt, noise=noise, regularizer=reg,
+        lam=float(given.get("lam", base.lam)), target_leak=float(given.get("target_leak", base.target_leak)),
+        steps=given.get("steps", base.steps), seed=given.get("seed", base.seed),
+        image_range=given.get("image_range", base.image_range), snapshots=snapshots,
+    ).validated()
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise UsageError(message)

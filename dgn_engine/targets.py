@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -44,12 +44,61 @@ class Term:
             body = f"neuron:{self.layer}:{self.index}:{self.y}"
         else:
             body = f"neuron:{self.layer}:{self.index}:{self.y}:{self.x}"
-        return body if self.weight == 1.0 else f"{self.weight:g}*{body}"
+        if self.weight == 1.0:
+            return body
+        weight = f"{self.weight:g}"
+        return f"{weight if float(weight) == self.weight else repr(self.weight)}*{body}"
+
+    @property
+    def place(self) -> tuple:
+        return self.kind, self.layer, self.index, self.y, self.x
 
 
 @dataclass(frozen=True)
 class Target:
+    """A weighted sum of terms. Targets combine as numbers do and print as the grammar:
+    `Class(9) + 0.5 * Channel("features.28", 17) - Neuron("features.28", 17, 7, 7)` is
+    `class:9+0.5*channel:features.28:17+-1*neuron:features.28:17:7:7`."""
     terms: tuple[Term, ...]
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Target({self.text!r})"
+
+    def __add__(self, other):
+        if isinstance(other, str):
+            other = parse_target(other)
+        if not isinstance(other, Target):
+            return NotImplemented
+        weights: dict[tuple, Term] = {}
+        for t in self.terms + other.terms:
+            seen = weights.get(t.place)
+            weights[t.place] = t if seen is None else replace(seen, weight=seen.weight + t.weight)
+        terms = tuple(t for t in weights.values() if t.weight != 0.0)
+        if not terms:
+            raise ValueError(f"{self.text} + {other.text} cancels out: no term is left")
+        return Target(terms)
+
+    __radd__ = __add__
+
+    def __mul__(self, k):
+        if isinstance(k, bool) or not isinstance(k, (int, float)):
+            return NotImplemented
+        if k == 0 or not np.isfinite(k):
+            raise ValueError(f"a target's weight must be a finite non-zero number, got {k}")
+        return Target(tuple(replace(t, weight=t.weight * k) for t in self.terms))
+
+    __rmul__ = __mul__
+
+    def __neg__(self):
+        return self * -1
+
+    def __sub__(self, other):
+        if isinstance(other, str):
+            other = parse_target(other)
+        return self + (-other) if isinstance(other, Target) else NotImplemented
 
     @property
     def text(self) -> str:
@@ -187,3 +236,42 @@ def objective_weights(targets: list[Target], layout: dict[str, tuple[int, ...]],
 
 def all_classes(n_classes: int) -> list[Target]:
     return [Target((Term("class", c),)) for c in range(n_classes)]
+
+
+def Class(index: int) -> Target:  # noqa: N802 (a constructor, named as the grammar's term)
+    """D's output for class `index` (after the final ReLU): class:INDEX."""
+    return Target((Term("class", _checked(index, "class index")),))
+
+
+def Channel(layer: str, index: int) -> Target:  # noqa: N802
+    """The mean of one channel of a tapped layer (a filter): channel:LAYER:INDEX."""
+    return Target((Term("channel", _checked(index, "channel index"), layer=_layer(layer)),))
+
+
+def Neuron(layer: str, index: int, y: int, x: int | None = None) -> Target:  # noqa: N802
+    """One value of a tapped layer: channel `index` at (y, x), or of token `y` of a
+    [tokens, features] layer when x is None: neuron:LAYER:INDEX:Y:X or neuron:LAYER:INDEX:TOKEN."""
+    return Target((Term("neuron", _checked(index, "channel index"), layer=_layer(layer), y=_checked(y, "y"),
+                        x=-1 if x is None else _checked(x, "x")),))
+
+
+def as_target(target) -> Target:
+    """A Target, or the grammar's text of one."""
+    if isinstance(target, Target):
+        return target
+    if isinstance(target, str):
+        return parse_target(target)
+    raise UsageError(f"a target is a string such as 'class:3' or made with Class/Channel/Neuron, "
+                     f"not a {type(target).__name__}")
+
+
+def _checked(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise UsageError(f"{what} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _layer(name) -> str:
+    if not isinstance(name, str) or not re.fullmatch(_LAYER, name):
+        raise UsageError(f"layer name {name!r}: give the name of a module or tensor of D, without spaces, '+' or '*'")
+    return name

@@ -6,12 +6,11 @@ import argparse
 import math
 import os
 
-from dataclasses import replace
 
 from ..errors import UsageError
 from ..records import read_lines  # noqa: F401 (the commands read their text files through it)
 from ..preprocessing import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
-from ..spec import GAUSSIAN_DROPOUT_SIGMA, IMAGE_RANGES, MAX_STEPS, REGULARIZERS, Snapshots, default_spec
+from ..spec import GAUSSIAN_DROPOUT_SIGMA, IMAGE_RANGES, MAX_STEPS, REGULARIZERS, default_spec, with_settings
 
 
 def need_torch(command: str):
@@ -196,42 +195,11 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
 
 def spec_from_args(args, targets, base=None):
     """The paper's defaults for the mode (or `base`, e.g. the artifacts' spec) with the options given."""
-    spec = base or default_spec(args.mode or "pretrained")
-    opt, noise, reg = spec.optimizer, spec.noise, spec.regularizer
-    if args.optimizer and args.optimizer != opt.name:
-        opt = default_spec("untrained" if args.optimizer == "adamax" else "pretrained").optimizer
-    if args.lr is not None:
-        opt = replace(opt, lr=args.lr)
-    if args.momentum is not None:
-        opt = replace(opt, momentum=args.momentum)
-    if args.noise_sigma is not None:
-        if args.noise_sigma == "gaussian-dropout":
-            sigma = GAUSSIAN_DROPOUT_SIGMA
-        else:
-            try:
-                sigma = float(args.noise_sigma)
-            except ValueError:
-                raise UsageError(
-                    f"--noise-sigma must be a number or gaussian-dropout, got {args.noise_sigma!r}"
-                ) from None
-        noise = replace(noise, sigma=sigma)
-    if args.regularizer:
-        reg = replace(reg, kind=args.regularizer)
-    if args.reg_weight is not None:
-        reg = replace(reg, weight=args.reg_weight)
-    return replace(
-        spec,
-        image_range=args.image_range or spec.image_range,
-        targets=tuple(targets),
-        optimizer=opt,
-        noise=noise,
-        regularizer=reg,
-        lam=args.lam,
-        target_leak=args.target_leak,
-        steps=args.steps if args.steps is not None else spec.steps,
-        seed=args.seed,
-        snapshots=Snapshots(args.snapshots, args.keep),
-    ).validated()
+    return with_settings(base or default_spec(args.mode or "pretrained"), targets, **{
+        "steps": args.steps, "seed": args.seed, "lr": args.lr, "momentum": args.momentum,
+        "optimizer": args.optimizer, "noise_sigma": args.noise_sigma, "regularizer": args.regularizer,
+        "reg_weight": args.reg_weight, "lam": args.lam, "target_leak": args.target_leak,
+        "image_range": args.image_range, "snapshots": args.snapshots, "keep": args.keep})
 
 
 def sources_from_args(args):

@@ -83,20 +83,27 @@ def summary_line(s: dict) -> str:
     return line + (f"; {s['diverged']} diverged" if s["diverged"] else "")
 
 
+def contact_sheet(images: list[Image.Image], captions: list[str], columns: int = 10,
+                  tile: int | None = None) -> Image.Image:
+    """Tiles of the images (nearest-neighbour scaled to one size) with a caption under each."""
+    tile = tile or max(min(max(im.size[0] for im in images), 224), 64)
+    cols = min(columns, len(images))
+    rows = (len(images) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * tile, rows * (tile + CAPTION)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, (im, caption) in enumerate(zip(images, captions)):
+        x, y = (j % cols) * tile, (j // cols) * (tile + CAPTION)
+        sheet.paste(im.convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
+        draw.text((x + 2, y + tile + 1), caption[: tile // 6], fill="black")
+    return sheet
+
+
 def _sheets(out: str, records: list[dict]) -> list[str]:
     names = []
     for i in range(0, len(records), SHEET_SIZE):
         chunk = records[i : i + SHEET_SIZE]
-        images = [Image.open(os.path.join(out, "targets", r["id"] + ".png")).convert("RGB") for r in chunk]
-        tile = max(min(max(im.size[0] for im in images), 224), 64)
-        cols = min(10, len(chunk))
-        rows = (len(chunk) + cols - 1) // cols
-        sheet = Image.new("RGB", (cols * tile, rows * (tile + CAPTION)), "white")
-        draw = ImageDraw.Draw(sheet)
-        for j, (rec, im) in enumerate(zip(chunk, images)):
-            x, y = (j % cols) * tile, (j // cols) * (tile + CAPTION)
-            sheet.paste(im.resize((tile, tile), Image.NEAREST), (x, y))
-            draw.text((x + 2, y + tile + 1), _name(rec)[: tile // 6], fill="black")
+        images = [Image.open(os.path.join(out, "targets", r["id"] + ".png")) for r in chunk]
+        sheet = contact_sheet(images, [_name(r) for r in chunk])
         name = f"sheet-{i // SHEET_SIZE + 1:03d}.png"
         atomic_write(os.path.join(out, name), png_bytes(np.asarray(sheet)))
         names.append(name)

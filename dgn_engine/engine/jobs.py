@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 
@@ -201,21 +200,21 @@ class Job:
         k = max(1, self.options.batch)
         started = time.perf_counter()
         computed = 0
-        show = self.options.progress
-        bar = progress.bar(len(self.targets), initial=done, unit="target", desc="targets", disable=not show)
-        step_bar = progress.bar(
-            self.spec.steps, unit="step", desc="steps", leave=False, disable=not (show and sys.stderr.isatty())
-        )
+        n, steps = len(self.targets), self.spec.steps
+        # one bar in target-steps, advanced every step, so the ETA holds from the first seconds even
+        # when one batch takes many minutes; its label counts the finished targets
+        bar = progress.bar(n * steps, initial=done * steps, unit="step", desc=f"targets {done}/{n}",
+                           disable=not self.options.progress)
         self._write_run(done, 0.0, "running")
         try:
             with _StopFlag() as stop:
                 for batch in self._batches(k, finished):
-                    step_bar.reset()
+                    already = sum(t in finished for t in batch)  # a batch cut short by a kill: its finished rows
                     outcomes = run_batch(
                         self.backend,
                         batch,
                         self.spec,
-                        on_step=lambda s: step_bar.update(1),
+                        on_step=lambda s, b=len(batch) - already: bar.update(b),
                         should_stop=lambda: stop.set,
                     )
                     new = [o for o in outcomes if o.target not in finished]
@@ -224,7 +223,8 @@ class Job:
                     done += len(new)
                     self.done = done
                     computed += len(new)
-                    bar.update(len(new))
+                    bar.n = done * steps  # exact also where a batch diverged and stopped early
+                    bar.set_description(f"targets {done}/{n}")
                     self._write_run(done, time.perf_counter() - started, "running")
                     if stop.set:
                         raise Interrupted(stop.signal)
@@ -232,7 +232,6 @@ class Job:
             self._write_run(done, time.perf_counter() - started, "interrupted")
             raise Interrupted(stop.signal) from None
         finally:
-            step_bar.close()
             bar.close()
         self._write_run(done, time.perf_counter() - started, "finished")
         summary = build_gallery(self.out)

@@ -11,6 +11,8 @@ The file cannot always tell the input format: --image-size, --channels, --mean, 
 """
 from __future__ import annotations
 
+import copy
+
 import importlib
 import os
 import sys
@@ -127,14 +129,27 @@ class Tapped(nn.Module):
 def _preprocessing(default: Preprocessing | None, image_size, channels, mean, std, what: str) -> Preprocessing:
     """The weights' own preprocessing, with what the user said on top of it."""
     if default is None and image_size is None:
-        raise UsageError(f"{what} does not tell its input size: give --image-size "
-                         "(and --channels, --mean, --std if not RGB in 0..1)")
+        raise UsageError(f"{what} does not tell its input size: give --image-size (image_size= in Python; "
+                         "and --channels, --mean, --std if not RGB in 0..1)")
     order = channels or (default.order if default else "RGB")
     n = 1 if order == "L" else 3
     same = default is not None and default.order == order
     return Preprocessing(image_size or default.image_size, order,
                          tuple(mean) if mean is not None else (default.mean if same else (0.0,) * n),
                          tuple(std) if std is not None else (default.std if same else (1.0,) * n))
+
+
+def classifier_from_module(module: nn.Module, *, image_size: int | None = None, channels: str | None = None,
+                           mean=None, std=None, labels: list[str] | None = None) -> Classifier:
+    """An in-memory torch module as D (a copy: the caller's module keeps its mode, device and
+    gradients). Its input format comes from the arguments, else its `preprocessing` attribute."""
+    if not isinstance(module, nn.Module):
+        raise UsageError(f"a classifier is a torch.nn.Module, a file or a name, not a {type(module).__name__}")
+    default = getattr(module, "preprocessing", None)
+    default = default if isinstance(default, Preprocessing) else None
+    what = f"the module {type(module).__name__}"
+    pp = _preprocessing(default, image_size, channels, mean, std, what.replace("--", ""))
+    return Classifier(copy.deepcopy(module).cpu(), pp, f"<in-memory {type(module).__name__}>", {}, labels=labels)
 
 
 def load_classifier(name: str, weights: str | None = None, *, image_size: int | None = None,

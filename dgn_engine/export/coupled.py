@@ -143,17 +143,24 @@ def build_coupled(sources: Sources, spec: RunSpec, taps: list[str]) -> CoupledSt
     classifier = load_classifier(sources.classifier, sources.weights, image_size=sources.image_size,
                                  channels=sources.channels, mean=sources.mean, std=sources.std,
                                  seed=sources.seed)
+    return couple(classifier, spec, taps, sources.decoder, sources.g_width)
+
+
+def couple(classifier: Classifier, spec: RunSpec, taps: list[str], decoder: str | None = None,
+           g_width: float | None = None) -> CoupledStep:
+    """G for this classifier and mode (the decoder file in pretrained mode; the embedded demo brings
+    its own) coupled to it."""
     pp = classifier.preprocessing
-    is_demo = sources.classifier == demo.NAME
-    if sources.mode == "pretrained":
-        decoder = sources.decoder or (demo.decoder_weights() if is_demo else None)
-        if not decoder:
+    is_demo = classifier.name == demo.NAME
+    if spec.mode == "pretrained":
+        path = decoder or (demo.decoder_weights() if is_demo else None)
+        if not path:
             raise UsageError("--mode pretrained needs --decoder FILE (make one with dgn-engine train-decoder), "
                              "or use --mode untrained")
-        plan, tensors, _ = load_decoder(decoder, pp)
-        key = demo.source_name(decoder) if not sources.decoder else decoder
-        classifier.sources[key] = sha256_file(decoder)
+        plan, tensors, _ = load_decoder(path, pp)
+        key = demo.source_name(path) if not decoder else path
+        classifier.sources[key] = sha256_file(path)
     else:
-        width = sources.g_width or (demo.G_WIDTH if is_demo else min(1.0, pp.image_size / 224))
+        width = g_width or (demo.G_WIDTH if is_demo else min(1.0, pp.image_size / 224))
         plan, tensors = generator_plan("untrained", pp.image_size, pp.channels, width), None
     return CoupledStep(classifier, plan, spec, taps, tensors)

@@ -1,0 +1,67 @@
+"""Results as Python objects (no torch): what `dgn.synthesize` and `dgn.Engine.run` return, read back
+from the files a run wrote, so that the image in hand is the PNG whose scores it reports."""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .errors import UsageError
+from .records import TargetRecord, read_record
+from .targets import Target, parse_target
+
+
+@dataclass
+class Result:
+    """One target's preferred input. In Jupyter it shows itself as its picture."""
+    target: Target
+    image: Image.Image  # the PNG as written
+    activation: float | None  # the target's activation on that PNG (None if the run diverged)
+    top5: list[tuple[int, str, float]]  # D's top-5 on the PNG: (class, name, score)
+    curve: list[tuple[int, float, float]]  # (step, loss, activation) samples of the search
+    seconds: float
+    name: str  # the class name for a plain class target, else the target's text
+    diverged: str | None = None
+    record: dict = field(default_factory=dict, repr=False)  # the whole target JSON
+    path: str | None = None  # the PNG's path, where the results folder was kept
+
+    @property
+    def array(self) -> np.ndarray:
+        """The PNG's pixels, uint8 [H, W, C]."""
+        a = np.asarray(self.image)
+        return a[..., None] if a.ndim == 2 else a
+
+    @property
+    def top1_is_target(self) -> bool:
+        return bool(self.record.get("top1_is_target"))
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.image.save(buf, format="PNG")
+        return buf.getvalue()
+
+    def __repr__(self) -> str:
+        act = "diverged" if self.diverged else f"{self.activation:.4g}"
+        top = f", top-1 {self.top5[0][1]!r}" if self.top5 else ""
+        return f"<Result {self.target.text}: activation {act}{top}, {self.image.size[0]} px>"
+
+
+def load_results(out: str, targets: list[Target], keep_paths: bool = True) -> list[Result]:
+    """The results of `targets` in the folder `out`, in that order (images loaded into memory)."""
+    results = []
+    for target in targets:
+        base = os.path.join(out, "targets", target.id)
+        rec = read_record(base + ".json", TargetRecord, "result").model_dump(by_alias=True)
+        if rec["target"] != target.text:
+            raise UsageError(f"{base}.json holds {rec['target']!r}, not {target.text!r}")
+        with Image.open(base + ".png") as img:
+            image = img.copy()
+        results.append(Result(
+            target=parse_target(rec["target"]), image=image, activation=rec.get("final_activation"),
+            top5=[(t["class"], t["name"], t["score"]) for t in rec.get("top5", [])],
+            curve=[tuple(c) for c in rec["loss_curve"]], seconds=rec["seconds"], name=rec["name"],
+            diverged=rec.get("diverged"), record=rec, path=base + ".png" if keep_paths else None))
+    return results

@@ -1,0 +1,133 @@
+"""The Python API: `dgn.synthesize` on an in-memory module gives the CLI's images, the export cache is
+reused, target algebra round-trips through the grammar, `dgn.Engine` needs no torch."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dgn_engine as dgn
+from dgn_engine.cli.main import main
+from tests.small_models import tiny_rgb
+
+SETTINGS = dict(steps=6, seed=4, progress=False)
+TARGETS = ["class:3", dgn.Channel("features.3", 2)]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One export cache for the module: calls with the same model and settings share an export."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("cache")
+        mp.setenv("DGN_ENGINE_CACHE", str(path))
+        yield path
+
+
+def _cli_pngs(out, ids):
+    return [np.asarray(Image.open(os.path.join(out, "targets", f"{i}.png"))) for i in ids]
+
+
+def test_synthesize_gives_the_clis_images(tmp_path, cache):
+    """Same module, settings and batch: the API's results are the CLI's, PNG for PNG, on the torch
+    reference and on the step graph."""
+    model = tiny_rgb()
+    ids = ["class-3", "channel-features.3-2"]
+    ours = dgn.synthesize(model, TARGETS, backend="torch", **SETTINGS)
+    cli = ["--classifier", "tests.small_models:tiny_rgb", "--mode", "untrained", "--steps", "6", "--seed", "4"]
+    targets = ["--target", "class:3", "--target", "channel:features.3:2"]
+    assert main(["run", "--backend", "torch", *cli, *targets, "--out", str(tmp_path / "t"), "--quiet"]) == 0
+    for r, png in zip(ours, _cli_pngs(tmp_path / "t", ids)):
+        np.testing.assert_array_equal(r.array, png)
+
+    graph = dgn.synthesize(model, TARGETS, **SETTINGS)  # batch 2: both targets in one step graph
+    assert main(["export", *cli[:4], "--taps", "features.3", "--batch", "2", "--out", str(tmp_path / "a")]) == 0
+    assert main(["run", "--artifacts", str(tmp_path / "a"), *targets, "--steps", "6", "--seed", "4",
+                 "--out", str(tmp_path / "g"), "--quiet"]) == 0
+    for r, png in zip(graph, _cli_pngs(tmp_path / "g", ids)):
+        np.testing.assert_array_equal(r.array, png)
+        assert r.record["provenance"]["backend"] == "step-graph"
+
+
+def test_export_cache_is_reused(cache, monkeypatch):
+    import dgn_engine.export.step_graph as step_graph
+    real, calls = step_graph.export_artifacts, []
+
+    def counted(*a, **k):
+        calls.append(a[4])
+        return real(*a, **k)
+    monkeypatch.setattr(step_graph, "export_artifacts", counted)
+    model = tiny_rgb()
+    first = dgn.synthesize(model, "class:1", **SETTINGS)
+    exported = len(calls)
+    again = dgn.synthesize(model, "class:1", **SETTINGS)
+    assert len(calls) == exported  # the second call on the same model exports nothing
+    np.testing.assert_array_equal(first[0].array, again[0].array)
+    other = tiny_rgb()
+    for p in other.parameters():
+        p.data += 0.01
+    dgn.synthesize(other, "class:1", **SETTINGS)  # other weights: another export
+    assert len(calls) == exported + 1 and calls[-1] not in calls[:-1]
+
+
+def test_the_callers_module_is_left_as_it_was(cache):
+    model = tiny_rgb().train()
+    dgn.synthesize(model, "class:1", backend="torch", **SETTINGS)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_result_object(tmp_path, cache):
+    labels = [f"thing {i}" for i in range(10)]
+    [r] = dgn.synthesize(tiny_rgb(), dgn.Class(4), labels=labels, out=tmp_path / "o", **SETTINGS)
+    assert r.target == dgn.Class(4) and r.name == "thing 4"
+    assert r.array.shape == (32, 32, 3) and r.array.dtype == np.uint8
+    assert r._repr_png_().startswith(b"\x89PNG")
+    assert r.top5[0][1] in labels and len(r.top5) == 5
+    assert r.activation == pytest.approx(r.record["final_activation"])
+    assert r.curve and r.curve[-1][0] == 6 and r.seconds > 0
+    assert os.path.isfile(r.path)
+    np.testing.assert_array_equal(r.array, np.asarray(Image.open(r.path)))  # the PNG as written
+    sheet = dgn.grid([r, r], columns=2)
+    assert sheet.size == (2 * 64, 64 + 14)  # 32 px images as 64 px tiles, a caption line under each
+
+
+def test_target_algebra_prints_the_grammar_and_parses_back():
+    from dgn_engine.errors import UsageError
+    from dgn_engine.targets import parse_target
+    t = dgn.Class(9) + 0.5 * dgn.Channel("features.28", 17) - dgn.Neuron("features.28", 17, 7, 7)
+    assert str(t) == "class:9+0.5*channel:features.28:17+-1*neuron:features.28:17:7:7"
+    assert parse_target(str(t)) == t
+    assert str(dgn.Class(1) + dgn.Class(1)) == "2*class:1"
+    assert str(dgn.Neuron("blocks.0", 3, 5)) == "neuron:blocks.0:3:5"
+    assert [str(c) for c in dgn.all_classes(3)] == ["class:0", "class:1", "class:2"]
+    with pytest.raises(ValueError, match="cancels out"):
+        dgn.Class(1) - dgn.Class(1)
+    with pytest.raises(UsageError, match="layer name 'bad layer'"):
+        dgn.Channel("bad layer", 1)
+
+
+def test_bad_calls_say_what_to_do(cache):
+    from dgn_engine.errors import UsageError
+    with pytest.raises(UsageError, match="image_size= in Python"):
+        dgn.synthesize(__import__("torch").nn.Sequential(), "class:1", **SETTINGS)
+    with pytest.raises(UsageError, match="unknown setting"):
+        dgn.synthesize(tiny_rgb(), "class:1", stepz=3)
+    with pytest.raises(UsageError, match="outside the classifier"):
+        dgn.synthesize(tiny_rgb(), "class:10", **SETTINGS)
+    with pytest.raises(UsageError, match="not a list"):
+        dgn.synthesize(tiny_rgb(), [[1]], **SETTINGS)
+
+
+def test_engine_needs_no_torch(tmp_path, artifacts):
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import dgn_engine as dgn\n"
+        f"engine = dgn.Engine({artifacts['pretrained'].path!r})\n"
+        "results = engine.run(dgn.all_classes(engine.num_classes)[:4], steps=3, progress=False)\n"
+        "assert len(results) == 4 and results[0].array.shape == (32, 32, 3), results\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None], 'torch imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
