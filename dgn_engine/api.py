@@ -214,13 +214,14 @@ def export(model, out, *, mode: str = "untrained", taps=(), batch: int = 1, back
                             log=print if progress else _quiet, backends=list(backends))
 
 
-def grid(results: list[Result], columns: int = 10, tile: int | None = None):
-    """A labelled contact sheet of results (a PIL image; Jupyter shows it)."""
+def grid(results: list[Result], columns: int = 10, tile: int = 128):
+    """A labelled contact sheet of results (a PIL image; Jupyter shows it): each image with its name,
+    its activation and whether it is D's top-1."""
     from .engine.gallery import contact_sheet
     if not results:
         raise UsageError("grid() needs at least one result")
     captions = []
     for r in results:
-        act = "diverged" if r.diverged else f"{r.activation:.3g}"
-        captions.append(f"{r.name} {act}" + (" top-1" if r.top1_is_target else ""))
+        act = "diverged" if r.diverged else f"act {r.activation:.3g}"
+        captions.append(f"{r.name}\n{act}" + (" (top-1)" if r.top1_is_target else ""))
     return contact_sheet([r.image for r in results], captions, columns, tile)

@@ -89,8 +89,8 @@ def test_result_object(tmp_path, cache):
     assert r.curve and r.curve[-1][0] == 6 and r.seconds > 0
     assert os.path.isfile(r.path)
     np.testing.assert_array_equal(r.array, np.asarray(Image.open(r.path)))  # the PNG as written
-    sheet = dgn.grid([r, r], columns=2)
-    assert sheet.size == (2 * 64, 64 + 14)  # 32 px images as 64 px tiles, a caption line under each
+    sheet = dgn.grid([r, r], columns=2, tile=64)
+    assert sheet.size == (2 * 64, 64 + 2 * 14)  # 32 px images as 64 px tiles, two caption lines under each
 
 
 def test_target_algebra_prints_the_grammar_and_parses_back():

@@ -89,12 +89,15 @@ def contact_sheet(images: list[Image.Image], captions: list[str], columns: int =
     tile = tile or max(min(max(im.size[0] for im in images), 224), 64)
     cols = min(columns, len(images))
     rows = (len(images) + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * tile, rows * (tile + CAPTION)), "white")
+    lines = max(c.count("\n") + 1 for c in captions)
+    height = tile + CAPTION * lines
+    sheet = Image.new("RGB", (cols * tile, rows * height), "white")
     draw = ImageDraw.Draw(sheet)
     for j, (im, caption) in enumerate(zip(images, captions)):
-        x, y = (j % cols) * tile, (j // cols) * (tile + CAPTION)
+        x, y = (j % cols) * tile, (j // cols) * height
         sheet.paste(im.convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
-        draw.text((x + 2, y + tile + 1), caption[: tile // 6], fill="black")
+        for i, line in enumerate(caption.split("\n")):
+            draw.text((x + 2, y + tile + 1 + CAPTION * i), line[: tile // 6], fill="black")
     return sheet
 
 
