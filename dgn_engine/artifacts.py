@@ -18,7 +18,6 @@ dgn_engine.state.initial_state, the same code for every backend.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 

@@ -1,6 +1,7 @@
 """The Python API: `dgn.synthesize` on an in-memory module gives the CLI's images, the export cache is
 reused, target algebra round-trips through the grammar, `dgn.Engine` needs no torch."""
 
+import json
 import os
 import subprocess
 import sys
@@ -43,33 +44,15 @@ def test_synthesize_gives_the_clis_images(tmp_path, cache):
         np.testing.assert_array_equal(r.array, png)
 
     graph = dgn.synthesize(model, TARGETS, **SETTINGS)  # batch 2: both targets in one step graph
-    assert main(["export", *cli[:4], "--taps", "features.3", "--batch", "2", "--out", str(tmp_path / "a")]) == 0
-    assert main(["run", "--artifacts", str(tmp_path / "a"), *targets, "--steps", "6", "--seed", "4",
+    # the CLI on the artifacts the call exported (an export is deterministic: test_export.py)
+    [art] = [a for a in (cache / "exports").iterdir()
+             if json.loads((a / "manifest.json").read_text())["taps"] == ["features.3"]]
+    assert json.loads((art / "manifest.json").read_text())["batch"] == 2
+    assert main(["run", "--artifacts", str(art), *targets, "--steps", "6", "--seed", "4",
                  "--out", str(tmp_path / "g"), "--quiet"]) == 0
     for r, png in zip(graph, _cli_pngs(tmp_path / "g", ids)):
         np.testing.assert_array_equal(r.array, png)
         assert r.record["provenance"]["backend"] == "step-graph"
-
-
-def test_export_cache_is_reused(cache, monkeypatch):
-    import dgn_engine.export.step_graph as step_graph
-    real, calls = step_graph.export_artifacts, []
-
-    def counted(*a, **k):
-        calls.append(a[4])
-        return real(*a, **k)
-    monkeypatch.setattr(step_graph, "export_artifacts", counted)
-    model = tiny_rgb()
-    first = dgn.synthesize(model, "class:1", **SETTINGS)
-    exported = len(calls)
-    again = dgn.synthesize(model, "class:1", **SETTINGS)
-    assert len(calls) == exported  # the second call on the same model exports nothing
-    np.testing.assert_array_equal(first[0].array, again[0].array)
-    other = tiny_rgb()
-    for p in other.parameters():
-        p.data += 0.01
-    dgn.synthesize(other, "class:1", **SETTINGS)  # other weights: another export
-    assert len(calls) == exported + 1 and calls[-1] not in calls[:-1]
 
 
 def test_the_callers_module_is_left_as_it_was(cache):
@@ -131,3 +114,32 @@ def test_engine_needs_no_torch(tmp_path, artifacts):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_export_cache_is_reused(cache, monkeypatch):
+    """The second call on the same model exports nothing (here the export of test_result_object's
+    call, same weights and settings, serves all of them); other weights key another export."""
+    import dgn_engine.export.step_graph as step_graph
+    from dgn_engine.api import export_key
+    from dgn_engine.export.classifiers import classifier_from_module
+    from dgn_engine.export.coupled import couple
+    from dgn_engine.spec import default_spec
+    real, calls = step_graph.export_artifacts, []
+
+    def counted(*a, **k):
+        calls.append(a[4])
+        return real(*a, **k)
+    monkeypatch.setattr(step_graph, "export_artifacts", counted)
+    model = tiny_rgb()
+    first = dgn.synthesize(model, "class:1", **SETTINGS)
+    exported = len(calls)
+    assert exported <= 1
+    again = dgn.synthesize(model, "class:1", **SETTINGS)
+    assert len(calls) == exported  # the second call on the same model exports nothing
+    np.testing.assert_array_equal(first[0].array, again[0].array)
+    other = tiny_rgb()
+    for p in other.parameters():
+        p.data += 0.01
+    spec = default_spec("untrained")
+    keys = [export_key(couple(classifier_from_module(m), spec, []), spec, 1, ["step-graph"]) for m in (model, other)]
+    assert keys[0] != keys[1] and os.path.isdir(cache / "exports" / keys[0])

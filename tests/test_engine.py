@@ -4,10 +4,8 @@ import errno
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -115,71 +113,12 @@ def test_gallery_in_headless_chromium(tmp_path, artifacts):
     assert not console, console
 
 
-def engine_cmd(art, out, *extra):
-    return [sys.executable, "-m", "dgn_engine.cli.main", *run_argv(art, out, *extra)]
-
-
 def snapshot(out):
     folder = out / "targets"
     return {f: ((folder / f).stat().st_mtime_ns, (folder / f).read_bytes()) for f in sorted(os.listdir(folder))}
 
 
-def comparable(rec):
-    return {k: v for k, v in rec.items() if k != "seconds"}
-
-
-@pytest.mark.parametrize("mode", ["untrained", "pretrained"])
-def test_sigkill_and_restart_gives_the_uninterrupted_results(tmp_path, artifacts, mode):
-    art = artifacts[mode]
-    args = ("--all-classes", "--steps", "150")
-    assert subprocess.run(engine_cmd(art, tmp_path / "whole", *args), capture_output=True).returncode == 0
-    out = tmp_path / "killed"
-    proc = subprocess.Popen(engine_cmd(art, out, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        done = [f for f in os.listdir(out / "targets")] if (out / "targets").is_dir() else []
-        if sum(f.endswith(".json") for f in done) >= 2:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = {f: v for f, v in snapshot(out).items() if not f.startswith(".tmp-")}
-    finished = [f for f in before if f.endswith(".json")]
-    assert 2 <= len(finished) < 10, finished
-    result = subprocess.run(engine_cmd(art, out, *args), capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert f"resuming: {len(finished)} of 10" in result.stdout
-    after = snapshot(out)
-    for f, (mtime, data) in before.items():  # nothing already written was computed or written again
-        if f.replace(".png", ".json") in before:
-            assert after[f] == (mtime, data), f
-    assert not [f for f in after if f.startswith(".tmp-")]
-    for c in range(10):
-        assert comparable(load(out, f"class-{c}")) == comparable(load(tmp_path / "whole", f"class-{c}"))
-        assert (out / f"targets/class-{c}.png").read_bytes() == (tmp_path / f"whole/targets/class-{c}.png").read_bytes()
-
-
-def test_ctrl_c_stops_cleanly_and_resumes(tmp_path, artifacts):
-    art = artifacts["pretrained"]
-    out = tmp_path / "o"
-    proc = subprocess.Popen(
-        engine_cmd(art, out, "--all-classes", "--steps", "300"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and not (
-        (out / "targets").is_dir() and any(f.endswith(".json") for f in os.listdir(out / "targets"))
-    ):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert "run the same command again to resume" in err and "Traceback" not in err
-    assert json.loads((out / "run.json").read_text())["progress"]["state"] == "interrupted"
-    assert main(run_argv(art, out, "--all-classes", "--steps", "300")) == 0
-    assert len([f for f in os.listdir(out / "targets") if f.endswith(".json")]) == 10
+# SIGKILL, Ctrl-C and SIGTERM mid-run: tests/test_faults.py
 
 
 def test_second_run_does_nothing(tmp_path, artifacts, capsys):

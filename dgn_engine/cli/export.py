@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import UsageError
 from .common import (THREADS, add_classifier_options, add_method_options, integer, need_torch, read_lines,
                      set_threads, sources_from_args, spec_from_args)
 

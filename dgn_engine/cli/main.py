@@ -16,7 +16,7 @@ deep generator network that drive a chosen class, filter or neuron as high as po
 (Despraz et al., IJCCI 2017)."""
 
 
-def parser() -> argparse.ArgumentParser:
+def parser() -> OneLineParser:
     p = OneLineParser(prog="dgn-engine", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"dgn-engine {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
