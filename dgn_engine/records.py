@@ -112,7 +112,8 @@ def _where(error: dict) -> str:
 def validated(data, model: type[_Record], path: str, what: str):
     """`data` (parsed JSON) checked against `model`, or one line naming the file and field."""
     if not isinstance(data, dict):
-        raise UsageError(f"{what} {path!r} holds a JSON {type(data).__name__}, not an object; "
+        kind = {list: "a list", type(None): "null", str: "a string", bool: "a boolean"}.get(type(data), "a number")
+        raise UsageError(f"{what} {path!r} holds {kind}, not a JSON object; "
                          f"{_REMEDY.get(model, 'remove it')}")
     try:
         return model.model_validate(data)
