@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, NamedTuple
 
 from .errors import UsageError
 from .targets import parse_target
@@ -31,6 +32,31 @@ HYPER = (
     "reg_weight",
     "target_leak",
 )  # numeric settings, a graph input
+
+
+class Hyper(NamedTuple):
+    """The numeric settings by name, in HYPER's order: the step graph takes them as one vector input."""
+    lr: Any
+    beta1: Any
+    beta2: Any
+    eps: Any
+    momentum: Any
+    sigma: Any
+    reg_weight: Any
+    target_leak: Any
+
+    @classmethod
+    def of(cls, vector) -> "Hyper":
+        """Named views of a vector's entries (a tensor, an array or a list)."""
+        return cls(*(vector[i] for i in range(len(HYPER))))
+
+    @staticmethod
+    def entry(vector, name: str):
+        """One entry by name (a traced graph then reads only that one)."""
+        return vector[HYPER.index(name)]
+
+
+assert Hyper._fields == HYPER
 GAUSSIAN_DROPOUT_SIGMA = math.sqrt(0.05 / 0.95)  # Keras GaussianDropout(0.05), used by the original code
 
 
@@ -117,9 +143,10 @@ class RunSpec:
         _require(self.image_range in IMAGE_RANGES, f"image range must be one of {', '.join(IMAGE_RANGES)}")
         return replace(self, targets=targets)
 
-    def hyper(self) -> list[float]:
+    def hyper(self) -> Hyper:
         o = self.optimizer
-        return [o.lr, o.beta1, o.beta2, o.eps, o.momentum, self.noise.sigma, self.regularizer.weight, self.target_leak]
+        return Hyper(o.lr, o.beta1, o.beta2, o.eps, o.momentum, self.noise.sigma, self.regularizer.weight,
+                     self.target_leak)
 
     def to_json(self) -> dict:
         d = asdict(self)

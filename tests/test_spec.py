@@ -49,5 +49,8 @@ def test_validation(change, fragment):
 
 def test_hyper_vector():
     spec = default_spec("pretrained")
-    assert spec.hyper() == [0.01, 0.9, 0.999, 1e-8, 0.1, 0.05, 0.1, 1.0]
+    assert list(spec.hyper()) == [0.01, 0.9, 0.999, 1e-8, 0.1, 0.05, 0.1, 1.0]
+    assert spec.hyper().sigma == 0.05 and spec.hyper().target_leak == 1.0  # by name, in HYPER's order
+    from dgn_engine.spec import HYPER, Hyper
+    assert Hyper.entry(list(spec.hyper()), "reg_weight") == 0.1 and Hyper._fields == HYPER
     assert not any(math.isnan(v) for v in default_spec("untrained").hyper())

@@ -17,7 +17,7 @@ from ..kernels.layers import soft_pixel_range
 from ..kernels.objective import objective, regularizer
 from ..update_rules import adamax, adamax_step_size, nesterov
 from ..plan import GeneratorPlan, generator_plan
-from ..spec import RunSpec
+from ..spec import Hyper, RunSpec
 from ..state import STEP_COUNT, trainable_shapes
 from ..targets import OUTPUT
 from .autoencoder import load_decoder
@@ -83,7 +83,7 @@ class CoupledStep:
         """One step for K targets -> (new state, loss [K], target activation [K], image [K,C,H,W]).
 
         The image and activation are those of the forward pass before the update."""
-        lr, b1, b2, eps, mu, sigma, reg_weight, leak = (hyper[i] for i in range(8))
+        lr, b1, b2, eps, mu, sigma, reg_weight, leak = Hyper.of(hyper)
         with torch.enable_grad():
             params = {n: state[n].detach().requires_grad_(True) for n in self.trainables}
             image = self.generate(params, noise, sigma)

@@ -27,7 +27,7 @@ from ..digests import sha256_file
 from ..engine.outputs import write_json
 from ..errors import UsageError
 from ..kernels.decompositions import decomposition_table
-from ..spec import HYPER, RunSpec
+from ..spec import HYPER, Hyper, RunSpec
 from ..state import initial_state, state_shapes, trainable_shapes
 from ..targets import OUTPUT, Target, Term, objective_weights
 from .coupled import CoupledStep, Sources, build_coupled
@@ -106,7 +106,7 @@ def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int, backends=("step-gr
 
     def render(*args):
         params = dict(zip(trainables, args[:len(trainables)]))
-        return coupled.generate(params, args[-2], args[-1][5])  # hyper[5] = sigma
+        return coupled.generate(params, args[-2], Hyper.entry(args[-1], "sigma"))
 
     def classify(image):
         return tuple(coupled.classify(image).values())

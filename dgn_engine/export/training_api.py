@@ -31,7 +31,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import UsageError
-from ..spec import HYPER
+from ..spec import HYPER, Hyper
 from ..state import state_shapes, trainable_shapes
 from ..targets import OUTPUT
 from .coupled import CoupledStep
@@ -84,7 +84,7 @@ def forward_model(coupled: CoupledStep, args: list[torch.Tensor]) -> onnx.ModelP
     params, noise, hyper = args[:n], args[len(state_shapes(coupled.mode, coupled.plan, coupled.optimizer))], args[-1]
 
     def forward(*a):
-        image = coupled.generate(dict(zip(trainables, a[:n])), a[n], a[n + 1][5])  # hyper[5] = sigma
+        image = coupled.generate(dict(zip(trainables, a[:n])), a[n], Hyper.entry(a[n + 1], "sigma"))
         return (*coupled.logits(image).values(), image)  # in the layout's order
 
     model = trace_onnx(forward, [*params, noise, hyper], [*trainables, "noise", "hyper"], [*coupled.layout, "image"])
