@@ -40,6 +40,8 @@ def test_results_record_what_made_them(tmp_path, artifacts):
     for made in (rec, run):
         assert made["provenance"]["artifacts_manifest_sha256"] == art.manifest_sha256
         assert set(made["provenance"]["files_sha256"]) == {"weights.bin", "step.onnx", "render.onnx", "classifier.onnx"}
+        assert made["provenance"]["source_files_sha256"] == art.manifest["sha256"]  # the decoder file's digest
+        assert any(k.endswith("decoder.pt") for k in made["provenance"]["source_files_sha256"])
         assert made["display"] == "model" and made["dgn_engine"] and made["spec"]["steps"] == 3
         assert made["results_key"] == run["results_key"]
     import hashlib

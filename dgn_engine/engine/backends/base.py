@@ -37,7 +37,8 @@ class ArtifactsBackend:
         """The manifest's digest covers everything the graphs are made of: it records the sha256 of
         every file of the artifacts and of the sources they were exported from."""
         return {"backend": self.name, "precision": "float32", "artifacts_manifest_sha256": self.art.manifest_sha256,
-                "files_sha256": {f: e["sha256"] for f, e in sorted(self.art.manifest["files"].items())}}
+                "files_sha256": {f: e["sha256"] for f, e in sorted(self.art.manifest["files"].items())},
+                "source_files_sha256": dict(self.art.manifest["sha256"])}  # D's and the decoder's files
 
     def classify(self, images: np.ndarray) -> dict[str, np.ndarray]:
         if self._classifier is None:
