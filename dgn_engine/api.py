@@ -81,12 +81,9 @@ class Engine:
         found = _targets(targets)
         spec = with_settings(self.artifacts.spec, [t.text for t in found], **settings)
         self.artifacts.check_spec(spec)
-        taps = self.artifacts.manifest["taps"]
         for t in found:
-            missing = sorted(t.layers - set(taps))
-            if missing:
-                raise UsageError(f"target {t.text!r} reads layer {missing[0]!r}, which these artifacts do not tap "
-                                 f"(taps: {', '.join(taps) or 'none'}); export again with that layer tapped")
+            self.artifacts.require_taps(t)
+        taps = self.artifacts.manifest["taps"]
         return _run(self.backend, spec, found, out, batch=self.artifacts.batch, labels=labels, display=display,
                     force=force, progress=progress, layers=taps)
 

@@ -84,6 +84,14 @@ class Artifacts:
     def labels(self) -> list[str] | None:
         return self.manifest.get("labels")
 
+    def require_taps(self, target) -> None:
+        """Every layer a target (a targets.Target) reads must be tapped by these graphs."""
+        missing = sorted(target.layers - set(self.manifest["taps"]))
+        if missing:
+            raise UsageError(f"target {target.text!r} reads layer {missing[0]!r}, which these artifacts do not tap "
+                             f"(taps: {', '.join(self.manifest['taps']) or 'none'}); export again with --taps "
+                             f"{missing[0]}")
+
     def check_files(self) -> None:
         """Every file's sha256 against the manifest's, streamed (once per Artifacts object)."""
         if self._files_checked:

@@ -110,6 +110,12 @@ def test_engine_needs_no_torch(tmp_path, artifacts):
         f"engine = dgn.Engine({artifacts['pretrained'].path!r})\n"
         "results = engine.run(dgn.all_classes(engine.num_classes)[:4], steps=3, progress=False)\n"
         "assert len(results) == 4 and results[0].array.shape == (32, 32, 3), results\n"
+        "from dgn_engine.errors import UsageError\n"
+        "try:\n"
+        "    engine.run('channel:features.0:1', progress=False)\n"
+        "    raise SystemExit('an untapped layer ran')\n"
+        "except UsageError as e:\n"
+        "    assert 'do not tap (taps: features.3); export again with --taps features.0' in str(e), e\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None], 'torch imported'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -176,11 +176,8 @@ def check_targets(targets: list[str], layout, layers: list[str], art) -> None:
     from ..targets import check_target, parse_target
     for text in targets:
         target = parse_target(text)
-        missing = [layer for layer in target.layers if layer not in layout]
-        if art is not None and missing:
-            taps = ", ".join(art.manifest["taps"]) or "none"
-            raise UsageError(f"target {text!r} reads layer {missing[0]!r}, which these artifacts do not tap "
-                             f"(taps: {taps}); export again with --taps {missing[0]}")
+        if art is not None:
+            art.require_taps(target)
         check_target(target, layout, layers)
 
 
