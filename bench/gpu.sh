@@ -10,7 +10,7 @@
 #   export PYTHONPATH=$HOME/ortgpu:$PWD; bash bench/gpu.sh
 # Knobs: GPU_STAGES (default "env tests bench run32 demo", run in that order, most wanted first),
 # GPU_DEADLINE (seconds for the whole script: each stage's limit is cut to what is left), BENCH_SIZES,
-# BENCH_BATCH, RUN_STEPS.
+# BENCH_BATCH, BENCH_PRECISION, RUN_STEPS.
 set -uo pipefail
 OUT=${OUT:-bench-gpu-out}
 mkdir -p "$OUT"
@@ -34,7 +34,7 @@ fi
 
 if stage bench; then
   timeout $(limit 300) python3 -m dgn_engine.cli.main bench --device cuda --sizes "${BENCH_SIZES:-demo,full}" \
-    --modes pretrained,untrained --batch "${BENCH_BATCH:-1,32}" --backends step-graph,torch --steps 10 --warmup 3 \
+    --modes pretrained,untrained --batch "${BENCH_BATCH:-1,32}" --backends step-graph,torch --precision "${BENCH_PRECISION:-float32,tf32}" --steps 10 --warmup 3 \
     --cache /tmp/dgn-bench --json "$OUT/bench-gpu.json" 2>&1 | tee "$OUT/bench-gpu.log"
 fi
 

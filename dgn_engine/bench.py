@@ -134,7 +134,7 @@ def run_row(row: dict) -> dict:
     if row["backend"] in ENGINE_BACKENDS:
         from .engine.backends import engine_backend
 
-        backend = engine_backend(row["backend"], art, row["device"], row.get("threads"))
+        backend = engine_backend(row["backend"], art, row["device"], row.get("threads"), row["precision"])
     else:
         import torch
         from .export.coupled import Sources, build_coupled
@@ -143,7 +143,7 @@ def run_row(row: dict) -> dict:
         if row.get("threads"):
             torch.set_num_threads(row["threads"])
         backend = TorchBackend(
-            build_coupled(Sources.from_json(art.manifest["sources"]), spec, []), "float32", row["device"]
+            build_coupled(Sources.from_json(art.manifest["sources"]), spec, []), row["precision"], row["device"]
         )
         if row["backend"] == "torch-compile":
             backend.coupled.step = torch.compile(backend.coupled.step)
@@ -164,34 +164,44 @@ def _row_in_subprocess(row: dict) -> dict:
     return {"error": err[:300]}
 
 
-def bench_group(art, size: str, backends, device: str, steps: int, warmup: int, threads, log) -> list[dict]:
-    """The rows of one artifacts folder (one size, mode and K), torch eager first as the base."""
+def bench_group(art, size: str, backends, device: str, steps: int, warmup: int, threads, log,
+                precisions=("float32",)) -> list[dict]:
+    """The rows of one artifacts folder (one size, mode and K), per precision torch eager first as the base."""
     flops, k = step_flops(art), art.batch
-    rows, base = [], None
-    for backend in sorted(backends, key=lambda b: b != "torch"):
-        row = {
-            "size": size,
-            "mode": art.mode,
-            "k": k,
-            "backend": backend,
-            "device": device,
-            "steps": steps,
-            "warmup": warmup,
-            "artifacts": art.path,
-            "threads": threads,
-        }
-        row.update(_row_in_subprocess(row))
-        if "seconds_per_step" in row:
-            s = row["seconds_per_step"]
-            row["targets_per_second"] = k / (s * art.spec.steps)
-            row["tflops"] = flops / s / 1e12 if flops else None
-            if backend == "torch":
-                base = s
-            elif base:
-                row["vs_torch"] = base / s
-        rows.append(row)
-        log(format_row(row))
+    rows = []
+    for precision in precisions:
+        base = None
+        for backend in sorted(backends, key=lambda b: b != "torch"):
+            row, base = _timed_row(art, size, backend, device, precision, steps, warmup, threads, flops, base)
+            rows.append(row)
+            log(format_row(row))
     return rows
+
+
+def _timed_row(art, size, backend, device, precision, steps, warmup, threads, flops, base):
+    k = art.batch
+    row = {
+        "size": size,
+        "mode": art.mode,
+        "k": k,
+        "backend": backend,
+        "precision": precision,
+        "device": device,
+        "steps": steps,
+        "warmup": warmup,
+        "artifacts": art.path,
+        "threads": threads,
+    }
+    row.update(_row_in_subprocess(row))
+    if "seconds_per_step" in row:
+        s = row["seconds_per_step"]
+        row["targets_per_second"] = k / (s * art.spec.steps)
+        row["tflops"] = flops / s / 1e12 if flops else None
+        if backend == "torch":
+            base = s
+        elif base:
+            row["vs_torch"] = base / s
+    return row, base
 
 
 def bench(
@@ -205,6 +215,7 @@ def bench(
     cache: str | None,
     threads: int | None,
     log=print,
+    precisions=("float32",),
 ) -> dict:
     cache = cache or os.path.join(tempfile.gettempdir(), "dgn-engine-bench")
     os.makedirs(cache, exist_ok=True)
@@ -213,16 +224,18 @@ def bench(
         for mode in modes:
             for k in batches:
                 art = artifacts_for(size, mode, k, cache, backends)
-                rows += bench_group(art, size, backends, device, steps, warmup, threads, log)
+                rows += bench_group(art, size, backends, device, steps, warmup, threads, log, precisions)
     return result(rows, device, steps, warmup)
 
 
-def bench_artifacts(path: str, backends, device: str, steps: int, warmup: int, threads, log=print) -> dict:
+def bench_artifacts(path: str, backends, device: str, steps: int, warmup: int, threads, log=print,
+                    precisions=("float32",)) -> dict:
     from .artifacts import load_artifacts
 
     art = load_artifacts(path)
     return result(
-        bench_group(art, os.path.basename(os.path.abspath(path)), backends, device, steps, warmup, threads, log),
+        bench_group(art, os.path.basename(os.path.abspath(path)), backends, device, steps, warmup, threads, log,
+                    precisions),
         device,
         steps,
         warmup,
@@ -261,7 +274,7 @@ def machine() -> dict:
 
 
 HEADER = (
-    f"{'size':12s} {'mode':10s} {'backend':13s} {'K':>3s} {'s/step':>8s} {'targets/s':>10s} "
+    f"{'size':12s} {'mode':10s} {'backend':18s} {'K':>3s} {'s/step':>8s} {'targets/s':>10s} "
     f"{'vs torch':>8s} {'TFLOP/s':>8s} {'peak RSS':>9s} {'GPU mem':>8s}"
 )
 
@@ -272,13 +285,14 @@ def _label(size: str) -> str:
 
 
 def format_row(r: dict) -> str:
+    backend = r["backend"] + (f" {r['precision']}" if r.get("precision", "float32") != "float32" else "")
     if "error" in r:
-        return f"{_label(r['size']):12s} {r['mode']:10s} {r['backend']:13s} {r['k']:3d}  failed: {r['error']}"
+        return f"{_label(r['size']):12s} {r['mode']:10s} {backend:18s} {r['k']:3d}  failed: {r['error']}"
     vs = f"{r['vs_torch']:.2f}x" if r.get("vs_torch") else "-"
     tf = f"{r['tflops']:.3f}" if r.get("tflops") else "-"
     gpu = f"{r['gpu_memory_mib']:.0f}M" if r.get("gpu_memory_mib") else "-"
     return (
-        f"{_label(r['size']):12s} {r['mode']:10s} {r['backend']:13s} {r['k']:3d} {r['seconds_per_step']:8.4f} "
+        f"{_label(r['size']):12s} {r['mode']:10s} {backend:18s} {r['k']:3d} {r['seconds_per_step']:8.4f} "
         f"{r['targets_per_second']:10.4f} {vs:>8s} {tf:>8s} {r['peak_rss_mib']:8.0f}M {gpu:>8s}"
     )
 

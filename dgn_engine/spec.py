@@ -21,6 +21,11 @@ REGULARIZERS = ("l1-final-gamma", "l2-alpha", "l2sq-alpha", "none")
 # holds what D scored; free: the paper's G, whose image D may score far outside the range a PNG holds
 # (untrained demo: activation 863 during the search, 20 on the clipped PNG; bounded 47 and 43)
 IMAGE_RANGES = ("bounded", "free")
+# float32: IEEE single precision everywhere. tf32: on CUDA, convolutions and matrix products in
+# TensorFloat-32 on the tensor cores (10-bit mantissa: faster, ~1e-3 relative error per product); the
+# CPU has no such mode and runs float32. float64: the torch reference only.
+PRECISIONS = ("float32", "tf32", "float64")
+ENGINE_PRECISIONS = ("float32", "tf32")
 MAX_STEPS = 1_000_000  # per target; the paper uses 500 and 1,200
 HYPER = (
     "lr",

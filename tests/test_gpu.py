@@ -51,3 +51,21 @@ def test_demo_on_cuda_agrees_with_cpu():
     for a, b in zip(gpu, cpu):
         # activations are O(10); float32 with other summation orders, compounded over 40 steps
         np.testing.assert_allclose(np.array(a.curve), np.array(b.curve), rtol=1e-3, atol=1e-2)
+
+
+def test_tf32_is_asked_for_and_recorded():
+    """--precision tf32 turns the tensor cores' TF32 on (onnxruntime's own default) and says so; float32
+    turns it off, which the float64 parity above needs."""
+    from dgn_engine.engine.backends.step_graph import StepGraphBackend
+    from dgn_engine.engine.loop import run_batch
+    from dgn_engine.spec import default_spec
+    from dgn_engine.targets import parse_target
+    art = load_artifacts(demo.shipped_artifacts("pretrained"))
+    spec = default_spec("pretrained", steps=5)
+    targets = [parse_target(f"class:{c}") for c in range(5)]
+    strict, fast = StepGraphBackend(art, "cuda"), StepGraphBackend(art, "cuda", precision="tf32")
+    assert (strict.provenance()["precision"], fast.provenance()["precision"]) == ("float32", "tf32")
+    for a, b in zip(run_batch(strict, targets, spec), run_batch(fast, targets, spec)):
+        # TF32 rounds each product's inputs to 10 mantissa bits (~5e-4 relative); over D's few layers
+        # and 5 steps the activations stay within 1 %
+        np.testing.assert_allclose(np.array(b.curve), np.array(a.curve), rtol=1e-2, atol=1e-2)

@@ -48,6 +48,32 @@ def test_results_record_what_made_them(tmp_path, artifacts):
     assert rec["png_sha256"] == hashlib.sha256((out / "targets/class-1.png").read_bytes()).hexdigest()
 
 
+
+def test_precision_is_what_ran_and_float64_is_the_torch_backends(tmp_path, artifacts, capsys):
+    art = artifacts["pretrained"]
+    out = tmp_path / "o"
+    # tf32 is a CUDA mode: on the CPU the record says float32, and the results are float32's bit for bit
+    assert main(run_argv(art, out, "--target", "class:1", "--steps", "3", "--precision", "tf32", "--device", "cpu")) == 0
+    assert record(out, "class-1")["provenance"]["precision"] == "float32"
+    plain = tmp_path / "plain"
+    assert main(run_argv(art, plain, "--target", "class:1", "--steps", "3", "--device", "cpu")) == 0
+    assert files(out)["class-1.png"] == files(plain)["class-1.png"]
+    assert record(out, "class-1")["loss_curve"] == record(plain, "class-1")["loss_curve"]
+    capsys.readouterr()
+    err = error_line(capsys, run_argv(art, tmp_path / "x", "--target", "class:1", "--precision", "float64"))
+    assert "the step-graph backend runs float32 or tf32" in err
+
+
+def test_cuda_sessions_ask_for_the_precision(monkeypatch):
+    """onnxruntime's CUDA provider computes in TF32 unless told otherwise (found on an H200)."""
+    from dgn_engine.engine.backends import onnx_session
+    rt = onnx_session.ort()
+    monkeypatch.setattr(rt, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    for precision, flag in (("float32", "0"), ("tf32", "1")):
+        chosen, device = onnx_session.providers("auto", precision)
+        assert device == "cuda" and chosen[0] == ("CUDAExecutionProvider", {"use_tf32": flag})
+        assert onnx_session.provider_names(chosen) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
 def test_resume_refuses_other_classifier_weights(tmp_path, capsys):
     """Case 1: the same command with perturbed weights must not resume into the folder."""
     from tests.small_models import tiny_rgb

@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
     p.add_argument("--artifacts", metavar="DIR", help="time this artifacts folder only")
     p.add_argument("--steps", type=integer(1, 100_000), default=10, help="timed steps per row (default: %(default)s)")
     p.add_argument("--warmup", type=integer(0, 100_000), default=2, help="untimed steps first (default: %(default)s)")
+    p.add_argument("--precision", default="float32",
+                   help="comma-separated: float32, tf32 (CUDA tensor cores; the CPU runs float32); each "
+                        "precision's rows are compared with torch at that precision (default: %(default)s)")
     p.add_argument("--threads", type=THREADS, help="CPU threads for every backend (default: all cores)")
     p.add_argument("--cache", metavar="DIR", help="where exported artifacts are kept (default: a temp folder)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -44,9 +47,13 @@ def add_parser(sub) -> None:
 def main(args) -> int:
     from ..bench import BACKENDS, HEADER, bench, bench_artifacts, parse_list
     from ..engine.outputs import write_json
+    from ..spec import ENGINE_PRECISIONS
 
     backends = parse_list(args.backends, BACKENDS, what="--backends")
     batches = parse_list(args.batch or "1", kind=int, what="--batch")
+    precisions = parse_list(args.precision, ENGINE_PRECISIONS, what="--precision")
+    if "tf32" in precisions and args.device != "cuda":
+        raise UsageError("--precision tf32 is a CUDA mode (the CPU computes float32): add --device cuda")
     if args.json:
         if os.path.isdir(args.json):
             raise UsageError(f"--json {args.json!r} is a folder; give a file name")
@@ -59,7 +66,8 @@ def main(args) -> int:
                              "--batch, or export them again with the batch you want")
     print(HEADER)
     if args.artifacts:
-        result = bench_artifacts(args.artifacts, backends, args.device, args.steps, args.warmup, args.threads)
+        result = bench_artifacts(args.artifacts, backends, args.device, args.steps, args.warmup, args.threads,
+                                 precisions=precisions)
     else:
         try:
             import torch  # noqa: F401
@@ -68,7 +76,7 @@ def main(args) -> int:
                              "an artifacts folder with --artifacts DIR --backends step-graph") from None
         result = bench(parse_list(args.sizes, what="--sizes"),
                        parse_list(args.modes, ("pretrained", "untrained"), what="--modes"), batches, backends, args.device, args.steps, args.warmup,
-                       args.cache, args.threads)
+                       args.cache, args.threads, precisions=precisions)
     if args.json:
         write_json(args.json, result)
     return 0

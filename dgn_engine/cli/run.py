@@ -7,6 +7,7 @@ import os
 
 from .. import demo
 from ..errors import UsageError
+from ..spec import PRECISIONS
 from .common import (THREADS, add_classifier_options, add_method_options, ensure_writable_dir, integer, need_torch,
                      read_lines, set_threads, sources_from_args, spec_from_args)
 
@@ -49,8 +50,11 @@ def add_parser(sub) -> None:
     e.add_argument("--batch", type=integer(1),
                    help="targets optimised together (default: the artifacts' batch; 1 for --backend torch)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
-    e.add_argument("--precision", choices=("float32", "float64"), default="float32",
-                   help="torch backend arithmetic (default: %(default)s)")
+    e.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="float32: IEEE single precision (what verify checks); tf32: on CUDA, convolutions and "
+                        "matrix products on the tensor cores in TensorFloat-32, faster and ~1e-3 relative error "
+                        "per product (the CPU runs float32 then); float64: --backend torch only. run.json "
+                        "records what ran (default: %(default)s)")
     e.add_argument("--threads", type=THREADS, help="CPU threads (default: all cores)")
     e.add_argument("--display", choices=("model", "original"), default="model",
                    help="model: the PNG is the image D saw, through its preprocessing; original: per-image "
@@ -189,7 +193,7 @@ def make_backend(args, art, spec, targets: list[str]):
         if args.batch is not None and args.batch != art.batch:
             raise UsageError(f"the artifacts in {art.path!r} run batches of {art.batch}; omit --batch or "
                              f"export again with --batch {args.batch}")
-        return engine_backend(args.backend, art, args.device, args.threads), art.manifest["taps"]
+        return engine_backend(args.backend, art, args.device, args.threads, args.precision), art.manifest["taps"]
     need_torch("--backend torch")
     from ..export.coupled import Sources, build_coupled
     from ..export.reference import TorchBackend

@@ -13,7 +13,7 @@ from ..state import initial_state
 from ..targets import Target, objective_weights
 from .coupled import CoupledStep
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = {"float32": torch.float32, "tf32": torch.float32, "float64": torch.float64}
 
 
 def torch_device(name: str) -> torch.device:
@@ -27,10 +27,11 @@ def torch_device(name: str) -> torch.device:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, coupled: CoupledStep, dtype: str = "float32", device: str = "cpu",
+    def __init__(self, coupled: CoupledStep, precision: str = "float32", device: str = "cpu",
                  labels: list[str] | None = None):
         self.coupled = coupled
-        self.dtype, self.device = DTYPES[dtype], torch_device(device)
+        self.dtype, self.device = DTYPES[precision], torch_device(device)
+        self.precision = "float32" if precision == "tf32" and self.device.type != "cuda" else precision
         self._made_of = made_of(coupled)  # before the cast: the tensors as loaded
         coupled.to(self.dtype, self.device)
         self.mode = coupled.mode
@@ -51,7 +52,14 @@ class TorchBackend:
         self.penalty = self._tensor(penalty)
         self.hyper = self._tensor(np.array(spec.hyper()))
 
+    def _math_mode(self) -> None:
+        """TF32 only when asked for (torch's own default computes convolutions in TF32 on CUDA)."""
+        if self.device.type == "cuda":
+            tf32 = self.precision == "tf32"
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+
     def step(self, noise: np.ndarray, read: bool, image: bool) -> StepReadout:
+        self._math_mode()
         self.state, loss, act, img = self.coupled.step(self.state, self._tensor(noise), self.weights,
                                                        self.penalty, self.hyper)
         out = StepReadout()
@@ -68,16 +76,17 @@ class TorchBackend:
         return {n: v.cpu().numpy() for n, v in self.state.items()}
 
     def classify(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        self._math_mode()
         with torch.no_grad():
             acts = self.coupled.classify(self._tensor(images))
         return {n: a.double().cpu().numpy() for n, a in acts.items()}
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": str(self.device), "precision": str(self.dtype).split(".")[-1],
+        return {"backend": self.name, "device": str(self.device), "precision": self.precision,
                 "torch": torch.__version__}
 
     def provenance(self) -> dict:
-        return {"backend": self.name, "precision": str(self.dtype).split(".")[-1], **self._made_of}
+        return {"backend": self.name, "precision": self.precision, **self._made_of}
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:

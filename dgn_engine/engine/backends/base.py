@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...artifacts import Artifacts
-from ...spec import RunSpec
+from ...errors import UsageError
+from ...spec import ENGINE_PRECISIONS, RunSpec
 from ...targets import Target
 from .onnx_session import classify_in_batches, providers, session
 
@@ -14,7 +15,11 @@ class ArtifactsBackend:
     classifier.onnx. Subclasses set `name` and run the steps."""
     name: str
 
-    def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None):
+    def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None,
+                 precision: str = "float32"):
+        if precision not in ENGINE_PRECISIONS:
+            raise UsageError(f"--precision {precision}: the {self.name} backend runs "
+                             f"{' or '.join(ENGINE_PRECISIONS)}; {precision} is the torch backend's (--backend torch)")
         art.require(self.name)
         art.check_files()  # a flipped byte in weights.bin would otherwise run as another D
         self.art, self.threads = art, threads
@@ -22,7 +27,8 @@ class ArtifactsBackend:
         self.preprocessing, self.layout, self.labels = art.preprocessing, art.layout, art.labels
         self.plan = art.plan
         self.features = self.plan.features
-        self.providers, self.device_type = providers(device)
+        self.providers, self.device_type = providers(device, precision)
+        self.precision = precision if self.device_type == "cuda" else "float32"  # what really runs
         self._classifier = None
 
     def padded(self, targets: list[Target], spec: RunSpec) -> list[Target]:
@@ -36,7 +42,7 @@ class ArtifactsBackend:
     def provenance(self) -> dict:
         """The manifest's digest covers everything the graphs are made of: it records the sha256 of
         every file of the artifacts and of the sources they were exported from."""
-        return {"backend": self.name, "precision": "float32", "artifacts_manifest_sha256": self.art.manifest_sha256,
+        return {"backend": self.name, "precision": self.precision, "artifacts_manifest_sha256": self.art.manifest_sha256,
                 "files_sha256": {f: e["sha256"] for f, e in sorted(self.art.manifest["files"].items())},
                 "source_files_sha256": dict(self.art.manifest["sha256"])}  # D's and the decoder's files
 

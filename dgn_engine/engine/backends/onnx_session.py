@@ -34,15 +34,21 @@ def ort():
     return onnxruntime
 
 
-def providers(device: str) -> tuple[list, str]:
-    """(providers for InferenceSession, OrtValue device type) for --device auto|cuda|cpu."""
+def providers(device: str, precision: str = "float32") -> tuple[list, str]:
+    """(providers for InferenceSession, OrtValue device type) for --device auto|cuda|cpu. onnxruntime's
+    CUDA provider computes in TF32 unless told otherwise: float32 must say so."""
     available = ort().get_available_providers()
     if device == "cuda" and "CUDAExecutionProvider" not in available:
         raise UsageError("--device cuda: this onnxruntime has no CUDA provider; pip uninstall onnxruntime "
                          "&& pip install 'dgn-engine[gpu]' (onnxruntime-gpu), or use --device cpu")
     if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda"
+        options = {"use_tf32": "1" if precision == "tf32" else "0"}
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"], "cuda"
     return ["CPUExecutionProvider"], "cpu"
+
+
+def provider_names(provider_list: list) -> list[str]:
+    return [p[0] if isinstance(p, tuple) else p for p in provider_list]
 
 
 def session(path: str, provider_list: list, threads: int | None = None):
@@ -52,7 +58,7 @@ def session(path: str, provider_list: list, threads: int | None = None):
     so.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    if "CUDAExecutionProvider" in provider_list and hasattr(rt, "preload_dlls"):
+    if "CUDAExecutionProvider" in provider_names(provider_list) and hasattr(rt, "preload_dlls"):
         try:
             rt.preload_dlls()
         except Exception:  # the libraries may already be on the loader path

@@ -22,15 +22,16 @@ from .onnx_session import ort, pad_rows, session
 class StepGraphBackend(ArtifactsBackend):
     name = "step-graph"
 
-    def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None):
-        super().__init__(art, device, threads)
+    def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None,
+                 precision: str = "float32"):
+        super().__init__(art, device, threads, precision)
         self.session = session(art.graph("step"), self.providers, threads)
         if self.device_type == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             # onnxruntime-gpu lists CUDA even where it cannot start (no GPU, no CUDA libraries)
             if device == "cuda":
                 raise UsageError("--device cuda: onnxruntime-gpu could not start its CUDA provider (no GPU "
                                  "visible, or the CUDA 13 / cuDNN 9 libraries are missing); use --device cpu")
-            self.providers, self.device_type = ["CPUExecutionProvider"], "cpu"
+            self.providers, self.device_type, self.precision = ["CPUExecutionProvider"], "cpu", "float32"
         self.state_names = [s["name"] for s in art.manifest["state"]]
         self.binding = None
 
@@ -86,6 +87,6 @@ class StepGraphBackend(ArtifactsBackend):
 
     def describe(self) -> dict:
         rt = ort()
-        return {"backend": self.name, "device": self.device_type, "precision": "float32",
+        return {"backend": self.name, "device": self.device_type, "precision": self.precision,
                 "onnxruntime": rt.__version__, "providers": self.providers, "artifacts": self.art.path,
                 "manifest_sha256": self.art.manifest_sha256}

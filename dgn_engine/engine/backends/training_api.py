@@ -39,13 +39,16 @@ def training_bindings():
 class TrainingApiBackend(ArtifactsBackend):
     name = "training-api"
 
-    def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None):
+    def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None,
+                 precision: str = "float32"):
+        if precision == "tf32":  # its Module takes a device, not provider options
+            raise UsageError("--precision tf32 is the step-graph backend's; the training-api backend runs float32")
         self.rt, self.C = training_bindings()
         if device == "cuda" and "CUDAExecutionProvider" not in self.rt.get_available_providers():
             raise UsageError("--device cuda: this is onnxruntime-training's CPU build; its CUDA build is "
                              "onnxruntime-training==1.19.2 (CUDA 11.8, cuDNN 8, Python 3.10/3.11), or use the "
                              "step-graph backend with onnxruntime-gpu")
-        super().__init__(art, device, threads)
+        super().__init__(art, device, threads, precision)
         # the CUDA build lists CUDA even where CUDA 11.8 / cuDNN 8 cannot start: --device auto falls back
         tries = [self.device_type] + (["cpu"] if device == "auto" and self.device_type == "cuda" else [])
         for i, self.device_type in enumerate(tries):
