@@ -125,7 +125,7 @@ def _cached_export(coupled, spec, sources, batch: int, backends, progress: bool)
     """The artifacts of this G + D, exported once into the cache and reused while they are whole."""
     from . import demo
     from .artifacts import load_artifacts
-    from .export.step_graph import export_artifacts
+    from .export.manifest import export_artifacts
     folder = os.path.join(demo.cache_dir(), "exports", export_key(coupled, spec, batch, backends))
     if os.path.isdir(folder):
         try:
@@ -205,7 +205,7 @@ def export(model, out, *, mode: str = "untrained", taps=(), batch: int = 1, back
     """Write the artifacts folder `out` for `model` (the forms `synthesize` takes) and return it;
     `Engine(out)` runs it anywhere onnxruntime is installed."""
     from .export.coupled import Sources, couple
-    from .export.step_graph import export_artifacts
+    from .export.manifest import export_artifacts
     clf = _classifier(model, weights, image_size, channels, mean, std, labels, seed)
     spec = with_settings(default_spec(mode), (), seed=seed, **settings)
     coupled = couple(clf, spec, list(taps), decoder, g_width)

@@ -82,7 +82,7 @@ def artifacts_for(size: str, mode: str, k: int, cache: str, backends=("step-grap
     if os.path.isfile(os.path.join(out, MANIFEST)):
         return load_artifacts(out)
     from .export.coupled import build_coupled
-    from .export.step_graph import export_artifacts
+    from .export.manifest import export_artifacts
     from .spec import default_spec
 
     sources = bench_sources(size, mode, cache)
@@ -167,7 +167,7 @@ def _row_in_subprocess(row: dict) -> dict:
 def bench_group(art, size: str, backends, device: str, steps: int, warmup: int, threads, log,
                 precisions=("float32",)) -> list[dict]:
     """The rows of one artifacts folder (one size, mode and K), per precision torch eager first as the base."""
-    flops, k = step_flops(art), art.batch
+    flops = step_flops(art)
     rows = []
     for precision in precisions:
         base = None

@@ -125,17 +125,17 @@ def test_engine_needs_no_torch(tmp_path, artifacts):
 def test_export_cache_is_reused(cache, monkeypatch):
     """The second call on the same model exports nothing (here the export of test_result_object's
     call, same weights and settings, serves all of them); other weights key another export."""
-    import dgn_engine.export.step_graph as step_graph
+    import dgn_engine.export.manifest as manifest
     from dgn_engine.api import export_key
     from dgn_engine.export.classifiers import classifier_from_module
     from dgn_engine.export.coupled import couple
     from dgn_engine.spec import default_spec
-    real, calls = step_graph.export_artifacts, []
+    real, calls = manifest.export_artifacts, []
 
     def counted(*a, **k):
         calls.append(a[4])
         return real(*a, **k)
-    monkeypatch.setattr(step_graph, "export_artifacts", counted)
+    monkeypatch.setattr(manifest, "export_artifacts", counted)
     model = tiny_rgb()
     first = dgn.synthesize(model, "class:1", **SETTINGS)
     exported = len(calls)

@@ -58,7 +58,7 @@ def _gradient_error(module, size):
     torch float64: (onnxruntime's relative L2 error, torch float32's)."""
     import onnxruntime
 
-    from dgn_engine.export.step_graph import trace_onnx
+    from dgn_engine.export.tracing import trace_onnx
 
     def grad(x, w):
         x = x.detach().requires_grad_(True)

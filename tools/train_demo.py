@@ -24,7 +24,7 @@ from dgn_engine import demo
 from dgn_engine.cli.main import main as cli
 from dgn_engine.export.autoencoder import load_decoder
 from dgn_engine.export.classifiers import load_classifier
-from dgn_engine.export.step_graph import export_demo
+from dgn_engine.export.manifest import export_demo
 from dgn_engine.export.vgg import vgg_style
 from dgn_engine.export.weights import sha256_file
 

@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     from ..bench import BACKENDS, HEADER, bench, bench_artifacts, parse_list
-    from ..engine.outputs import write_json
+    from ..files import write_json
     from ..spec import ENGINE_PRECISIONS
 
     backends = parse_list(args.backends, BACKENDS, what="--backends")

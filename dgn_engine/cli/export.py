@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
 def main(args) -> int:
     need_torch("export")
     from ..export.coupled import build_coupled
-    from ..export.step_graph import export_artifacts, prepare_out
+    from ..export.manifest import export_artifacts, prepare_out
     from ..targets import parse_target
 
     backends = args.backend or ["step-graph"]

@@ -132,7 +132,7 @@ def demo_artifacts(mode: str, backend: str):
                              "needs it exported, which needs torch: pip install 'dgn-engine[export]'") from None
         return load_artifacts(demo.shipped_artifacts(mode))
     from .. import __version__
-    from ..export.step_graph import export_demo
+    from ..export.manifest import export_demo
     settings = hashlib.sha256(demo.spec(mode).dumps().encode()).hexdigest()[:8]  # the structure the graph fixes
     name = f"demo-{mode}-{backend}-{demo.fingerprint()}-{settings}-v{FORMAT_VERSION}-{__version__}"
     out = os.path.join(demo.cache_dir(), name)

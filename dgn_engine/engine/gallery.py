@@ -15,7 +15,8 @@ from PIL import Image, ImageDraw
 from ..digests import sha256_file
 from ..errors import UsageError
 from ..records import RunRecord, TargetRecord, read_record
-from .outputs import atomic_write, png_bytes, write_json
+from ..files import atomic_write, write_json
+from .outputs import png_bytes
 
 SHEET_SIZE = 100  # targets per contact sheet, 10 x 10
 CAPTION = 14  # pixels of caption under each tile of a contact sheet

@@ -22,7 +22,8 @@ from .backend import Backend
 from .gallery import build_gallery, summary_line
 from .lock import FolderLock
 from .loop import Interrupted, Outcome, run_batch
-from .outputs import atomic_write, png_bytes, read_png, write_json
+from ..files import atomic_write, write_json
+from .outputs import png_bytes, read_png
 
 TOP_K = 5
 

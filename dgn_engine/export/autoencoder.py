@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import progress
-from ..engine.outputs import atomic_write
+from ..files import atomic_write
 from ..errors import UsageError
 from ..plan import BN_EPS, GeneratorPlan, generator_plan
 from ..preprocessing import Preprocessing

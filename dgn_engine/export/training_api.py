@@ -35,7 +35,7 @@ from ..spec import HYPER, Hyper
 from ..state import state_shapes, trainable_shapes
 from ..targets import OUTPUT
 from .coupled import CoupledStep
-from .step_graph import trace_onnx
+from .tracing import trace_onnx
 
 MAX_IR = 10  # what onnxruntime-training 1.19.2 loads (and opset <= 21: the export writes 20)
 

@@ -1,0 +1,132 @@
+"""An artifacts folder written: the traced graphs with their large constants shared in one weights.bin,
+the manifest recording what they are and what they came from, all moved in at once (manifest last)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+
+import onnx
+import torch
+
+from .. import __version__, demo
+from ..artifacts import BACKEND_FILES, FORMAT_VERSION, MANIFEST, load_artifacts
+from ..digests import sha256_file
+from ..errors import UsageError
+from ..files import write_json
+from ..spec import HYPER, RunSpec
+from ..state import state_shapes
+from ..targets import OUTPUT
+from .coupled import CoupledStep, Sources, build_coupled
+from .step_graph import trace_graphs
+from .tracing import OPSET
+
+BACKENDS = tuple(BACKEND_FILES)
+WEIGHTS_FILE = "weights.bin"
+EXTERNAL_MIN_BYTES = 1024  # smaller constants stay inside the graph files
+ALIGN = 4096
+
+
+def save_with_shared_weights(models: dict[str, onnx.ModelProto], folder: str) -> None:
+    """Write every large constant once into weights.bin (aligned) and point each graph at it."""
+    placed: dict[tuple, tuple[int, int]] = {}
+    with open(os.path.join(folder, WEIGHTS_FILE), "wb") as blob:
+        for name in sorted(models):
+            for init in models[name].graph.initializer:
+                data = onnx.numpy_helper.to_array(init).tobytes()
+                if len(data) < EXTERNAL_MIN_BYTES:
+                    continue
+                key = (init.data_type, hashlib.sha256(data).digest())
+                if key not in placed:
+                    offset = -blob.tell() % ALIGN + blob.tell()
+                    blob.seek(offset)
+                    blob.write(data)
+                    placed[key] = (offset, len(data))
+                offset, length = placed[key]
+                init.ClearField("raw_data")
+                for field in ("float_data", "int64_data", "int32_data", "double_data"):
+                    init.ClearField(field)
+                init.data_location = onnx.TensorProto.EXTERNAL
+                del init.external_data[:]
+                for k, v in (("location", WEIGHTS_FILE), ("offset", str(offset)), ("length", str(length))):
+                    entry = init.external_data.add()
+                    entry.key, entry.value = k, v
+            onnx.save(models[name], os.path.join(folder, f"{name}.onnx"))
+
+
+def _versions() -> dict:
+    try:
+        import onnxruntime
+        ort = onnxruntime.__version__
+    except ImportError:
+        ort = None
+    return {"dgn_engine": __version__, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort}
+
+
+def prepare_out(out: str, force: bool) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out!r} is a file; give a folder")
+    if os.path.isdir(out) and os.listdir(out):
+        if not os.path.isfile(os.path.join(out, MANIFEST)) and not force:
+            raise UsageError(f"--out {out!r} is not empty and holds no artifacts; choose an empty folder")
+        if not force:
+            raise UsageError(f"--out {out!r} already holds artifacts; use --force to replace them")
+
+
+def export_artifacts(coupled: CoupledStep, spec: RunSpec, sources: Sources, k: int, out: str,
+                     force: bool = False, log=print, backends=("step-graph",)):
+    """Trace, write into a temporary folder beside `out`, then move in (manifest last)."""
+    if k < 1:
+        raise UsageError(f"--batch must be at least 1, got {k}")
+    prepare_out(out, force)
+    started = time.perf_counter()
+    backends = [b for b in BACKENDS if b in backends]
+    models, io, files = trace_graphs(coupled, spec, k, backends)
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        save_with_shared_weights(models, tmp)
+        for name, data in files.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
+        layout = coupled.layout
+        clf = coupled.classifier
+        written = {f: {"size": os.path.getsize(os.path.join(tmp, f)), "sha256": sha256_file(os.path.join(tmp, f))}
+                   for f in sorted(os.listdir(tmp))}
+        manifest = {
+            "format_version": FORMAT_VERSION, "backends": backends, "mode": coupled.mode, "batch": k,
+            "spec": {**spec.to_json(), "targets": []}, "hyper": list(HYPER), "plan": coupled.plan.to_json(),
+            "preprocessing": clf.preprocessing.to_json(), "num_classes": layout[OUTPUT][0],
+            "labels": clf.labels, "taps": coupled.taps, "layout": {n: list(s) for n, s in layout.items()},
+            "trainable_per_target": coupled.plan.trainable_count() if coupled.mode == "untrained"
+            else coupled.plan.features,
+            "state": [{"name": n, "shape": list(s)}
+                      for n, s in state_shapes(coupled.mode, coupled.plan, coupled.optimizer).items()],
+            "step_flops": io.pop("step_flops"), "graphs": io, "sources": sources.absolute().to_json(),
+            "sha256": clf.sources, "files": written,
+            "versions": _versions(), "opset": OPSET, "export_seconds": round(time.perf_counter() - started, 2),
+        }
+        write_json(os.path.join(tmp, MANIFEST + ".part"), manifest)
+        os.makedirs(out, exist_ok=True)
+        if os.path.exists(os.path.join(out, MANIFEST)):
+            os.unlink(os.path.join(out, MANIFEST))
+        for f in sorted(os.listdir(tmp)):
+            if not f.endswith(".part"):
+                os.replace(os.path.join(tmp, f), os.path.join(out, f))
+        os.replace(os.path.join(tmp, MANIFEST + ".part"), os.path.join(out, MANIFEST))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
+    log(f"exported {coupled.mode} mode for {' and '.join(backends)}, batch {k}, to {out!r} in {time.perf_counter() - started:.1f} s "
+        f"({size / 2**20:.1f} MiB)")
+    return load_artifacts(out)
+
+
+def export_demo(mode: str, out: str, log=print, backends=("step-graph",)):
+    """The embedded demo's artifacts: what the package ships and what `run` caches."""
+    spec, sources = demo.spec(mode), Sources(mode, demo.NAME)
+    coupled = build_coupled(sources, spec, list(demo.TAPS))
+    return export_artifacts(coupled, spec, sources, demo.BATCH, out, force=True, log=log, backends=backends)
