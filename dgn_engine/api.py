@@ -114,7 +114,7 @@ def export_key(coupled, spec, batch: int, backends) -> str:
     from . import __version__
     from .artifacts import FORMAT_VERSION
     from .digests import sha256_json
-    from .export.reference import made_of
+    from .engine.backends.torch_reference import made_of
     return sha256_json({"made_of": made_of(coupled), "batch": batch, "backends": sorted(backends),
                         "structure": [spec.mode, spec.optimizer.name, spec.noise.kind, spec.regularizer.kind,
                                       spec.image_range],
@@ -183,7 +183,7 @@ def synthesize(model, targets, *, mode: str = "untrained", steps: int | None = N
     for t in found:  # before any export
         check_target(t, coupled.layout, layers)
     if backend == "torch":
-        from .export.reference import TorchBackend
+        from .engine.backends.torch_reference import TorchBackend
         engine_backend = TorchBackend(coupled, precision, device)
         k = batch or 1
     else:

@@ -138,7 +138,7 @@ def run_row(row: dict) -> dict:
     else:
         import torch
         from .export.coupled import Sources, build_coupled
-        from .export.reference import TorchBackend
+        from .engine.backends.torch_reference import TorchBackend
 
         if row.get("threads"):
             torch.set_num_threads(row["threads"])

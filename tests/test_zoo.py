@@ -15,7 +15,7 @@ from dgn_engine.cli.main import main
 from dgn_engine.engine.backends.step_graph import StepGraphBackend
 from dgn_engine.engine.loop import run_batch
 from dgn_engine.export.coupled import Sources, build_coupled
-from dgn_engine.export.reference import TorchBackend
+from dgn_engine.engine.backends.torch_reference import TorchBackend
 from dgn_engine.export.verify import RELATIVE_TO_FLOAT32, verify
 from dgn_engine.targets import parse_target
 from tests import zoo

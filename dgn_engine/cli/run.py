@@ -196,7 +196,7 @@ def make_backend(args, art, spec, targets: list[str]):
         return engine_backend(args.backend, art, args.device, args.threads, args.precision), art.manifest["taps"]
     need_torch("--backend torch")
     from ..export.coupled import Sources, build_coupled
-    from ..export.reference import TorchBackend
+    from ..engine.backends.torch_reference import TorchBackend
     set_threads(args.threads)
     taps = sorted({layer for t in targets for layer in parse_target(t).layers})
     sources = Sources.from_json(art.manifest["sources"]) if art else sources_from_args(args)

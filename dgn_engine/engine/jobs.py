@@ -18,7 +18,7 @@ from ..preprocessing import display_original
 from ..records import RunRecord, TargetRecord, read_record
 from ..spec import RunSpec
 from ..targets import OUTPUT, Target, objective_weights, parse_target
-from .backend import Backend
+from .backends.protocol import Backend
 from .gallery import build_gallery, summary_line
 from .lock import FolderLock
 from .loop import Interrupted, Outcome, run_batch

@@ -10,7 +10,7 @@ import numpy as np
 from ..rng import NoiseStreams
 from ..spec import RunSpec
 from ..targets import Target
-from .backend import Backend
+from .backends.protocol import Backend
 from .outputs import median_image
 
 CURVE_POINTS = 100  # loss-curve samples per target (and the host reads per batch)

@@ -25,7 +25,7 @@ from ..state import STEP_COUNT
 from ..update_rules import adamax_move, adamax_step_size
 from ..engine.selfcheck import verify_targets
 from .coupled import Sources, build_coupled
-from .reference import TorchBackend
+from ..engine.backends.torch_reference import TorchBackend
 from .weights import sha256_file
 
 # A path passes when its error is at most this multiple of torch float32's own error against

@@ -14,7 +14,7 @@ from ...errors import UsageError
 from ...spec import RunSpec
 from ...state import initial_state
 from ...targets import Target, objective_weights
-from ..backend import StepReadout
+from .protocol import StepReadout
 from .base import ArtifactsBackend
 from .onnx_session import ort, pad_rows, session
 

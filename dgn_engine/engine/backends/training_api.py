@@ -20,7 +20,7 @@ from ...spec import HYPER, RunSpec
 from ...state import SLOTS, initial_state, trainable_shapes
 from ...targets import Target, objective_weights
 from ...update_rules import adamax, adamax_step_size, nesterov
-from ..backend import StepReadout
+from .protocol import StepReadout
 from .base import ArtifactsBackend
 from .onnx_session import ort, pad_rows
 

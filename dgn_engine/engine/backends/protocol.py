@@ -10,9 +10,9 @@ from typing import Protocol
 
 import numpy as np
 
-from ..preprocessing import Preprocessing
-from ..spec import RunSpec
-from ..targets import Target
+from ...preprocessing import Preprocessing
+from ...spec import RunSpec
+from ...targets import Target
 
 
 @dataclass

@@ -1,17 +1,21 @@
-"""The torch reference backend: the coupled step run eagerly (float32 or float64, CPU or CUDA)."""
+"""The torch reference backend: the coupled step (export/coupled.py) run eagerly, float32, TF32 or
+float64, on CPU or CUDA. The one backend that needs torch: the engine imports it only when asked for."""
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ..engine.backend import StepReadout
-from ..errors import UsageError
-from ..spec import RunSpec
-from ..state import initial_state
-from ..targets import Target, objective_weights
-from .coupled import CoupledStep
+from ...errors import UsageError
+from ...spec import RunSpec
+from ...state import initial_state
+from ...targets import Target, objective_weights
+from .protocol import StepReadout
+
+if TYPE_CHECKING:
+    from ...export.coupled import CoupledStep
 
 DTYPES = {"float32": torch.float32, "tf32": torch.float32, "float64": torch.float64}
 
