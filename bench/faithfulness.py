@@ -7,6 +7,7 @@ before it became pixels and on the last step; and the other net's top-1 on the P
 
     python bench/faithfulness.py [--out DIR] [--ranges bounded,free] [--steps N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,10 @@ def gratings(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     theta = labels * np.pi / CLASSES + rng.normal(0, 0.04, n)
     freq = rng.uniform(2.5, 5.0, n)
     phase = rng.uniform(0, 2 * np.pi, n)
-    wave = np.sin(2 * np.pi * freq[:, None, None] * (np.cos(theta)[:, None, None] * xx + np.sin(theta)[:, None, None] * yy)
-                  + phase[:, None, None])
+    wave = np.sin(
+        2 * np.pi * freq[:, None, None] * (np.cos(theta)[:, None, None] * xx + np.sin(theta)[:, None, None] * yy)
+        + phase[:, None, None]
+    )
     a, b = rng.uniform(0, 1, (n, 3)), rng.uniform(0, 1, (n, 3))
     t = (wave[..., None] + 1) / 2
     img = a[:, None, None] * t + b[:, None, None] * (1 - t) + rng.normal(0, 0.05, (n, SIZE, SIZE, 3))
@@ -80,9 +83,30 @@ def main() -> int:
     for image_range in args.ranges.split(","):
         out = os.path.join(args.out, image_range)
         started = time.time()
-        assert cli(["run", "--backend", "torch", "--classifier", "tests.zoo:densenet", "--weights", weights,
-                    "--mode", "untrained", "--all-classes", "--steps", str(args.steps), "--image-range", image_range,
-                    "--out", out, "--quiet"]) == 0
+        assert (
+            cli(
+                [
+                    "run",
+                    "--backend",
+                    "torch",
+                    "--classifier",
+                    "tests.zoo:densenet",
+                    "--weights",
+                    weights,
+                    "--mode",
+                    "untrained",
+                    "--all-classes",
+                    "--steps",
+                    str(args.steps),
+                    "--image-range",
+                    image_range,
+                    "--out",
+                    out,
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         records = [json.load(open(f)) for f in sorted(glob.glob(os.path.join(out, "targets", "*.json")))]
         hits = {v: sum(r["faithfulness"][v]["top1_is_target"] for r in records) for v in ("last_step", "median", "png")}
         pngs = np.stack([read_png(os.path.join(out, "targets", r["id"] + ".png"), 3) for r in records])
@@ -90,10 +114,12 @@ def main() -> int:
             seen = other(torch.from_numpy(other.preprocessing.to_model(pngs))).argmax(1).numpy()
         classes = [int(r["target"].split(":")[1]) for r in records]
         other_hits = int((seen == np.array(classes)).sum())
-        median = lambda v: float(np.median([r["faithfulness"][v]["activation"] for r in records]))  # noqa: E731
-        print(f"{image_range:8s} D top-1 on PNG {hits['png']}/{len(records)}, median image {hits['median']}, last step "
-              f"{hits['last_step']}; other net on PNG {other_hits}/{len(records)}; D's activation (median over "
-              f"classes) last step {median('last_step'):.2f}, PNG {median('png'):.2f}; {time.time() - started:.0f} s")
+        median = lambda v: float(np.median([r["faithfulness"][v]["activation"] for r in records]))  # noqa: E731, B023 (used in this iteration)
+        print(
+            f"{image_range:8s} D top-1 on PNG {hits['png']}/{len(records)}, median image {hits['median']}, last step "
+            f"{hits['last_step']}; other net on PNG {other_hits}/{len(records)}; D's activation (median over "
+            f"classes) last step {median('last_step'):.2f}, PNG {median('png'):.2f}; {time.time() - started:.0f} s"
+        )
     return 0
 
 

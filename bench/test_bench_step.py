@@ -7,6 +7,7 @@ The training-api rows run in the training-API environment (see the README).
 
 Compare rows of one run only: the ratio between backends is the result, not the seconds.
 """
+
 import os
 import tempfile
 
@@ -23,6 +24,7 @@ CACHE = os.environ.get("DGN_BENCH_CACHE", os.path.join(tempfile.gettempdir(), "d
 def has_training_api() -> bool:
     try:
         from dgn_engine.engine.backends.training_api import training_bindings
+
         training_bindings()
         return True
     except Exception:
@@ -32,14 +34,27 @@ def has_training_api() -> bool:
 def make_backend(name, art):
     if name in ENGINE_BACKENDS:
         from dgn_engine.engine.backends import engine_backend
+
         return engine_backend(name, art, "cpu")
-    from dgn_engine.export.coupled import Sources, build_coupled
     from dgn_engine.engine.backends.torch_reference import TorchBackend
+    from dgn_engine.export.coupled import Sources, build_coupled
+
     return TorchBackend(build_coupled(Sources.from_json(art.manifest["sources"]), art.spec, []), "float32", "cpu")
 
 
-@pytest.mark.parametrize("backend", ["step-graph", "torch", pytest.param("training-api", marks=pytest.mark.skipif(
-    not has_training_api(), reason="onnxruntime-training is not installed here (its own environment)"))])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "step-graph",
+        "torch",
+        pytest.param(
+            "training-api",
+            marks=pytest.mark.skipif(
+                not has_training_api(), reason="onnxruntime-training is not installed here (its own environment)"
+            ),
+        ),
+    ],
+)
 @pytest.mark.parametrize("k", BATCHES)
 @pytest.mark.parametrize("mode", ["pretrained", "untrained"])
 @pytest.mark.parametrize("size", SIZES)

@@ -10,6 +10,7 @@ once into a cache keyed by the digests of D's and G's tensors and the settings t
 next call on the same model starts at once. `Engine` runs an artifacts folder and needs no torch.
 The CLI builds on the same pieces (spec.with_settings, the job, the results folder).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,18 +36,36 @@ def _quiet(*_):
     pass
 
 
-def _run(backend, spec, targets: list[Target], out, *, batch: int, labels, display: str, force: bool,
-         progress: bool, layers: list[str]) -> list[Result]:
+def _run(
+    backend,
+    spec,
+    targets: list[Target],
+    out,
+    *,
+    batch: int,
+    labels,
+    display: str,
+    force: bool,
+    progress: bool,
+    layers: list[str],
+) -> list[Result]:
     """The results job over `backend`, into `out` (a temporary folder when None), read back."""
     from .engine.jobs import Job, JobOptions
+
     for t in targets:
         check_target(t, backend.layout, layers)
     if labels is not None and len(labels) != backend.layout[OUTPUT][0]:
         raise UsageError(f"{len(labels)} labels for a classifier of {backend.layout[OUTPUT][0]} classes")
     folder = out if out is not None else tempfile.mkdtemp(prefix="dgn-engine-")
     try:
-        job = Job(backend, spec, str(folder), JobOptions(batch=batch, display=display, force=force,
-                                                          labels=list(labels) if labels else None, progress=progress))
+        job = Job(
+            backend,
+            spec,
+            str(folder),
+            JobOptions(
+                batch=batch, display=display, force=force, labels=list(labels) if labels else None, progress=progress
+            ),
+        )
         job.run(log=print if progress else _quiet)
         return load_results(str(folder), targets, keep_paths=out is not None)
     finally:
@@ -62,20 +81,35 @@ class Engine:
         results = engine.run(dgn.all_classes(1000), out="results", steps=300)
     """
 
-    def __init__(self, artifacts, device: str = "auto", threads: int | None = None, backend: str | None = None,
-                 precision: str = "float32"):
+    def __init__(
+        self,
+        artifacts,
+        device: str = "auto",
+        threads: int | None = None,
+        backend: str | None = None,
+        precision: str = "float32",
+    ):
         from .artifacts import Artifacts, load_artifacts
         from .engine.backends import engine_backend
+
         self.artifacts = artifacts if isinstance(artifacts, Artifacts) else load_artifacts(os.fspath(artifacts))
-        self.backend = engine_backend(backend or self.artifacts.backends[0], self.artifacts, device, threads,
-                                      precision)
+        self.backend = engine_backend(backend or self.artifacts.backends[0], self.artifacts, device, threads, precision)
 
     @property
     def num_classes(self) -> int:
         return self.artifacts.manifest["num_classes"]
 
-    def run(self, targets, out=None, *, labels=None, display: str = "model", force: bool = False,
-            progress: bool = True, **settings) -> list[Result]:
+    def run(
+        self,
+        targets,
+        out=None,
+        *,
+        labels=None,
+        display: str = "model",
+        force: bool = False,
+        progress: bool = True,
+        **settings,
+    ) -> list[Result]:
         """Results for `targets` (text, Target objects, or a list of them). Settings override the
         artifacts' own: steps, seed, lr, momentum, noise_sigma, reg_weight, lam, target_leak, snapshots,
         keep (the structure, e.g. the optimiser, is fixed by the export). `out` keeps the results
@@ -86,26 +120,40 @@ class Engine:
         for t in found:
             self.artifacts.require_taps(t)
         taps = self.artifacts.manifest["taps"]
-        return _run(self.backend, spec, found, out, batch=self.artifacts.batch, labels=labels, display=display,
-                    force=force, progress=progress, layers=taps)
+        return _run(
+            self.backend,
+            spec,
+            found,
+            out,
+            batch=self.artifacts.batch,
+            labels=labels,
+            display=display,
+            force=force,
+            progress=progress,
+            layers=taps,
+        )
 
 
 def _classifier(model, weights, image_size, channels, mean, std, labels, seed):
     from .export.classifiers import classifier_from_module, load_classifier
+
     if isinstance(model, (str, os.PathLike)):
-        clf = load_classifier(os.fspath(model), weights, image_size=image_size, channels=channels, mean=mean,
-                              std=std, seed=seed)
+        clf = load_classifier(
+            os.fspath(model), weights, image_size=image_size, channels=channels, mean=mean, std=std, seed=seed
+        )
         if labels is not None:
             clf.labels = list(labels)
         return clf
     if weights is not None:
         raise UsageError("weights= is for a classifier given by name; load them into the module yourself")
-    return classifier_from_module(model, image_size=image_size, channels=channels, mean=mean, std=std,
-                                  labels=list(labels) if labels else None)
+    return classifier_from_module(
+        model, image_size=image_size, channels=channels, mean=mean, std=std, labels=list(labels) if labels else None
+    )
 
 
 def _is_artifacts(model) -> bool:
     from .artifacts import MANIFEST
+
     return isinstance(model, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(model), MANIFEST))
 
 
@@ -115,10 +163,17 @@ def export_key(coupled, spec, batch: int, backends) -> str:
     from .artifacts import FORMAT_VERSION
     from .digests import sha256_json
     from .engine.backends.torch_reference import made_of
-    return sha256_json({"made_of": made_of(coupled), "batch": batch, "backends": sorted(backends),
-                        "structure": [spec.mode, spec.optimizer.name, spec.noise.kind, spec.regularizer.kind,
-                                      spec.image_range],
-                        "format": FORMAT_VERSION, "dgn_engine": __version__})[:24]
+
+    return sha256_json(
+        {
+            "made_of": made_of(coupled),
+            "batch": batch,
+            "backends": sorted(backends),
+            "structure": [spec.mode, spec.optimizer.name, spec.noise.kind, spec.regularizer.kind, spec.image_range],
+            "format": FORMAT_VERSION,
+            "dgn_engine": __version__,
+        }
+    )[:24]
 
 
 def _cached_export(coupled, spec, sources, batch: int, backends, progress: bool):
@@ -126,6 +181,7 @@ def _cached_export(coupled, spec, sources, batch: int, backends, progress: bool)
     from . import demo
     from .artifacts import load_artifacts
     from .export.manifest import export_artifacts
+
     folder = os.path.join(demo.cache_dir(), "exports", export_key(coupled, spec, batch, backends))
     if os.path.isdir(folder):
         try:
@@ -135,16 +191,36 @@ def _cached_export(coupled, spec, sources, batch: int, backends, progress: bool)
         except UsageError:
             pass  # damaged or half-written: made again
     os.makedirs(os.path.dirname(folder), exist_ok=True)
-    return export_artifacts(coupled, spec, sources, batch, folder, force=True, log=print if progress else _quiet,
-                            backends=backends)
+    return export_artifacts(
+        coupled, spec, sources, batch, folder, force=True, log=print if progress else _quiet, backends=backends
+    )
 
 
-def synthesize(model, targets, *, mode: str = "untrained", steps: int | None = None,
-               image_size: int | None = None, channels: str | None = None, mean=None, std=None, labels=None,
-               weights: str | None = None, decoder: str | None = None, g_width: float | None = None,
-               device: str = "auto", backend: str = "step-graph", batch: int | None = None, seed: int = 0,
-               out=None, progress: bool = True, display: str = "model", force: bool = False,
-               precision: str = "float32", **settings) -> list[Result]:
+def synthesize(
+    model,
+    targets,
+    *,
+    mode: str = "untrained",
+    steps: int | None = None,
+    image_size: int | None = None,
+    channels: str | None = None,
+    mean=None,
+    std=None,
+    labels=None,
+    weights: str | None = None,
+    decoder: str | None = None,
+    g_width: float | None = None,
+    device: str = "auto",
+    backend: str = "step-graph",
+    batch: int | None = None,
+    seed: int = 0,
+    out=None,
+    progress: bool = True,
+    display: str = "model",
+    force: bool = False,
+    precision: str = "float32",
+    **settings,
+) -> list[Result]:
     """Preferred inputs of `targets` for the classifier `model`; one Result per target, in order.
 
         results = dgn.synthesize(resnet, ["class:1", dgn.Channel("layer3", 17)], steps=300)
@@ -157,22 +233,33 @@ def synthesize(model, targets, *, mode: str = "untrained", steps: int | None = N
     or "pretrained" (decoder=FILE, made by `dgn-engine train-decoder`). backend: "step-graph" (the
     exported graph in onnxruntime, exported once per model into the cache), "training-api", or
     "torch" (the eager reference). precision: "float32", "tf32" (CUDA tensor cores, faster, ~1e-3
-    relative error per product) or "float64" (torch only). Other settings: lr, momentum, optimizer, noise_sigma, regularizer,
+    relative error per product) or "float64" (torch only). Other settings: lr, momentum, optimizer,
+    noise_sigma, regularizer,
     reg_weight, lam, target_leak, image_range, snapshots, keep (defaults: the paper's for the mode).
     """
     found = _targets(targets)
     texts = [t.text for t in found]
     if _is_artifacts(model):
         if backend == "torch":
-            raise UsageError("an artifacts folder runs on its exported graphs; for the torch reference pass the "
-                             "classifier itself")
-        engine = Engine(model, device=device, backend=None if backend == "step-graph" else backend,
-                        precision=precision)
-        return engine.run(found, out, labels=labels, display=display, force=force, progress=progress,
-                          steps=steps, seed=seed, **settings)
+            raise UsageError(
+                "an artifacts folder runs on its exported graphs; for the torch reference pass the classifier itself"
+            )
+        engine = Engine(model, device=device, backend=None if backend == "step-graph" else backend, precision=precision)
+        return engine.run(
+            found,
+            out,
+            labels=labels,
+            display=display,
+            force=force,
+            progress=progress,
+            steps=steps,
+            seed=seed,
+            **settings,
+        )
     if backend not in ("step-graph", "training-api", "torch"):
         raise UsageError(f"backend must be step-graph, training-api or torch, got {backend!r}")
     from .export.coupled import Sources, couple
+
     clf = _classifier(model, weights, image_size, channels, mean, std, labels, seed)
     spec = with_settings(default_spec(mode), texts, steps=steps, seed=seed, **settings)
     taps = sorted({layer for t in found for layer in t.layers})
@@ -184,41 +271,100 @@ def synthesize(model, targets, *, mode: str = "untrained", steps: int | None = N
         check_target(t, coupled.layout, layers)
     if backend == "torch":
         from .engine.backends.torch_reference import TorchBackend
+
         engine_backend = TorchBackend(coupled, precision, device)
         k = batch or 1
     else:
         from .engine.backends import engine_backend as make_backend
+
         k = batch or min(8, len(found))
-        sources = Sources(mode, clf.name if not isinstance(model, (str, os.PathLike)) else os.fspath(model),
-                          weights, image_size, channels, mean, std, decoder, g_width, seed).absolute()
+        sources = Sources(
+            mode,
+            clf.name if not isinstance(model, (str, os.PathLike)) else os.fspath(model),
+            weights,
+            image_size,
+            channels,
+            mean,
+            std,
+            decoder,
+            g_width,
+            seed,
+        ).absolute()
         art = _cached_export(coupled, spec, sources, k, [backend], progress)
         engine_backend = make_backend(backend, art, device, precision=precision)
         layers = taps
-    return _run(engine_backend, spec, found, out, batch=k, labels=labels, display=display, force=force,
-                progress=progress, layers=layers)
+    return _run(
+        engine_backend,
+        spec,
+        found,
+        out,
+        batch=k,
+        labels=labels,
+        display=display,
+        force=force,
+        progress=progress,
+        layers=layers,
+    )
 
 
-def export(model, out, *, mode: str = "untrained", taps=(), batch: int = 1, backends=("step-graph",),
-           weights: str | None = None, decoder: str | None = None, image_size: int | None = None,
-           channels: str | None = None, mean=None, std=None, labels=None, g_width: float | None = None,
-           seed: int = 0, force: bool = False, progress: bool = True, **settings):
+def export(
+    model,
+    out,
+    *,
+    mode: str = "untrained",
+    taps=(),
+    batch: int = 1,
+    backends=("step-graph",),
+    weights: str | None = None,
+    decoder: str | None = None,
+    image_size: int | None = None,
+    channels: str | None = None,
+    mean=None,
+    std=None,
+    labels=None,
+    g_width: float | None = None,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = True,
+    **settings,
+):
     """Write the artifacts folder `out` for `model` (the forms `synthesize` takes) and return it;
     `Engine(out)` runs it anywhere onnxruntime is installed."""
     from .export.coupled import Sources, couple
     from .export.manifest import export_artifacts
+
     clf = _classifier(model, weights, image_size, channels, mean, std, labels, seed)
     spec = with_settings(default_spec(mode), (), seed=seed, **settings)
     coupled = couple(clf, spec, list(taps), decoder, g_width)
-    sources = Sources(mode, clf.name if not isinstance(model, (str, os.PathLike)) else os.fspath(model),
-                      weights, image_size, channels, mean, std, decoder, g_width, seed).absolute()
-    return export_artifacts(coupled, spec, sources, batch, os.fspath(out), force=force,
-                            log=print if progress else _quiet, backends=list(backends))
+    sources = Sources(
+        mode,
+        clf.name if not isinstance(model, (str, os.PathLike)) else os.fspath(model),
+        weights,
+        image_size,
+        channels,
+        mean,
+        std,
+        decoder,
+        g_width,
+        seed,
+    ).absolute()
+    return export_artifacts(
+        coupled,
+        spec,
+        sources,
+        batch,
+        os.fspath(out),
+        force=force,
+        log=print if progress else _quiet,
+        backends=list(backends),
+    )
 
 
 def grid(results: list[Result], columns: int = 10, tile: int = 128):
     """A labelled contact sheet of results (a PIL image; Jupyter shows it): each image with its name,
     its activation and whether it is D's top-1."""
     from .engine.gallery import contact_sheet
+
     if not results:
         raise UsageError("grid() needs at least one result")
     captions = []

@@ -15,6 +15,7 @@
 The initial state of a target is not stored: it is derived from (seed, target) by
 dgn_engine.state.initial_state, the same code for every backend.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,10 @@ class Artifacts:
 
     def require(self, backend: str) -> None:
         if backend not in self.backends:
-            raise UsageError(f"the artifacts in {self.path!r} hold no graphs for the {backend} backend (they serve "
-                             f"{', '.join(self.backends)}); export them again with --backend {backend}")
+            raise UsageError(
+                f"the artifacts in {self.path!r} hold no graphs for the {backend} backend (they serve "
+                f"{', '.join(self.backends)}); export them again with --backend {backend}"
+            )
 
     @property
     def mode(self) -> str:
@@ -88,9 +91,11 @@ class Artifacts:
         """Every layer a target (a targets.Target) reads must be tapped by these graphs."""
         missing = sorted(target.layers - set(self.manifest["taps"]))
         if missing:
-            raise UsageError(f"target {target.text!r} reads layer {missing[0]!r}, which these artifacts do not tap "
-                             f"(taps: {', '.join(self.manifest['taps']) or 'none'}); export again with --taps "
-                             f"{missing[0]}")
+            raise UsageError(
+                f"target {target.text!r} reads layer {missing[0]!r}, which these artifacts do not tap "
+                f"(taps: {', '.join(self.manifest['taps']) or 'none'}); export again with --taps "
+                f"{missing[0]}"
+            )
 
     def check_files(self) -> None:
         """Every file's sha256 against the manifest's, streamed (once per Artifacts object)."""
@@ -98,8 +103,10 @@ class Artifacts:
             return
         for file, entry in sorted(self.manifest["files"].items()):
             if sha256_file(os.path.join(self.path, file)) != entry["sha256"]:
-                raise UsageError(f"artifacts file {os.path.join(self.path, file)!r} is not the file the export "
-                                 "wrote (its sha256 differs): it was changed or damaged; export the artifacts again")
+                raise UsageError(
+                    f"artifacts file {os.path.join(self.path, file)!r} is not the file the export "
+                    "wrote (its sha256 differs): it was changed or damaged; export the artifacts again"
+                )
         self._files_checked = True
 
     def graph(self, name: str) -> str:
@@ -108,14 +115,18 @@ class Artifacts:
     def check_spec(self, spec: RunSpec) -> None:
         """The numbers of a spec are graph inputs; its structure is baked into the graphs."""
         fixed = self.spec
-        for what, ours, theirs in (("mode", spec.mode, fixed.mode),
-                                   ("optimizer", spec.optimizer.name, fixed.optimizer.name),
-                                   ("noise kind", spec.noise.kind, fixed.noise.kind),
-                                   ("regularizer", spec.regularizer.kind, fixed.regularizer.kind),
-                                   ("image range", spec.image_range, fixed.image_range)):
+        for what, ours, theirs in (
+            ("mode", spec.mode, fixed.mode),
+            ("optimizer", spec.optimizer.name, fixed.optimizer.name),
+            ("noise kind", spec.noise.kind, fixed.noise.kind),
+            ("regularizer", spec.regularizer.kind, fixed.regularizer.kind),
+            ("image range", spec.image_range, fixed.image_range),
+        ):
             if ours != theirs:
-                raise UsageError(f"the artifacts in {self.path!r} were exported with {what} {theirs}, "
-                                 f"not {ours}; export again with the settings you want")
+                raise UsageError(
+                    f"the artifacts in {self.path!r} were exported with {what} {theirs}, "
+                    f"not {ours}; export again with the settings you want"
+                )
 
 
 def load_artifacts(path: str) -> Artifacts:
@@ -129,23 +140,32 @@ def load_artifacts(path: str) -> Artifacts:
     raw = read_json_file(manifest_path, "artifacts manifest", "export the artifacts again")
     version = raw.get("format_version") if isinstance(raw, dict) else None
     if version != FORMAT_VERSION:
-        raise UsageError(f"artifacts in {path!r} have format version {version}, this dgn-engine reads "
-                         f"version {FORMAT_VERSION}; export them again with this version")
+        raise UsageError(
+            f"artifacts in {path!r} have format version {version}, this dgn-engine reads "
+            f"version {FORMAT_VERSION}; export them again with this version"
+        )
     manifest = validated(raw, ManifestRecord, manifest_path, "artifacts manifest").model_dump(by_alias=True)
     if manifest["hyper"] != list(HYPER):
-        raise UsageError(f"artifacts in {path!r} take other run settings ({manifest['hyper']}) than this "
-                         "dgn-engine gives; export them again with this version")
+        raise UsageError(
+            f"artifacts in {path!r} take other run settings ({manifest['hyper']}) than this "
+            "dgn-engine gives; export them again with this version"
+        )
     art = Artifacts(path, manifest)
-    missing_graphs = [g for g in SHARED_GRAPHS + tuple(g for b in art.backends for g in BACKEND_GRAPHS[b])
-                      if g not in manifest["graphs"]]
+    missing_graphs = [
+        g
+        for g in SHARED_GRAPHS + tuple(g for b in art.backends for g in BACKEND_GRAPHS[b])
+        if g not in manifest["graphs"]
+    ]
     if missing_graphs:
-        raise UsageError(f"artifacts manifest {manifest_path!r} names no {missing_graphs[0]} graph; "
-                         "export the artifacts again")
+        raise UsageError(
+            f"artifacts manifest {manifest_path!r} names no {missing_graphs[0]} graph; export the artifacts again"
+        )
     try:  # the parts other code builds objects from
         art.spec, art.plan, art.preprocessing  # noqa: B018
     except (UsageError, KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"artifacts manifest {manifest_path!r} is damaged ({str(e)[:160]}); "
-                         "export the artifacts again") from None
+        raise UsageError(
+            f"artifacts manifest {manifest_path!r} is damaged ({str(e)[:160]}); export the artifacts again"
+        ) from None
     needed = {manifest["graphs"][g]["file"] for g in SHARED_GRAPHS}
     for backend in art.backends:
         needed.update(BACKEND_FILES[backend])
@@ -155,9 +175,13 @@ def load_artifacts(path: str) -> Artifacts:
             raise UsageError(f"artifacts in {path!r} are incomplete: {file} is missing; export them again")
         entry = manifest["files"].get(file)
         if entry is None:
-            raise UsageError(f"artifacts manifest {manifest_path!r} records no size and digest for {file}; "
-                             "export the artifacts again")
+            raise UsageError(
+                f"artifacts manifest {manifest_path!r} records no size and digest for {file}; "
+                "export the artifacts again"
+            )
         if os.path.getsize(where) != entry["size"]:
-            raise UsageError(f"artifacts file {where!r} has {os.path.getsize(where)} bytes, the export wrote "
-                             f"{entry['size']}: it was changed or cut short; export the artifacts again")
+            raise UsageError(
+                f"artifacts file {where!r} has {os.path.getsize(where)} bytes, the export wrote "
+                f"{entry['size']}: it was changed or cut short; export the artifacts again"
+            )
     return art

@@ -87,8 +87,9 @@ def artifacts_for(size: str, mode: str, k: int, cache: str, backends=("step-grap
 
     sources = bench_sources(size, mode, cache)
     spec = default_spec(mode)
-    return export_artifacts(build_coupled(sources, spec, []), spec, sources, k, out, force=True, log=lambda *_: None,
-                            backends=backends)
+    return export_artifacts(
+        build_coupled(sources, spec, []), spec, sources, k, out, force=True, log=lambda *_: None, backends=backends
+    )
 
 
 def _file_safe(name: str) -> str:
@@ -111,6 +112,7 @@ def bench_sources(size: str, mode: str, cache: str):
         decoder = os.path.join(cache, f"decoder-random-{pp.image_size}-{pp.order}.pt")
         if not os.path.isfile(decoder):
             import torch
+
             from .export.autoencoder import save_decoder
             from .export.generator import Decoder
             from .plan import generator_plan
@@ -137,8 +139,9 @@ def run_row(row: dict) -> dict:
         backend = engine_backend(row["backend"], art, row["device"], row.get("threads"), row["precision"])
     else:
         import torch
-        from .export.coupled import Sources, build_coupled
+
         from .engine.backends.torch_reference import TorchBackend
+        from .export.coupled import Sources, build_coupled
 
         if row.get("threads"):
             torch.set_num_threads(row["threads"])
@@ -155,7 +158,10 @@ def run_row(row: dict) -> dict:
 
 
 def _row_in_subprocess(row: dict) -> dict:
-    code = "import json, sys; from dgn_engine.bench import run_row; print('ROW', json.dumps(run_row(json.loads(sys.argv[1]))))"
+    code = (
+        "import json, sys; from dgn_engine.bench import run_row; "
+        "print('ROW', json.dumps(run_row(json.loads(sys.argv[1]))))"
+    )
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(row)], capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("ROW "):
@@ -164,8 +170,9 @@ def _row_in_subprocess(row: dict) -> dict:
     return {"error": err[:300]}
 
 
-def bench_group(art, size: str, backends, device: str, steps: int, warmup: int, threads, log,
-                precisions=("float32",)) -> list[dict]:
+def bench_group(
+    art, size: str, backends, device: str, steps: int, warmup: int, threads, log, precisions=("float32",)
+) -> list[dict]:
     """The rows of one artifacts folder (one size, mode and K), per precision torch eager first as the base."""
     flops = step_flops(art)
     rows = []
@@ -228,14 +235,16 @@ def bench(
     return result(rows, device, steps, warmup)
 
 
-def bench_artifacts(path: str, backends, device: str, steps: int, warmup: int, threads, log=print,
-                    precisions=("float32",)) -> dict:
+def bench_artifacts(
+    path: str, backends, device: str, steps: int, warmup: int, threads, log=print, precisions=("float32",)
+) -> dict:
     from .artifacts import load_artifacts
 
     art = load_artifacts(path)
     return result(
-        bench_group(art, os.path.basename(os.path.abspath(path)), backends, device, steps, warmup, threads, log,
-                    precisions),
+        bench_group(
+            art, os.path.basename(os.path.abspath(path)), backends, device, steps, warmup, threads, log, precisions
+        ),
         device,
         steps,
         warmup,
@@ -301,8 +310,9 @@ def parse_list(text: str, allowed=None, kind=str, what: str = "value") -> list:
     try:
         values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UsageError(f"{what}: expected comma-separated {'integers' if kind is int else 'names'}, "
-                         f"got {text!r}") from None
+        raise UsageError(
+            f"{what}: expected comma-separated {'integers' if kind is int else 'names'}, got {text!r}"
+        ) from None
     if not values:
         raise UsageError(f"{what}: give at least one value")
     if kind is int and min(values) < 1:

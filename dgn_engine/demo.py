@@ -1,5 +1,6 @@
 """The embedded demo: a small VGG-style Fashion-MNIST classifier and its pretrained decoder, shipped
 in the package (dgn_engine/demo_data), so that a fresh install runs end to end (no torch here)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,7 +31,7 @@ def source_name(file_path: str) -> str:
 
 
 def resolve_source(name: str) -> str:
-    return path(name[len("demo:"):]) if name.startswith("demo:") else name
+    return path(name[len("demo:") :]) if name.startswith("demo:") else name
 
 
 def classifier_weights() -> str:
@@ -61,7 +62,8 @@ def fingerprint() -> str:
 
 def cache_dir() -> str:
     root = os.environ.get("DGN_ENGINE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dgn-engine")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dgn-engine"
+    )
     return root
 
 
@@ -72,6 +74,7 @@ def spec(mode: str) -> RunSpec:
     and 1,000 steps reach 10 of 10 (see the model card)."""
     base = default_spec(mode)
     if mode == "untrained":
-        base = replace(base, noise=replace(base.noise, sigma=0.5), optimizer=replace(base.optimizer, lr=0.01),
-                       steps=1000)
+        base = replace(
+            base, noise=replace(base.noise, sigma=0.5), optimizer=replace(base.optimizer, lr=0.01), steps=1000
+        )
     return base.validated()

@@ -1,4 +1,5 @@
 """sha256 digests of files, bytes and JSON-able settings (no torch): what provenance is made of."""
+
 from __future__ import annotations
 
 import hashlib

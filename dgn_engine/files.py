@@ -1,4 +1,5 @@
 """Files written atomically (temporary file, fsync, rename): what export and the engine both write."""
+
 from __future__ import annotations
 
 import json

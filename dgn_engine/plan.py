@@ -5,6 +5,7 @@ A plan is the feature block (channels x size x size = the feature vector), a lis
 output image size. The paper's two generators are tabulated; smaller ones are derived from a
 classifier's input size with the same rules.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,7 +44,7 @@ class GeneratorPlan:
 
     @property
     def features(self) -> int:
-        return self.feature_channels * self.feature_size ** 2
+        return self.feature_channels * self.feature_size**2
 
     def convs(self) -> list[Conv]:
         return [layer for layer in self.layers if layer != "up"]
@@ -89,17 +90,28 @@ class GeneratorPlan:
         return sizes
 
     def to_json(self) -> dict:
-        return {"name": self.name, "feature_channels": self.feature_channels,
-                "feature_size": self.feature_size, "out_channels": self.out_channels,
-                "out_size": self.out_size, "has_alpha": self.has_alpha,
-                "layers": [l if l == "up" else [l.cin, l.cout, l.k, l.same, l.relu, l.bn]
-                           for l in self.layers]}
+        return {
+            "name": self.name,
+            "feature_channels": self.feature_channels,
+            "feature_size": self.feature_size,
+            "out_channels": self.out_channels,
+            "out_size": self.out_size,
+            "has_alpha": self.has_alpha,
+            "layers": [c if c == "up" else [c.cin, c.cout, c.k, c.same, c.relu, c.bn] for c in self.layers],
+        }
 
     @staticmethod
     def from_json(d: dict) -> "GeneratorPlan":
-        layers = tuple(l if l == "up" else Conv(*l) for l in d["layers"])
-        return GeneratorPlan(d["feature_channels"], d["feature_size"], layers, d["out_channels"],
-                             d["out_size"], d["has_alpha"], d.get("name", "custom"))
+        layers = tuple(c if c == "up" else Conv(*c) for c in d["layers"])
+        return GeneratorPlan(
+            d["feature_channels"],
+            d["feature_size"],
+            layers,
+            d["out_channels"],
+            d["out_size"],
+            d["has_alpha"],
+            d.get("name", "custom"),
+        )
 
 
 def _trunk(cin: int, blocks: list[tuple[int, int]]) -> list:
@@ -139,8 +151,11 @@ def generator_plan(kind: str, out_size: int = 224, out_channels: int = 3, width:
     blocks and scale every width by `width`; an odd size is grown to the next even one and cropped.
     """
     start, kernels = _block_kernels(out_size + out_size % 2)
-    widths = list(PAPER_WIDTHS[-len(kernels):]) if len(kernels) <= len(PAPER_WIDTHS) else \
-        [PAPER_WIDTHS[0]] * (len(kernels) - len(PAPER_WIDTHS)) + list(PAPER_WIDTHS)
+    widths = (
+        list(PAPER_WIDTHS[-len(kernels) :])
+        if len(kernels) <= len(PAPER_WIDTHS)
+        else [PAPER_WIDTHS[0]] * (len(kernels) - len(PAPER_WIDTHS)) + list(PAPER_WIDTHS)
+    )
     scaled = lambda c: max(4, int(round(c * width)))  # noqa: E731
     c0 = scaled(PAPER_FEATURE_CHANNELS)
     layers = _trunk(c0, [(scaled(w), k) for w, k in zip(widths, kernels)])
@@ -149,11 +164,22 @@ def generator_plan(kind: str, out_size: int = 224, out_channels: int = 3, width:
         layers += ["up", Conv(last, out_channels, 3, False)]
     elif kind == "decoder":
         head = scaled(64)
-        layers += ["up", Conv(last, head, 3, False), Conv(head, head, 3, True),
-                   Conv(head, out_channels, 3, True, relu=False)]
+        layers += [
+            "up",
+            Conv(last, head, 3, False),
+            Conv(head, head, 3, True),
+            Conv(head, out_channels, 3, True, relu=False),
+        ]
     else:
         raise ValueError(f"unknown generator kind {kind!r}")
-    plan = GeneratorPlan(c0, start, tuple(layers), out_channels, out_size,
-                         has_alpha=(kind == "untrained"), name=f"{kind}-{out_size}px-w{width:g}")
+    plan = GeneratorPlan(
+        c0,
+        start,
+        tuple(layers),
+        out_channels,
+        out_size,
+        has_alpha=(kind == "untrained"),
+        name=f"{kind}-{out_size}px-w{width:g}",
+    )
     assert plan.spatial_sizes()[-1] == plan.grown_size, plan.spatial_sizes()
     return plan

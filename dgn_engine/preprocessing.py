@@ -4,16 +4,15 @@ model_input[c] = (pixel[c] / 255 - mean[c]) / std[c], channels in `order` ("RGB"
 Caffe-style weights (BGR, mean subtracted on the 0..255 scale) are mean = m / 255, std = 1 / 255.
 The generator produces model inputs directly; `to_pixels` maps them back to the picture D saw.
 """
+
 from __future__ import annotations
 
 import math
-
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from .errors import UsageError
-
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048  # beyond 2048 px one target's G would not fit a GPU
 
@@ -30,15 +29,18 @@ class Preprocessing:
             raise UsageError(f"channel order must be RGB, BGR or L, got {self.order!r}")
         n = self.channels
         if len(self.mean) != n or len(self.std) != n:
-            raise UsageError(f"--mean and --std need {n} values each for {self.order} input, "
-                             f"got {len(self.mean)} and {len(self.std)}")
+            raise UsageError(
+                f"--mean and --std need {n} values each for {self.order} input, "
+                f"got {len(self.mean)} and {len(self.std)}"
+            )
         if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
             raise UsageError(f"--mean and --std must be finite numbers, got {self.mean} and {self.std}")
         if any(s <= 0 for s in self.std):
             raise UsageError("--std values must be positive")
         if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
-            raise UsageError(f"--image-size must lie between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, "
-                             f"got {self.image_size}")
+            raise UsageError(
+                f"--image-size must lie between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got {self.image_size}"
+            )
 
     @property
     def channels(self) -> int:
@@ -69,8 +71,7 @@ class Preprocessing:
 
 
 IMAGENET_TORCHVISION = Preprocessing(224, "RGB", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-IMAGENET_CAFFE = Preprocessing(224, "BGR", (103.939 / 255, 116.779 / 255, 123.68 / 255),
-                               (1 / 255, 1 / 255, 1 / 255))
+IMAGENET_CAFFE = Preprocessing(224, "BGR", (103.939 / 255, 116.779 / 255, 123.68 / 255), (1 / 255, 1 / 255, 1 / 255))
 
 
 def display_original(x: np.ndarray, order: str, sqrt: bool) -> np.ndarray:

@@ -6,6 +6,7 @@ file and the field (a UsageError), never a traceback. The schemas are pydantic m
 and required fields are declared once, and pydantic's error says which field is wrong and why.
 Unknown extra fields are allowed (newer files stay readable where nothing they need changed).
 """
+
 from __future__ import annotations
 
 import json
@@ -113,14 +114,14 @@ def validated(data, model: type[_Record], path: str, what: str):
     """`data` (parsed JSON) checked against `model`, or one line naming the file and field."""
     if not isinstance(data, dict):
         kind = {list: "a list", type(None): "null", str: "a string", bool: "a boolean"}.get(type(data), "a number")
-        raise UsageError(f"{what} {path!r} holds {kind}, not a JSON object; "
-                         f"{_REMEDY.get(model, 'remove it')}")
+        raise UsageError(f"{what} {path!r} holds {kind}, not a JSON object; {_REMEDY.get(model, 'remove it')}")
     try:
         return model.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
-        raise UsageError(f"{what} {path!r}: {_where(first)}{first['msg'].lower()}; "
-                         f"{_REMEDY.get(model, 'remove it')}") from None
+        raise UsageError(
+            f"{what} {path!r}: {_where(first)}{first['msg'].lower()}; {_REMEDY.get(model, 'remove it')}"
+        ) from None
 
 
 def read_json_file(path: str, what: str, remedy: str = "remove it"):
@@ -140,9 +141,11 @@ def read_record(path: str, model: type[_Record], what: str):
     return validated(read_json_file(path, what, _REMEDY[model]), model, path, what)
 
 
-_REMEDY = {ManifestRecord: "export the artifacts again",
-           RunRecord: "run with --force to start the results over, or use another --out",
-           TargetRecord: "delete it (and its PNG) to recompute that target"}
+_REMEDY = {
+    ManifestRecord: "export the artifacts again",
+    RunRecord: "run with --force to start the results over, or use another --out",
+    TargetRecord: "delete it (and its PNG) to recompute that target",
+}
 
 
 # -- text a user gives ----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Results as Python objects (no torch): what `dgn.synthesize` and `dgn.Engine.run` return, read back
 from the files a run wrote, so that the image in hand is the PNG whose scores it reports."""
+
 from __future__ import annotations
 
 import io
@@ -17,6 +18,7 @@ from .targets import Target, parse_target
 @dataclass
 class Result:
     """One target's preferred input. In Jupyter it shows itself as its picture."""
+
     target: Target
     image: Image.Image  # the PNG as written
     activation: float | None  # the target's activation on that PNG (None if the run diverged)
@@ -59,9 +61,18 @@ def load_results(out: str, targets: list[Target], keep_paths: bool = True) -> li
             raise UsageError(f"{base}.json holds {rec['target']!r}, not {target.text!r}")
         with Image.open(base + ".png") as img:
             image = img.copy()
-        results.append(Result(
-            target=parse_target(rec["target"]), image=image, activation=rec.get("final_activation"),
-            top5=[(t["class"], t["name"], t["score"]) for t in rec.get("top5", [])],
-            curve=[tuple(c) for c in rec["loss_curve"]], seconds=rec["seconds"], name=rec["name"],
-            diverged=rec.get("diverged"), record=rec, path=base + ".png" if keep_paths else None))
+        results.append(
+            Result(
+                target=parse_target(rec["target"]),
+                image=image,
+                activation=rec.get("final_activation"),
+                top5=[(t["class"], t["name"], t["score"]) for t in rec.get("top5", [])],
+                curve=[tuple(c) for c in rec["loss_curve"]],
+                seconds=rec["seconds"],
+                name=rec["name"],
+                diverged=rec.get("diverged"),
+                record=rec,
+                path=base + ".png" if keep_paths else None,
+            )
+        )
     return results

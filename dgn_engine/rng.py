@@ -3,6 +3,7 @@
 Each target owns its streams, keyed by (seed, target): a batch of K targets draws exactly what K
 single-target runs draw, whatever the batch size, backend or device.
 """
+
 from __future__ import annotations
 
 import math

@@ -41,6 +41,7 @@ HYPER = (
 
 class Hyper(NamedTuple):
     """The numeric settings by name, in HYPER's order: the step graph takes them as one vector input."""
+
     lr: Any
     beta1: Any
     beta2: Any
@@ -139,8 +140,10 @@ class RunSpec:
             not (r.kind == "l1-final-gamma" and self.mode == "pretrained"),
             "the l1-final-gamma regulariser needs --mode untrained (pretrained mode trains only alpha)",
         )
-        _require(isinstance(self.steps, int) and 1 <= self.steps <= MAX_STEPS,
-                 f"steps must lie between 1 and {MAX_STEPS:,}, got {self.steps}")
+        _require(
+            isinstance(self.steps, int) and 1 <= self.steps <= MAX_STEPS,
+            f"steps must lie between 1 and {MAX_STEPS:,}, got {self.steps}",
+        )
         _require(all(math.isfinite(v) for v in self.hyper()), "the run's numbers must be finite")
         s = self.snapshots
         _require(s.count >= 1 and 1 <= s.keep <= s.count, "snapshots: need count >= 1 and 1 <= keep <= count")
@@ -150,8 +153,9 @@ class RunSpec:
 
     def hyper(self) -> Hyper:
         o = self.optimizer
-        return Hyper(o.lr, o.beta1, o.beta2, o.eps, o.momentum, self.noise.sigma, self.regularizer.weight,
-                     self.target_leak)
+        return Hyper(
+            o.lr, o.beta1, o.beta2, o.eps, o.momentum, self.noise.sigma, self.regularizer.weight, self.target_leak
+        )
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -205,8 +209,21 @@ def default_spec(mode: str, **overrides) -> RunSpec:
     return replace(spec, **overrides).validated()
 
 
-SETTINGS = ("steps", "seed", "lr", "momentum", "optimizer", "noise_sigma", "regularizer", "reg_weight", "lam",
-            "target_leak", "image_range", "snapshots", "keep")
+SETTINGS = (
+    "steps",
+    "seed",
+    "lr",
+    "momentum",
+    "optimizer",
+    "noise_sigma",
+    "regularizer",
+    "reg_weight",
+    "lam",
+    "target_leak",
+    "image_range",
+    "snapshots",
+    "keep",
+)
 
 
 def with_settings(base: RunSpec, targets=(), **settings) -> RunSpec:
@@ -242,10 +259,17 @@ def with_settings(base: RunSpec, targets=(), **settings) -> RunSpec:
         reg = replace(reg, weight=float(given["reg_weight"]))
     snapshots = Snapshots(given.get("snapshots", base.snapshots.count), given.get("keep", base.snapshots.keep))
     return replace(
-        base, targets=tuple(targets), optimizer=opt, noise=noise, regularizer=reg,
-        lam=float(given.get("lam", base.lam)), target_leak=float(given.get("target_leak", base.target_leak)),
-        steps=given.get("steps", base.steps), seed=given.get("seed", base.seed),
-        image_range=given.get("image_range", base.image_range), snapshots=snapshots,
+        base,
+        targets=tuple(targets),
+        optimizer=opt,
+        noise=noise,
+        regularizer=reg,
+        lam=float(given.get("lam", base.lam)),
+        target_leak=float(given.get("target_leak", base.target_leak)),
+        steps=given.get("steps", base.steps),
+        seed=given.get("seed", base.seed),
+        image_range=given.get("image_range", base.image_range),
+        snapshots=snapshots,
     ).validated()
 
 

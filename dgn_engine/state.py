@@ -4,6 +4,7 @@ State = the trainable tensors (untrained mode: all of G, alpha included; pretrai
 only), one optimiser slot per trainable tensor and slot kind ("m."/"u." for AdaMax, "v." for
 Nesterov), and the step count "t". Every tensor except t has a leading target axis K.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,8 +33,9 @@ def state_shapes(mode: str, plan: GeneratorPlan, optimizer: str) -> dict[str, tu
     return shapes
 
 
-def initial_state(mode: str, plan: GeneratorPlan, optimizer: str, seed: int,
-                  targets: list[Target]) -> dict[str, np.ndarray]:
+def initial_state(
+    mode: str, plan: GeneratorPlan, optimizer: str, seed: int, targets: list[Target]
+) -> dict[str, np.ndarray]:
     """Untrained mode: a fresh G per target (seeded by seed and target); pretrained: alpha = 1."""
     k = len(targets)
     if mode == "untrained":

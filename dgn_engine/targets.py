@@ -8,6 +8,7 @@ A layer with a [tokens, features] output (a transformer block) has its features 
 term reads one feature's mean over the tokens, a neuron term one feature of one token
 (neuron:blocks.3:17:5, token 5).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,6 +60,7 @@ class Target:
     """A weighted sum of terms. Targets combine as numbers do and print as the grammar:
     `Class(9) + 0.5 * Channel("features.28", 17) - Neuron("features.28", 17, 7, 7)` is
     `class:9+0.5*channel:features.28:17+-1*neuron:features.28:17:7:7`."""
+
     terms: tuple[Term, ...]
 
     def __str__(self) -> str:
@@ -139,7 +141,8 @@ def parse_term(text: str, spec: str) -> Term:
     if not m:
         raise UsageError(
             f"target {spec!r}: cannot read {text!r}; write class:N, channel:LAYER:C, "
-            "neuron:LAYER:C:Y:X, optionally weighted as 0.5*class:N, joined by '+'")
+            "neuron:LAYER:C:Y:X, optionally weighted as 0.5*class:N, joined by '+'"
+        )
     weight = float(m["w"]) if m["w"] else 1.0
     if not np.isfinite(weight) or weight == 0.0:
         raise UsageError(f"target {spec!r}: the weight of {text!r} must be a finite non-zero number")
@@ -177,35 +180,45 @@ def check_target(target: Target, layout: dict[str, tuple[int, ...]], layers: lis
     for t in target.terms:
         if t.kind == "class":
             if t.index >= n_classes:
-                raise UsageError(f"target {target.text!r}: class {t.index} is outside the classifier, "
-                                 f"which has classes 0..{n_classes - 1}")
+                raise UsageError(
+                    f"target {target.text!r}: class {t.index} is outside the classifier, "
+                    f"which has classes 0..{n_classes - 1}"
+                )
             continue
         if t.layer not in layout:
             known = layers if layers is not None else [n for n in layout if n != OUTPUT]
-            raise UsageError(f"target {target.text!r}: unknown layer {t.layer!r}; valid layers: "
-                             + ", ".join(known))
+            raise UsageError(f"target {target.text!r}: unknown layer {t.layer!r}; valid layers: " + ", ".join(known))
         shape = layout[t.layer]
         addressable = len(shape) in (2, 3) or (len(shape) == 1 and t.kind == "channel")
         if not addressable:
-            raise UsageError(f"target {target.text!r}: layer {t.layer!r} has shape {shape}, "
-                             "which has no channels and positions to address")
+            raise UsageError(
+                f"target {target.text!r}: layer {t.layer!r} has shape {shape}, "
+                "which has no channels and positions to address"
+            )
         tokens = len(shape) == 2
         channels = shape[1] if tokens else shape[0]
         if t.index >= channels:
-            raise UsageError(f"target {target.text!r}: layer {t.layer!r} has channels 0..{channels - 1}"
-                             + (" (the last axis of its [tokens, features] output)" if tokens else ""))
+            raise UsageError(
+                f"target {target.text!r}: layer {t.layer!r} has channels 0..{channels - 1}"
+                + (" (the last axis of its [tokens, features] output)" if tokens else "")
+            )
         if t.kind != "neuron":
             continue
         if tokens and (t.x >= 0 or t.y >= shape[0]):
-            raise UsageError(f"target {target.text!r}: layer {t.layer!r} has [tokens, features] output "
-                             f"{shape}; name one neuron as neuron:{t.layer}:C:TOKEN with TOKEN 0..{shape[0] - 1}")
+            raise UsageError(
+                f"target {target.text!r}: layer {t.layer!r} has [tokens, features] output "
+                f"{shape}; name one neuron as neuron:{t.layer}:C:TOKEN with TOKEN 0..{shape[0] - 1}"
+            )
         if not tokens and (t.x < 0 or not (t.y < shape[1] and t.x < shape[2])):
-            raise UsageError(f"target {target.text!r}: layer {t.layer!r} has positions "
-                             f"y 0..{shape[1] - 1}, x 0..{shape[2] - 1}; write neuron:{t.layer}:C:Y:X")
+            raise UsageError(
+                f"target {target.text!r}: layer {t.layer!r} has positions "
+                f"y 0..{shape[1] - 1}, x 0..{shape[2] - 1}; write neuron:{t.layer}:C:Y:X"
+            )
 
 
-def objective_weights(targets: list[Target], layout: dict[str, tuple[int, ...]], lam: float
-                      ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def objective_weights(
+    targets: list[Target], layout: dict[str, tuple[int, ...]], lam: float
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-target weights over every tapped value, and the other-classes penalty per target.
 
     weights[name][k] has the layer's shape; a channel term spreads its weight evenly over the
@@ -251,8 +264,17 @@ def Channel(layer: str, index: int) -> Target:  # noqa: N802
 def Neuron(layer: str, index: int, y: int, x: int | None = None) -> Target:  # noqa: N802
     """One value of a tapped layer: channel `index` at (y, x), or of token `y` of a
     [tokens, features] layer when x is None: neuron:LAYER:INDEX:Y:X or neuron:LAYER:INDEX:TOKEN."""
-    return Target((Term("neuron", _checked(index, "channel index"), layer=_layer(layer), y=_checked(y, "y"),
-                        x=-1 if x is None else _checked(x, "x")),))
+    return Target(
+        (
+            Term(
+                "neuron",
+                _checked(index, "channel index"),
+                layer=_layer(layer),
+                y=_checked(y, "y"),
+                x=-1 if x is None else _checked(x, "x"),
+            ),
+        )
+    )
 
 
 def as_target(target) -> Target:
@@ -261,8 +283,9 @@ def as_target(target) -> Target:
         return target
     if isinstance(target, str):
         return parse_target(target)
-    raise UsageError(f"a target is a string such as 'class:3' or made with Class/Channel/Neuron, "
-                     f"not a {type(target).__name__}")
+    raise UsageError(
+        f"a target is a string such as 'class:3' or made with Class/Channel/Neuron, not a {type(target).__name__}"
+    )
 
 
 def _checked(value, what: str) -> int:

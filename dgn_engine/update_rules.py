@@ -4,12 +4,13 @@ The same code updates torch tensors (traced into the step graph, run by the torc
 numpy arrays (the training-API backend applies its own updates); `maximum` is the elementwise max
 of the array library in use. Settings may be tensors, so graphs take them as an input.
 """
+
 from __future__ import annotations
 
 
 def adamax_step_size(t, lr, b1):
     """lr / (1 - beta1^t): computed once per step, shared by every tensor. t is 1-based."""
-    return lr / (1 - b1 ** t)
+    return lr / (1 - b1**t)
 
 
 def adamax(p, g, m, u, step_size, b1, b2, eps, maximum):

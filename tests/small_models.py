@@ -1,4 +1,5 @@
 """Small models for tests: classifiers (module:factory targets for --classifier) and decoders."""
+
 import torch
 import torch.nn as nn
 
@@ -50,5 +51,9 @@ def calibrated_decoder(size: int, order: str, seed: int = 0) -> Decoder:
 
 def write_calibrated_decoder(path: str, size: int, order: str) -> None:
     n = 1 if order == "L" else 3
-    save_decoder(path, calibrated_decoder(size, order), Preprocessing(size, order, (0.5,) * n, (0.25,) * n),
-                 {"note": "test decoder: random, BatchNorm calibrated"})
+    save_decoder(
+        path,
+        calibrated_decoder(size, order),
+        Preprocessing(size, order, (0.5,) * n, (0.25,) * n),
+        {"note": "test decoder: random, BatchNorm calibrated"},
+    )

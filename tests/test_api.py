@@ -45,11 +45,30 @@ def test_synthesize_gives_the_clis_images(tmp_path, cache):
 
     graph = dgn.synthesize(model, TARGETS, **SETTINGS)  # batch 2: both targets in one step graph
     # the CLI on the artifacts the call exported (an export is deterministic: test_export.py)
-    [art] = [a for a in (cache / "exports").iterdir()
-             if json.loads((a / "manifest.json").read_text())["taps"] == ["features.3"]]
+    [art] = [
+        a
+        for a in (cache / "exports").iterdir()
+        if json.loads((a / "manifest.json").read_text())["taps"] == ["features.3"]
+    ]
     assert json.loads((art / "manifest.json").read_text())["batch"] == 2
-    assert main(["run", "--artifacts", str(art), *targets, "--steps", "6", "--seed", "4",
-                 "--out", str(tmp_path / "g"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--artifacts",
+                str(art),
+                *targets,
+                "--steps",
+                "6",
+                "--seed",
+                "4",
+                "--out",
+                str(tmp_path / "g"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     for r, png in zip(graph, _cli_pngs(tmp_path / "g", ids)):
         np.testing.assert_array_equal(r.array, png)
         assert r.record["provenance"]["backend"] == "step-graph"
@@ -79,6 +98,7 @@ def test_result_object(tmp_path, cache):
 def test_target_algebra_prints_the_grammar_and_parses_back():
     from dgn_engine.errors import UsageError
     from dgn_engine.targets import parse_target
+
     t = dgn.Class(9) + 0.5 * dgn.Channel("features.28", 17) - dgn.Neuron("features.28", 17, 7, 7)
     assert str(t) == "class:9+0.5*channel:features.28:17+-1*neuron:features.28:17:7:7"
     assert parse_target(str(t)) == t
@@ -93,6 +113,7 @@ def test_target_algebra_prints_the_grammar_and_parses_back():
 
 def test_bad_calls_say_what_to_do(cache):
     from dgn_engine.errors import UsageError
+
     with pytest.raises(UsageError, match="image_size= in Python"):
         dgn.synthesize(__import__("torch").nn.Sequential(), "class:1", **SETTINGS)
     with pytest.raises(UsageError, match="unknown setting"):
@@ -130,11 +151,13 @@ def test_export_cache_is_reused(cache, monkeypatch):
     from dgn_engine.export.classifiers import classifier_from_module
     from dgn_engine.export.coupled import couple
     from dgn_engine.spec import default_spec
+
     real, calls = manifest.export_artifacts, []
 
     def counted(*a, **k):
         calls.append(a[4])
         return real(*a, **k)
+
     monkeypatch.setattr(manifest, "export_artifacts", counted)
     model = tiny_rgb()
     first = dgn.synthesize(model, "class:1", **SETTINGS)

@@ -27,8 +27,19 @@ def test_help_for_every_subcommand():
 
 
 def vgg16_run(tmp_path, weights) -> list[str]:
-    return ["run", "--backend", "torch", "--weights", str(weights), "--mode", "untrained", "--target", "class:1",
-            "--out", str(tmp_path / "o")]
+    return [
+        "run",
+        "--backend",
+        "torch",
+        "--weights",
+        str(weights),
+        "--mode",
+        "untrained",
+        "--target",
+        "class:1",
+        "--out",
+        str(tmp_path / "o"),
+    ]
 
 
 def test_missing_weight_file(capsys, tmp_path):
@@ -44,6 +55,7 @@ def test_truncated_weight_file(capsys, tmp_path):
 
 def test_weights_of_another_architecture(capsys, tmp_path):
     from tests.small_models import tiny_rgb
+
     path = tmp_path / "other.pth"
     torch.save(tiny_rgb().state_dict(), path)
     err = error_line(capsys, vgg16_run(tmp_path, path))
@@ -74,18 +86,38 @@ TORCH_RUN = ["run", "--backend", "torch"]
 SMALL_UNTRAINED = [*TORCH_RUN, *SMALL, "--mode", "untrained", "--out", "{tmp}/o"]
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    ([*TORCH_RUN, "--mode", "untrained", "--out", "{tmp}/o"], "say what to synthesise"),
-    ([*TORCH_RUN, *SMALL, "--mode", "pretrained", "--target", "class:1", "--out", "{tmp}/o"], "needs --decoder"),
-    ([*SMALL_UNTRAINED, "--target", "klass:1"], "cannot read 'klass:1'"),
-    ([*SMALL_UNTRAINED, "--target", "class:1", "--batch", "0"], "argument --batch: must be at least 1"),
-    ([*SMALL_UNTRAINED, "--target", "class:1", "--steps", "0"], "argument --steps: must be between 1 and 1,000,000, got 0"),
-    ([*TORCH_RUN, "--classifier", "no_such_module:f", "--mode", "untrained", "--target", "class:1", "--out", "{tmp}/o"],
-     "cannot load classifier factory"),
-    ([*TORCH_RUN, "--classifier", "vgg16", "--mode", "untrained", "--target", "class:1", "--out", "{tmp}/o"],
-     "needs --weights"),
-    (["train-decoder", "--images", "{tmp}/none", "--out", "{tmp}/d.pt", *SMALL], "is not a folder"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        ([*TORCH_RUN, "--mode", "untrained", "--out", "{tmp}/o"], "say what to synthesise"),
+        ([*TORCH_RUN, *SMALL, "--mode", "pretrained", "--target", "class:1", "--out", "{tmp}/o"], "needs --decoder"),
+        ([*SMALL_UNTRAINED, "--target", "klass:1"], "cannot read 'klass:1'"),
+        ([*SMALL_UNTRAINED, "--target", "class:1", "--batch", "0"], "argument --batch: must be at least 1"),
+        (
+            [*SMALL_UNTRAINED, "--target", "class:1", "--steps", "0"],
+            "argument --steps: must be between 1 and 1,000,000, got 0",
+        ),
+        (
+            [
+                *TORCH_RUN,
+                "--classifier",
+                "no_such_module:f",
+                "--mode",
+                "untrained",
+                "--target",
+                "class:1",
+                "--out",
+                "{tmp}/o",
+            ],
+            "cannot load classifier factory",
+        ),
+        (
+            [*TORCH_RUN, "--classifier", "vgg16", "--mode", "untrained", "--target", "class:1", "--out", "{tmp}/o"],
+            "needs --weights",
+        ),
+        (["train-decoder", "--images", "{tmp}/none", "--out", "{tmp}/d.pt", *SMALL], "is not a folder"),
+    ],
+)
 def test_bad_input_one_line(capsys, tmp_path, argv, fragment):
     err = error_line(capsys, [a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert fragment in err

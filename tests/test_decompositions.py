@@ -28,14 +28,14 @@ CONV_CASES = [  # groups, kernel, stride, padding, dilation, size, channels per 
     (1, 4, 1, 0, 1, 9, (4, 5)),
     (3, 3, 1, 1, 1, 9, (4, 5)),
     (2, 2, 1, 0, 1, 8, (4, 5)),
-    (1, 3, 2, 1, 1, 11, (3, 6)),       # ResNet downsampling
-    (1, 7, 2, 3, 1, 17, (3, 8)),       # ResNet stem, odd size
-    (1, 1, 2, 0, 1, 10, (4, 6)),       # strided 1x1 shortcut: rows no window reaches
-    (6, 3, 2, 1, 1, 13, (1, 1)),       # depthwise stride 2
-    (8, 5, 1, 2, 1, 9, (1, 2)),        # depthwise with a channel multiplier
-    (1, 3, 1, 2, 2, 12, (4, 4)),       # dilated
-    (2, 3, 3, 2, 2, 16, (2, 3)),       # strided, dilated and grouped at once
-    (1, 1, 1, 1, 1, 7, (2, 3)),        # padding beyond the kernel
+    (1, 3, 2, 1, 1, 11, (3, 6)),  # ResNet downsampling
+    (1, 7, 2, 3, 1, 17, (3, 8)),  # ResNet stem, odd size
+    (1, 1, 2, 0, 1, 10, (4, 6)),  # strided 1x1 shortcut: rows no window reaches
+    (6, 3, 2, 1, 1, 13, (1, 1)),  # depthwise stride 2
+    (8, 5, 1, 2, 1, 9, (1, 2)),  # depthwise with a channel multiplier
+    (1, 3, 1, 2, 2, 12, (4, 4)),  # dilated
+    (2, 3, 3, 2, 2, 16, (2, 3)),  # strided, dilated and grouped at once
+    (1, 1, 1, 1, 1, 7, (2, 3)),  # padding beyond the kernel
     (1, (3, 5), (2, 1), (1, 2), (1, 2), 11, (3, 4)),  # rectangular everything
 ]
 
@@ -48,23 +48,26 @@ def test_convolution_backward(groups, k, stride, pad, dil, size, ch):
     x = torch.randn(2, ch[0] * groups, size, size + 1, **f64)
     w = torch.randn(ch[1] * groups, ch[0], *k2, **f64)
     _, g, (gx, gw) = _autograd(lambda x, w: F.conv2d(x, w, None, stride, pad, dil, groups), x, w)
-    ours = dec.convolution_backward(g, x, w, None, pair(stride), pair(pad), pair(dil), False, [0, 0], groups,
-                                    [True, True, True])
+    ours = dec.convolution_backward(
+        g, x, w, None, pair(stride), pair(pad), pair(dil), False, [0, 0], groups, [True, True, True]
+    )
     torch.testing.assert_close(ours[0], gx, **TOL)
     torch.testing.assert_close(ours[1], gw, **TOL)
     torch.testing.assert_close(ours[2], g.sum((0, 2, 3)), **TOL)
 
 
-@pytest.mark.parametrize("groups, k, stride, pad, dil, out_pad", [
-    (1, 4, 2, 1, 1, 0), (2, 3, 2, 1, 1, 1), (1, 3, 3, 0, 2, 2), (4, 3, 1, 1, 1, 0)])
+@pytest.mark.parametrize(
+    "groups, k, stride, pad, dil, out_pad",
+    [(1, 4, 2, 1, 1, 0), (2, 3, 2, 1, 1, 1), (1, 3, 3, 0, 2, 2), (4, 3, 1, 1, 1, 0)],
+)
 def test_transposed_convolution_backward(groups, k, stride, pad, dil, out_pad):
     torch.manual_seed(1)
     x = torch.randn(2, 2 * groups, 7, 6, **f64)
     w = torch.randn(2 * groups, 3, k, k, **f64)
-    _, g, (gx, gw) = _autograd(
-        lambda x, w: F.conv_transpose2d(x, w, None, stride, pad, out_pad, groups, dil), x, w)
-    ours = dec.convolution_backward(g, x, w, None, [stride] * 2, [pad] * 2, [dil] * 2, True, [out_pad] * 2,
-                                    groups, [True, True, False])
+    _, g, (gx, gw) = _autograd(lambda x, w: F.conv_transpose2d(x, w, None, stride, pad, out_pad, groups, dil), x, w)
+    ours = dec.convolution_backward(
+        g, x, w, None, [stride] * 2, [pad] * 2, [dil] * 2, True, [out_pad] * 2, groups, [True, True, False]
+    )
     torch.testing.assert_close(ours[0], gx, **TOL)
     torch.testing.assert_close(ours[1], gw, **TOL)
 
@@ -78,9 +81,17 @@ def test_convolution_backward_1d():
     torch.testing.assert_close(ours[1], gw, **TOL)
 
 
-@pytest.mark.parametrize("k, stride, pad, dil, ceil, size", [
-    (2, 2, 0, 1, False, 8), (3, 2, 1, 1, False, 9), (3, 2, 0, 1, True, 10), (3, 2, 1, 2, True, 13),
-    (2, 1, 0, 1, False, 7), (3, 3, 1, 1, True, 11)])
+@pytest.mark.parametrize(
+    "k, stride, pad, dil, ceil, size",
+    [
+        (2, 2, 0, 1, False, 8),
+        (3, 2, 1, 1, False, 9),
+        (3, 2, 0, 1, True, 10),
+        (3, 2, 1, 2, True, 13),
+        (2, 1, 0, 1, False, 7),
+        (3, 3, 1, 1, True, 11),
+    ],
+)
 def test_max_pool_backward(k, stride, pad, dil, ceil, size):
     torch.manual_seed(3)
     x = torch.randn(2, 3, size, size + 2, **f64)
@@ -101,10 +112,18 @@ def test_adaptive_max_pool_backward(out, size):
     assert torch.equal(values, F.adaptive_max_pool2d(x, out)) and torch.equal(indices, idx)
 
 
-@pytest.mark.parametrize("k, stride, pad, ceil, include, divisor, size", [
-    (2, 2, 0, False, True, None, 8), (3, 1, 1, False, False, None, 9), (3, 2, 1, True, True, None, 10),
-    (3, 2, 1, True, False, None, 12), (3, 2, 0, True, True, None, 11), (2, 2, 1, False, True, 3, 7),
-    (5, 3, 2, True, False, None, 14)])
+@pytest.mark.parametrize(
+    "k, stride, pad, ceil, include, divisor, size",
+    [
+        (2, 2, 0, False, True, None, 8),
+        (3, 1, 1, False, False, None, 9),
+        (3, 2, 1, True, True, None, 10),
+        (3, 2, 1, True, False, None, 12),
+        (3, 2, 0, True, True, None, 11),
+        (2, 2, 1, False, True, 3, 7),
+        (5, 3, 2, True, False, None, 14),
+    ],
+)
 def test_avg_pool_backward(k, stride, pad, ceil, include, divisor, size):
     torch.manual_seed(5)
     x = torch.randn(2, 3, size, size + 1, **f64)
@@ -121,17 +140,26 @@ def test_adaptive_avg_pool_backward(out, size):
     torch.testing.assert_close(dec.adaptive_avg_pool2d_backward(g, x), gx, **TOL)
 
 
-@pytest.mark.parametrize("mode, corners, out, scale", [
-    ("bilinear", False, (13, 9), None), ("bilinear", True, (12, 17), None), ("bicubic", False, (11, 14), None),
-    ("nearest", None, (14, 10), None), ("bilinear", False, None, 2.0)])
+@pytest.mark.parametrize(
+    "mode, corners, out, scale",
+    [
+        ("bilinear", False, (13, 9), None),
+        ("bilinear", True, (12, 17), None),
+        ("bicubic", False, (11, 14), None),
+        ("nearest", None, (14, 10), None),
+        ("bilinear", False, None, 2.0),
+    ],
+)
 def test_upsample_backward(mode, corners, out, scale):
     torch.manual_seed(7)
     x = torch.randn(2, 3, 6, 5, **f64)
     up = lambda x: F.interpolate(x, out, scale, mode=mode, align_corners=corners)  # noqa: E731
     y, g, (gx,) = _autograd(up, x)
-    op = {"bilinear": torch.ops.aten.upsample_bilinear2d_backward.default,
-          "bicubic": torch.ops.aten.upsample_bicubic2d_backward.default,
-          "nearest": torch.ops.aten.upsample_nearest2d_backward.default}[mode]
+    op = {
+        "bilinear": torch.ops.aten.upsample_bilinear2d_backward.default,
+        "bicubic": torch.ops.aten.upsample_bicubic2d_backward.default,
+        "nearest": torch.ops.aten.upsample_nearest2d_backward.default,
+    }[mode]
     table = dec.decomposition_table()
     extra = [] if mode == "nearest" else [corners]
     scales = [scale, scale] if scale else [None, None]

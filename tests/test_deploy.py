@@ -1,5 +1,6 @@
 """The deployment image's install, without Docker: deploy/requirements.txt and the wheel into a fresh
 venv (no torch), then the demo job and the engine-only verification there."""
+
 import os
 import subprocess
 import venv
@@ -28,8 +29,10 @@ def test_runtime_install_runs_the_demo_without_torch(tmp_path):
     work.mkdir()
     out = sh(cli, "run", "--all-classes", "--steps", "30", "--out", "results", "--quiet", cwd=work, env=env)
     assert "10 targets" in out and (work / "results" / "index.html").is_file()
-    check = ("import importlib.util, sys; assert importlib.util.find_spec('torch') is None, 'torch installed'; "
-             "import dgn_engine.demo as d; print(d.shipped_artifacts('untrained'))")
+    check = (
+        "import importlib.util, sys; assert importlib.util.find_spec('torch') is None, 'torch installed'; "
+        "import dgn_engine.demo as d; print(d.shipped_artifacts('untrained'))"
+    )
     shipped = sh(py, "-c", check, cwd=work, env=env).strip()
     assert shipped.startswith(str(env_dir))  # the artifacts came with the installed package
     sh(cli, "verify", "--no-torch", "--artifacts", shipped, cwd=work, env=env)

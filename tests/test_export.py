@@ -113,7 +113,9 @@ def test_unknown_format_version_refused(tmp_path, artifacts):
 
 def test_export_bad_input(tmp_path, capsys, artifacts):
     base = ["export", *SMALL, "--mode", "untrained"]
-    assert "argument --batch: must be between 1 and 4,096" in error_line(capsys, base + ["--batch", "0", "--out", str(tmp_path / "a")])
+    assert "argument --batch: must be between 1 and 4,096" in error_line(
+        capsys, base + ["--batch", "0", "--out", str(tmp_path / "a")]
+    )
     err = error_line(capsys, base + ["--taps", "features.77", "--out", str(tmp_path / "b")])
     assert "unknown layer 'features.77'; valid layers: features, features.0" in err  # blocks and leaves
     err = error_line(capsys, base + ["--out", artifacts["untrained"].path])

@@ -20,8 +20,19 @@ ARGS = ("--all-classes", "--steps", "120")
 
 
 def engine(art, out, *extra):
-    return [sys.executable, "-m", "dgn_engine.cli.main", "run", "--artifacts", art.path, "--out", str(out),
-            "--quiet", *ARGS, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "dgn_engine.cli.main",
+        "run",
+        "--artifacts",
+        art.path,
+        "--out",
+        str(out),
+        "--quiet",
+        *ARGS,
+        *extra,
+    ]
 
 
 def results(out) -> dict[str, object]:
@@ -97,8 +108,9 @@ def test_sigint_and_sigterm_stop_cleanly(tmp_path, artifacts, whole, sig, code, 
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code
-    assert err.strip().splitlines() == [f"dgn-engine: stopped by {by}; finished targets are kept; run the same "
-                                        "command again to resume"]
+    assert err.strip().splitlines() == [
+        f"dgn-engine: stopped by {by}; finished targets are kept; run the same command again to resume"
+    ]
     assert json.loads((out / "run.json").read_text())["progress"]["state"] == "interrupted"
     finish(art, out)
     assert_same_as_whole(out, whole)
@@ -111,8 +123,9 @@ def test_two_writers_started_together(tmp_path, artifacts):
     art = artifacts["pretrained"]
     out = tmp_path / "c"
     a = subprocess.Popen(engine(art, out, "--steps", "20"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    b = subprocess.Popen(engine(art, out, "--steps", "10", "--seed", "3"), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    b = subprocess.Popen(
+        engine(art, out, "--steps", "10", "--seed", "3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     (_, err_a), (_, err_b) = a.communicate(timeout=300), b.communicate(timeout=300)
     assert sorted([a.returncode, b.returncode]) == [0, 2], (err_a, err_b)
     loser = err_a if a.returncode == 2 else err_b
@@ -126,8 +139,12 @@ def test_two_writers_started_together(tmp_path, artifacts):
 def _mount_tmpfs(path, size) -> bool:
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def test_full_disk(tmp_path, artifacts, whole):
@@ -182,8 +199,18 @@ def test_corrupted_artifacts_never_run(tmp_path, artifacts):
         data = bytearray((art_dir / name).read_bytes())
         data[rng.randrange(len(data))] ^= 0x01
         (art_dir / name).write_bytes(bytes(data))
-        cmd = [sys.executable, "-m", "dgn_engine.cli.main", "run", "--artifacts", str(art_dir),
-               "--out", str(tmp_path / f"o-{name}"), "--quiet", *ARGS]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dgn_engine.cli.main",
+            "run",
+            "--artifacts",
+            str(art_dir),
+            "--out",
+            str(tmp_path / f"o-{name}"),
+            "--quiet",
+            *ARGS,
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         assert done.returncode == 2
         assert len(done.stderr.strip().splitlines()) == 1 and name in done.stderr and "sha256" in done.stderr

@@ -26,8 +26,11 @@ def test_paper_untrained_generator_has_exactly_5240841_values():
 def test_paper_decoder_head():
     plan = generator_plan("decoder")
     head = plan.convs()[-3:]
-    assert [(c.cout, c.k, c.same, c.relu, c.bn) for c in head] == \
-        [(64, 3, False, True, True), (64, 3, True, True, True), (3, 3, True, False, True)]
+    assert [(c.cout, c.k, c.same, c.relu, c.bn) for c in head] == [
+        (64, 3, False, True, True),
+        (64, 3, True, True, True),
+        (3, 3, True, False, True),
+    ]
     assert not plan.has_alpha and plan.features == 3200
 
 
@@ -101,9 +104,11 @@ def test_grouped_generators_equal_separate_ones():
     stacked = {k: torch.stack([g[k] for g in gens]) for k in gens[0]}
     together = generator_forward(plan, feature, *stacked_generator(plan, stacked), groups=3)
     for i, g in enumerate(gens):
-        alone = generator_forward(plan, feature[i:i + 1], *stacked_generator(plan, {k: v[None] for k, v in g.items()}))
+        alone = generator_forward(
+            plan, feature[i : i + 1], *stacked_generator(plan, {k: v[None] for k, v in g.items()})
+        )
         # float64: the grouped convolution sums the same products; differences are rounding only
-        torch.testing.assert_close(together[i:i + 1], alone, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(together[i : i + 1], alone, rtol=1e-10, atol=1e-10)
 
 
 def test_decoder_module_matches_frozen_functional_form():
@@ -114,5 +119,6 @@ def test_decoder_module_matches_frozen_functional_form():
         bn.running_var.uniform_(0.5, 2)
     dec.eval()
     f = torch.randn(4, plan.features)
-    torch.testing.assert_close(dec(f), generator_forward(plan, f, *frozen_generator(dec.tensors())),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        dec(f), generator_forward(plan, f, *frozen_generator(dec.tensors())), rtol=1e-5, atol=1e-5
+    )

@@ -1,4 +1,5 @@
 """The CUDA path: parity of the step graph on the GPU. Skipped where no CUDA device can be used."""
+
 import numpy as np
 import pytest
 
@@ -9,9 +10,11 @@ from dgn_engine.artifacts import load_artifacts
 def _cuda_ok() -> bool:
     try:
         import onnxruntime as ort
+
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             return False
         from dgn_engine.engine.backends.step_graph import StepGraphBackend
+
         return StepGraphBackend(load_artifacts(demo.shipped_artifacts("pretrained")), "auto").device_type == "cuda"
     except Exception:
         return False
@@ -25,6 +28,7 @@ def test_step_graph_on_cuda_matches_float64(artifacts, mode):
     torch = pytest.importorskip("torch")
     from dgn_engine.engine.backends.step_graph import StepGraphBackend
     from dgn_engine.export.verify import verify
+
     art = artifacts[mode]
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the reference may stay on the CPU
     ok, report = verify(art, 4, device, log=print, engine_backends=[StepGraphBackend(art, "cuda")])
@@ -34,6 +38,7 @@ def test_step_graph_on_cuda_matches_float64(artifacts, mode):
 @pytest.mark.parametrize("mode", ["untrained", "pretrained"])
 def test_selfcheck_on_cuda(mode):
     from dgn_engine.engine.selfcheck import selfcheck
+
     assert selfcheck(load_artifacts(demo.shipped_artifacts(mode)), "cuda")
 
 
@@ -45,6 +50,7 @@ def test_demo_on_cuda_agrees_with_cpu():
     from dgn_engine.engine.loop import run_batch
     from dgn_engine.spec import default_spec
     from dgn_engine.targets import parse_target
+
     art = load_artifacts(demo.shipped_artifacts("pretrained"))
     spec = default_spec("pretrained", steps=10)
     targets = [parse_target(f"class:{c}") for c in range(5)]
@@ -62,6 +68,7 @@ def test_tf32_is_asked_for_and_recorded():
     from dgn_engine.engine.loop import run_batch
     from dgn_engine.spec import default_spec
     from dgn_engine.targets import parse_target
+
     art = load_artifacts(demo.shipped_artifacts("pretrained"))
     spec = default_spec("pretrained", steps=5)
     targets = [parse_target(f"class:{c}") for c in range(5)]

@@ -23,11 +23,16 @@ def record(out, target_id):
 # The paper's step counts are 500 (untrained) and 1,200 (pretrained); a few hundred suffice here. The
 # bounded image range keeps pixels inside 0..1, which caps what the tiny random classifier can be driven
 # to (measured: x2.6 untrained and x5.5 pretrained, against x3+ and x20+ with the paper's free range).
-@pytest.mark.parametrize("mode, target, steps, image_range, factor", [
-    ("untrained", "class:1", 500, "bounded", 2), ("untrained", "class:1", 500, "free", 3),
-    ("pretrained", "class:0", 300, "bounded", 4), ("pretrained", "class:0", 300, "free", 20)])
-def test_reference_run_raises_the_target_activation(tmp_path, tiny_decoder, mode, target, steps, image_range,
-                                                    factor):
+@pytest.mark.parametrize(
+    "mode, target, steps, image_range, factor",
+    [
+        ("untrained", "class:1", 500, "bounded", 2),
+        ("untrained", "class:1", 500, "free", 3),
+        ("pretrained", "class:0", 300, "bounded", 4),
+        ("pretrained", "class:0", 300, "free", 20),
+    ],
+)
+def test_reference_run_raises_the_target_activation(tmp_path, tiny_decoder, mode, target, steps, image_range, factor):
     extra = ["--decoder", tiny_decoder] if mode == "pretrained" else []
     run(tmp_path, "--mode", mode, "--target", target, "--steps", str(steps), "--image-range", image_range, *extra)
     rec = record(tmp_path, target.replace(":", "-"))
@@ -100,8 +105,19 @@ def test_written_png_is_the_image_d_scored(tmp_path, image_range):
     """Untrained G drives pixels far outside what a PNG holds; by default (bounded) G's image stays in
     the pixel range, so the PNG scores what the search's median image scored. The paper's free range
     loses most of it to the clipping (which is why it is not the default)."""
-    run(tmp_path, "--mode", "untrained", "--target", "class:1", "--steps", "300", "--lr", "0.01",
-        "--image-range", image_range)
+    run(
+        tmp_path,
+        "--mode",
+        "untrained",
+        "--target",
+        "class:1",
+        "--steps",
+        "300",
+        "--lr",
+        "0.01",
+        "--image-range",
+        image_range,
+    )
     views = record(tmp_path, "class-1")["faithfulness"]
     png, median = views["png"]["activation"], views["median"]["activation"]
     if image_range == "bounded":

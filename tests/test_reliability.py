@@ -32,6 +32,7 @@ def record(out, tid):
 
 # -- provenance ------------------------------------------------------------------------------------
 
+
 def test_results_record_what_made_them(tmp_path, artifacts):
     art = artifacts["pretrained"]
     out = tmp_path / "o"
@@ -45,15 +46,17 @@ def test_results_record_what_made_them(tmp_path, artifacts):
         assert made["display"] == "model" and made["dgn_engine"] and made["spec"]["steps"] == 3
         assert made["results_key"] == run["results_key"]
     import hashlib
-    assert rec["png_sha256"] == hashlib.sha256((out / "targets/class-1.png").read_bytes()).hexdigest()
 
+    assert rec["png_sha256"] == hashlib.sha256((out / "targets/class-1.png").read_bytes()).hexdigest()
 
 
 def test_precision_is_what_ran_and_float64_is_the_torch_backends(tmp_path, artifacts, capsys):
     art = artifacts["pretrained"]
     out = tmp_path / "o"
     # tf32 is a CUDA mode: on the CPU the record says float32, and the results are float32's bit for bit
-    assert main(run_argv(art, out, "--target", "class:1", "--steps", "3", "--precision", "tf32", "--device", "cpu")) == 0
+    assert (
+        main(run_argv(art, out, "--target", "class:1", "--steps", "3", "--precision", "tf32", "--device", "cpu")) == 0
+    )
     assert record(out, "class-1")["provenance"]["precision"] == "float32"
     plain = tmp_path / "plain"
     assert main(run_argv(art, plain, "--target", "class:1", "--steps", "3", "--device", "cpu")) == 0
@@ -67,6 +70,7 @@ def test_precision_is_what_ran_and_float64_is_the_torch_backends(tmp_path, artif
 def test_cuda_sessions_ask_for_the_precision(monkeypatch):
     """onnxruntime's CUDA provider computes in TF32 unless told otherwise (found on an H200)."""
     from dgn_engine.engine.backends import onnx_session
+
     rt = onnx_session.ort()
     monkeypatch.setattr(rt, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     for precision, flag in (("float32", "0"), ("tf32", "1")):
@@ -74,13 +78,28 @@ def test_cuda_sessions_ask_for_the_precision(monkeypatch):
         assert device == "cuda" and chosen[0] == ("CUDAExecutionProvider", {"use_tf32": flag})
         assert onnx_session.provider_names(chosen) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
+
 def test_resume_refuses_other_classifier_weights(tmp_path, capsys):
     """Case 1: the same command with perturbed weights must not resume into the folder."""
     from tests.small_models import tiny_rgb
+
     weights = tmp_path / "perturbed.pt"
     torch.save({k: v + 0.01 * torch.randn_like(v) for k, v in tiny_rgb().state_dict().items()}, weights)
-    base = ["run", "--backend", "torch", *SMALL, "--mode", "untrained", "--steps", "2", "--out", str(tmp_path / "m"),
-            "--quiet", "--target", "class:0"]
+    base = [
+        "run",
+        "--backend",
+        "torch",
+        *SMALL,
+        "--mode",
+        "untrained",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "m"),
+        "--quiet",
+        "--target",
+        "class:0",
+    ]
     assert main(base) == 0
     before = files(tmp_path / "m")
     err = error_line(capsys, base + ["--weights", str(weights), "--target", "class:1"])
@@ -91,6 +110,7 @@ def test_resume_refuses_other_classifier_weights(tmp_path, capsys):
 def test_resume_refuses_other_artifacts_and_other_display(tmp_path, artifacts, decoder_file, capsys):
     """Cases 5 and a re-export: results of other artifacts or another display are not mixed in."""
     from tests.conftest import export
+
     art = artifacts["pretrained"]
     out = tmp_path / "o"
     assert main(run_argv(art, out, "--all-classes", "--steps", "3")) == 0
@@ -106,6 +126,7 @@ def test_resume_refuses_other_artifacts_and_other_display(tmp_path, artifacts, d
 
 
 # -- one writer ------------------------------------------------------------------------------------
+
 
 def _engine(art, out, *extra):
     return [sys.executable, "-m", "dgn_engine.cli.main", *run_argv(art, out, *extra)]
@@ -123,8 +144,9 @@ def test_second_writer_is_refused_and_a_dead_ones_lock_never_blocks(tmp_path, ar
     killed (SIGKILL, no cleanup) the lock is gone with it."""
     art = artifacts["pretrained"]
     out = tmp_path / "c"
-    proc = subprocess.Popen(_engine(art, out, "--all-classes", "--steps", "400"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _engine(art, out, "--all-classes", "--steps", "400"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         _wait_for(lambda: (out / "run.json").is_file())
         err = error_line(capsys, run_argv(art, out, "--all-classes", "--steps", "10", "--seed", "3"))
@@ -139,9 +161,11 @@ def test_second_writer_is_refused_and_a_dead_ones_lock_never_blocks(tmp_path, ar
 
 # -- artifacts integrity ---------------------------------------------------------------------------
 
+
 @pytest.fixture
 def art_copy(tmp_path, artifacts):
     from dgn_engine.artifacts import load_artifacts
+
     path = tmp_path / "art"
     shutil.copytree(artifacts["pretrained"].path, path)
     return load_artifacts(str(path))
@@ -150,54 +174,88 @@ def art_copy(tmp_path, artifacts):
 def test_flipped_bytes_in_weights_are_caught(tmp_path, art_copy, capsys):
     """Case 3: a corrupted weights.bin (same size) is refused before anything runs."""
     blob = bytearray((tmp_path / "art/weights.bin").read_bytes())
-    blob[len(blob) // 2: len(blob) // 2 + 8] = bytes(8)
+    blob[len(blob) // 2 : len(blob) // 2 + 8] = bytes(8)
     (tmp_path / "art/weights.bin").write_bytes(bytes(blob))
     err = error_line(capsys, run_argv(art_copy, tmp_path / "o", "--all-classes", "--steps", "2"))
     assert "weights.bin" in err and "sha256 differs" in err and "export the artifacts again" in err
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("damage, fragment", [
-    (lambda p: p.write_bytes(p.read_bytes()[:100]), "has 100 bytes, the export wrote"),
-    (lambda p: p.unlink(), "weights.bin is missing"),
-])
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:100]), "has 100 bytes, the export wrote"),
+        (lambda p: p.unlink(), "weights.bin is missing"),
+    ],
+)
 def test_truncated_or_missing_weights_name_the_file(tmp_path, art_copy, capsys, damage, fragment):
     damage(tmp_path / "art/weights.bin")
-    for argv in (run_argv(art_copy, tmp_path / "o", "--all-classes"),
-                 ["verify", "--no-torch", "--artifacts", art_copy.path]):
+    for argv in (
+        run_argv(art_copy, tmp_path / "o", "--all-classes"),
+        ["verify", "--no-torch", "--artifacts", art_copy.path],
+    ):
         err = error_line(capsys, argv)
         assert fragment in err and "ONNXRuntimeError" not in err
 
 
-@pytest.mark.parametrize("edit, fragment", [
-    (lambda m: m.pop("graphs"), "field 'graphs': field required"),
-    (lambda m: m.pop("preprocessing"), "field 'preprocessing': field required"),
-    (lambda m: m.update(batch="many"), "field 'batch'"),
-    (lambda m: m.update(layout=[1, 2]), "field 'layout'"),
-    (lambda m: m["graphs"].pop("step"), "names no step graph"),
-])
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda m: m.pop("graphs"), "field 'graphs': field required"),
+        (lambda m: m.pop("preprocessing"), "field 'preprocessing': field required"),
+        (lambda m: m.update(batch="many"), "field 'batch'"),
+        (lambda m: m.update(layout=[1, 2]), "field 'layout'"),
+        (lambda m: m["graphs"].pop("step"), "names no step graph"),
+    ],
+)
 def test_damaged_manifest_is_one_line(tmp_path, art_copy, capsys, edit, fragment):
     manifest = json.loads((tmp_path / "art/manifest.json").read_text())
     edit(manifest)
     (tmp_path / "art/manifest.json").write_text(json.dumps(manifest))
-    for argv in (run_argv(art_copy, tmp_path / "o", "--all-classes"),
-                 ["verify", "--no-torch", "--artifacts", art_copy.path]):
+    for argv in (
+        run_argv(art_copy, tmp_path / "o", "--all-classes"),
+        ["verify", "--no-torch", "--artifacts", art_copy.path],
+    ):
         err = error_line(capsys, argv)
         assert fragment in err and "export the artifacts again" in err
 
 
-@pytest.mark.parametrize("option", [["--classifier", "vgg16"], ["--image-size", "64"], ["--g-width", "3"],
-                                    ["--channels", "BGR"], ["--mean", "0.4,0.5,0.5"]])
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--classifier", "vgg16"],
+        ["--image-size", "64"],
+        ["--g-width", "3"],
+        ["--channels", "BGR"],
+        ["--mean", "0.4,0.5,0.5"],
+    ],
+)
 def test_options_the_artifacts_fix_are_refused(tmp_path, artifacts, capsys, option):
     """Case 4: an option the artifacts fix, given with another value, is not silently ignored."""
     err = error_line(capsys, run_argv(artifacts["untrained"], tmp_path / "o", "--target", "class:1", *option))
     assert f"fix {option[0]}" in err
     # the value they were exported with is fine
-    assert main(run_argv(artifacts["untrained"], tmp_path / "o", "--target", "class:1", "--steps", "2",
-                         "--image-size", "32", "--classifier", "tests.small_models:tiny_rgb")) == 0
+    assert (
+        main(
+            run_argv(
+                artifacts["untrained"],
+                tmp_path / "o",
+                "--target",
+                "class:1",
+                "--steps",
+                "2",
+                "--image-size",
+                "32",
+                "--classifier",
+                "tests.small_models:tiny_rgb",
+            )
+        )
+        == 0
+    )
 
 
 # -- results files read back -----------------------------------------------------------------------
+
 
 def test_emptied_png_is_recomputed_and_the_gallery_names_it(tmp_path, artifacts, capsys):
     """Case 6: a 0-byte PNG is not a finished target; the gallery leaves it out with a warning."""
@@ -214,8 +272,9 @@ def test_emptied_png_is_recomputed_and_the_gallery_names_it(tmp_path, artifacts,
     assert "recomputing 1 target(s)" in capsys.readouterr().out
     after = files(out)
     assert after["class-4.png"] == good["class-4.png"]
-    assert {f: v for f, v in after.items() if f != "class-4.json"} == \
-        {f: v for f, v in good.items() if f != "class-4.json"}
+    assert {f: v for f, v in after.items() if f != "class-4.json"} == {
+        f: v for f, v in good.items() if f != "class-4.json"
+    }
 
 
 @pytest.mark.parametrize("content", ["[1, 2]", "null", '{"target": "class:1"}', "{not json"])
@@ -233,7 +292,9 @@ def test_garbage_target_json(tmp_path, artifacts, capsys, content):
 
 def test_hand_edited_activation_is_named_by_the_gallery(tmp_path, artifacts, capsys):
     out = tmp_path / "o"
-    assert main(run_argv(artifacts["pretrained"], out, "--target", "class:1", "--target", "class:2", "--steps", "3")) == 0
+    assert (
+        main(run_argv(artifacts["pretrained"], out, "--target", "class:1", "--target", "class:2", "--steps", "3")) == 0
+    )
     rec = record(out, "class-1")
     rec["final_activation"] = "lots"
     (out / "targets/class-1.json").write_text(json.dumps(rec))
@@ -277,6 +338,7 @@ def test_deleted_gallery_is_rebuilt(tmp_path, artifacts):
 
 # -- text files ------------------------------------------------------------------------------------
 
+
 def test_text_files(tmp_path, artifacts, capsys):
     art = artifacts["pretrained"]
     latin1 = tmp_path / "t.txt"
@@ -291,7 +353,9 @@ def test_text_files(tmp_path, artifacts, capsys):
 
 
 def test_negative_weight_target_needs_no_equals_sign(tmp_path, artifacts):
-    assert main(run_argv(artifacts["pretrained"], tmp_path / "o", "--target", "-1*class:1+class:2", "--steps", "2")) == 0
+    assert (
+        main(run_argv(artifacts["pretrained"], tmp_path / "o", "--target", "-1*class:1+class:2", "--steps", "2")) == 0
+    )
     assert record(tmp_path / "o", "-1xclass-1_class-2")["target"] == "-1*class:1+class:2"
 
 
@@ -300,22 +364,43 @@ def test_negative_weight_target_needs_no_equals_sign(tmp_path, artifacts):
 ART = "{art}"
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["run", "--artifacts", ART, "--target", "class:1", "--threads", "-4"], "argument --threads: must be between 1"),
-    (["run", "--artifacts", ART, "--target", "class:1", "--steps", str(10**20)], "argument --steps: must be between 1"),
-    (["run", "--artifacts", ART, "--target", "class:1", "--steps", "x"], "argument --steps: expected an integer"),
-    (["run", "--artifacts", ART, "--target", "class:1", "--lr", "nan"], "argument --lr: expected a finite number"),
-    (["run", "--backend", "torch", *SMALL, "--std", "nan,1,1", "--target", "class:1"], "argument --std: expected finite"),
-    (["run", "--backend", "torch", *SMALL, "--mean", "inf,0,0", "--target", "class:1"], "argument --mean: expected finite"),
-    (["run", "--backend", "torch", *SMALL, "--image-size", "0", "--target", "class:1"], "argument --image-size: must be between 8 and 2,048"),
-    (["run", "--backend", "torch", *SMALL, "--image-size", "100000", "--target", "class:1"], "must be between 8 and 2,048"),
-    (["export", *SMALL, "--mode", "untrained", "--decoder", "junk"], "--decoder is the pretrained G"),
-    (["bench", "--batch", "x,y"], "--batch: expected comma-separated integers"),
-    (["bench", "--artifacts", ART, "--batch", "0"], "--batch: every value must be at least 1"),
-    (["bench", "--artifacts", ART, "--batch", "2"], "run batches of 3 only"),
-    (["bench", "--artifacts", ART, "--json", "{tmp}"], "--json"),
-    (["run", "--artifacts", ART, "--target", "class:1", "--nonsense"], "unrecognized arguments: --nonsense"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (
+            ["run", "--artifacts", ART, "--target", "class:1", "--threads", "-4"],
+            "argument --threads: must be between 1",
+        ),
+        (
+            ["run", "--artifacts", ART, "--target", "class:1", "--steps", str(10**20)],
+            "argument --steps: must be between 1",
+        ),
+        (["run", "--artifacts", ART, "--target", "class:1", "--steps", "x"], "argument --steps: expected an integer"),
+        (["run", "--artifacts", ART, "--target", "class:1", "--lr", "nan"], "argument --lr: expected a finite number"),
+        (
+            ["run", "--backend", "torch", *SMALL, "--std", "nan,1,1", "--target", "class:1"],
+            "argument --std: expected finite",
+        ),
+        (
+            ["run", "--backend", "torch", *SMALL, "--mean", "inf,0,0", "--target", "class:1"],
+            "argument --mean: expected finite",
+        ),
+        (
+            ["run", "--backend", "torch", *SMALL, "--image-size", "0", "--target", "class:1"],
+            "argument --image-size: must be between 8 and 2,048",
+        ),
+        (
+            ["run", "--backend", "torch", *SMALL, "--image-size", "100000", "--target", "class:1"],
+            "must be between 8 and 2,048",
+        ),
+        (["export", *SMALL, "--mode", "untrained", "--decoder", "junk"], "--decoder is the pretrained G"),
+        (["bench", "--batch", "x,y"], "--batch: expected comma-separated integers"),
+        (["bench", "--artifacts", ART, "--batch", "0"], "--batch: every value must be at least 1"),
+        (["bench", "--artifacts", ART, "--batch", "2"], "run batches of 3 only"),
+        (["bench", "--artifacts", ART, "--json", "{tmp}"], "--json"),
+        (["run", "--artifacts", ART, "--target", "class:1", "--nonsense"], "unrecognized arguments: --nonsense"),
+    ],
+)
 def test_bad_options_one_line(tmp_path, artifacts, capsys, argv, fragment):
     argv = [a.replace(ART, artifacts["pretrained"].path).replace("{tmp}", str(tmp_path)) for a in argv]
     if argv[0] in ("run", "export"):
@@ -326,21 +411,42 @@ def test_bad_options_one_line(tmp_path, artifacts, capsys, argv, fragment):
 
 
 def test_random_weights_for_the_demo_as_help_offers(tmp_path):
-    assert main(["run", "--backend", "torch", "--classifier", "demo", "--weights", "random", "--target", "class:3",
-                 "--steps", "2", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--backend",
+                "torch",
+                "--classifier",
+                "demo",
+                "--weights",
+                "random",
+                "--target",
+                "class:3",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
 
 
 def test_train_decoder_refuses_what_would_give_a_useless_decoder(tmp_path, capsys):
     """Case 8 (one image: no held-out measure, no batch of two) and a folder as --out, both refused
     before any training."""
     from PIL import Image
+
     images = tmp_path / "imgs"
     images.mkdir()
     Image.new("RGB", (32, 32), "red").save(images / "a.png")
     argv = ["train-decoder", "--images", str(images), *SMALL, "--epochs", "1"]
     assert "holds 1 image(s)" in error_line(capsys, argv + ["--out", str(tmp_path / "d.pt")])
-    assert "leaves 1 image(s) to train on" in error_line(capsys, argv + ["--out", str(tmp_path / "d.pt"),
-                                                                         "--heldout", "0"])
+    assert "leaves 1 image(s) to train on" in error_line(
+        capsys, argv + ["--out", str(tmp_path / "d.pt"), "--heldout", "0"]
+    )
     (tmp_path / "dfolder").mkdir()
     assert "is a folder" in error_line(capsys, argv + ["--out", str(tmp_path / "dfolder")])
     assert not (tmp_path / "d.pt").exists()
@@ -350,6 +456,7 @@ def test_tensor_digest():
     """D's identity for the torch backend: names, dtypes, shapes and values, 0-dim buffers included
     (BatchNorm's num_batches_tracked)."""
     from dgn_engine.engine.backends.torch_reference import tensors_sha256
+
     bn = torch.nn.BatchNorm2d(3)
     base = tensors_sha256(bn.state_dict())
     assert base == tensors_sha256(torch.nn.BatchNorm2d(3).state_dict())

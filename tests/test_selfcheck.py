@@ -1,4 +1,5 @@
 """verify --no-torch: the step graph against the artifacts' own G and D graphs."""
+
 import pytest
 
 from dgn_engine import demo
@@ -24,5 +25,6 @@ def test_selfcheck_catches_a_wrong_gradient(monkeypatch):
         if len(calls) == 2:
             state = {n: (v * 1.05 if n.startswith(("m.", "v.")) else v) for n, v in state.items()}
         return state
+
     monkeypatch.setattr(StepGraphBackend, "state_arrays", skewed)
     assert not selfcheck(load_artifacts(demo.shipped_artifacts("pretrained")), log=lambda *_: None)

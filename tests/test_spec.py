@@ -9,8 +9,13 @@ from dgn_engine.spec import RunSpec, default_spec
 
 def test_paper_defaults():
     u, p = default_spec("untrained"), default_spec("pretrained")
-    assert (u.optimizer.name, u.optimizer.lr, u.optimizer.beta1, u.optimizer.beta2, u.optimizer.eps) == \
-        ("adamax", 0.002, 0.9, 0.999, 1e-8)
+    assert (u.optimizer.name, u.optimizer.lr, u.optimizer.beta1, u.optimizer.beta2, u.optimizer.eps) == (
+        "adamax",
+        0.002,
+        0.9,
+        0.999,
+        1e-8,
+    )
     assert (u.noise.kind, u.noise.sigma) == ("additive", 2.0)
     assert (u.regularizer.kind, u.regularizer.weight, u.steps) == ("l1-final-gamma", 0.01, 500)
     assert (p.optimizer.name, p.optimizer.lr, p.optimizer.momentum) == ("nesterov", 0.01, 0.1)
@@ -27,19 +32,22 @@ def test_json_round_trip():
     assert again == spec
 
 
-@pytest.mark.parametrize("change, fragment", [
-    ({"mode": "half"}, "mode must be one of"),
-    ({"steps": 0}, "steps must lie between 1 and 1,000,000"),
-    ({"lam": -1}, "lambda must be >= 0"),
-    ({"optimizer": {"name": "adam", "lr": 0.1}}, "optimizer must be one of"),
-    ({"optimizer": {"name": "nesterov", "lr": 0}}, "learning rate must be > 0"),
-    ({"noise": {"kind": "additive", "sigma": -1}}, "sigma must be >= 0"),
-    ({"regularizer": {"kind": "l1-final-gamma", "weight": 0.01}}, "needs --mode untrained"),
-    ({"snapshots": {"count": 3, "keep": 5}}, "keep <= count"),
-    ({"targets": ["class:1", "class:1"]}, "listed twice"),
-    ({"colour": "red"}, "unknown spec field"),
-    ({"target_leak": 2}, "target leak must lie in"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"mode": "half"}, "mode must be one of"),
+        ({"steps": 0}, "steps must lie between 1 and 1,000,000"),
+        ({"lam": -1}, "lambda must be >= 0"),
+        ({"optimizer": {"name": "adam", "lr": 0.1}}, "optimizer must be one of"),
+        ({"optimizer": {"name": "nesterov", "lr": 0}}, "learning rate must be > 0"),
+        ({"noise": {"kind": "additive", "sigma": -1}}, "sigma must be >= 0"),
+        ({"regularizer": {"kind": "l1-final-gamma", "weight": 0.01}}, "needs --mode untrained"),
+        ({"snapshots": {"count": 3, "keep": 5}}, "keep <= count"),
+        ({"targets": ["class:1", "class:1"]}, "listed twice"),
+        ({"colour": "red"}, "unknown spec field"),
+        ({"target_leak": 2}, "target leak must lie in"),
+    ],
+)
 def test_validation(change, fragment):
     d = default_spec("pretrained").to_json()
     d.update(change)
@@ -52,5 +60,6 @@ def test_hyper_vector():
     assert list(spec.hyper()) == [0.01, 0.9, 0.999, 1e-8, 0.1, 0.05, 0.1, 1.0]
     assert spec.hyper().sigma == 0.05 and spec.hyper().target_leak == 1.0  # by name, in HYPER's order
     from dgn_engine.spec import HYPER, Hyper
+
     assert Hyper.entry(list(spec.hyper()), "reg_weight") == 0.1 and Hyper._fields == HYPER
     assert not any(math.isnan(v) for v in default_spec("untrained").hyper())

@@ -9,16 +9,19 @@ from dgn_engine.targets import OUTPUT, check_target, objective_weights, parse_ta
 LAYOUT = {OUTPUT: (10,), "features.3": (16, 8, 8), "classifier.0": (32,), "blocks.1": (17, 24)}
 
 
-@pytest.mark.parametrize("text, canonical", [
-    ("class:668", "class:668"),
-    ("class:9+class:339", "class:9+class:339"),
-    ("channel:features.28:17", "channel:features.28:17"),
-    ("neuron:features.28:17:7:7", "neuron:features.28:17:7:7"),
-    ("neuron:blocks.1:17:5", "neuron:blocks.1:17:5"),
-    ("0.5*class:9", "0.5*class:9"),
-    ("1.0*class:9 + 2*channel:features.3:1", "class:9+2*channel:features.3:1"),
-    ("-0.25*class:1+class:2", "-0.25*class:1+class:2"),
-])
+@pytest.mark.parametrize(
+    "text, canonical",
+    [
+        ("class:668", "class:668"),
+        ("class:9+class:339", "class:9+class:339"),
+        ("channel:features.28:17", "channel:features.28:17"),
+        ("neuron:features.28:17:7:7", "neuron:features.28:17:7:7"),
+        ("neuron:blocks.1:17:5", "neuron:blocks.1:17:5"),
+        ("0.5*class:9", "0.5*class:9"),
+        ("1.0*class:9 + 2*channel:features.3:1", "class:9+2*channel:features.3:1"),
+        ("-0.25*class:1+class:2", "-0.25*class:1+class:2"),
+    ],
+)
 def test_parse_canonical(text, canonical):
     target = parse_target(text)
     assert target.text == canonical
@@ -26,43 +29,53 @@ def test_parse_canonical(text, canonical):
     assert "/" not in target.id and ":" not in target.id
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("", "empty target"),
-    ("class:", "cannot read"),
-    ("class:-3", "non-negative integer"),
-    ("class:abc", "non-negative integer"),
-    ("klass:3", "cannot read"),
-    ("channel:features.28", "not of the form channel:LAYER:C"),
-    ("neuron:features.28", "not of the form neuron:LAYER:C:Y:X"),
-    ("0*class:3", "finite non-zero"),
-    ("class:3+class:3", "appears twice"),
-    ("x*class:3", "cannot read"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("", "empty target"),
+        ("class:", "cannot read"),
+        ("class:-3", "non-negative integer"),
+        ("class:abc", "non-negative integer"),
+        ("klass:3", "cannot read"),
+        ("channel:features.28", "not of the form channel:LAYER:C"),
+        ("neuron:features.28", "not of the form neuron:LAYER:C:Y:X"),
+        ("0*class:3", "finite non-zero"),
+        ("class:3+class:3", "appears twice"),
+        ("x*class:3", "cannot read"),
+    ],
+)
 def test_parse_errors(text, fragment):
     with pytest.raises(UsageError, match=fragment) as err:
         parse_target(text)
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("class:10", "class 10 is outside the classifier, which has classes 0..9"),
-    ("channel:features.9:0", "unknown layer 'features.9'; valid layers: features.3, classifier.0, blocks.1"),
-    ("channel:features.3:16", "channels 0..15"),
-    ("neuron:features.3:0:8:0", "positions y 0..7, x 0..7"),
-    ("neuron:classifier.0:1:0:0", "no channels and positions"),
-    ("neuron:features.3:1:2", "write neuron:features.3:C:Y:X"),
-    ("channel:blocks.1:24", "channels 0..23 (the last axis of its [tokens, features] output)"),
-    ("neuron:blocks.1:3:17", "TOKEN 0..16"),
-    ("neuron:blocks.1:3:1:1", "neuron:blocks.1:C:TOKEN"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("class:10", "class 10 is outside the classifier, which has classes 0..9"),
+        ("channel:features.9:0", "unknown layer 'features.9'; valid layers: features.3, classifier.0, blocks.1"),
+        ("channel:features.3:16", "channels 0..15"),
+        ("neuron:features.3:0:8:0", "positions y 0..7, x 0..7"),
+        ("neuron:classifier.0:1:0:0", "no channels and positions"),
+        ("neuron:features.3:1:2", "write neuron:features.3:C:Y:X"),
+        ("channel:blocks.1:24", "channels 0..23 (the last axis of its [tokens, features] output)"),
+        ("neuron:blocks.1:3:17", "TOKEN 0..16"),
+        ("neuron:blocks.1:3:1:1", "neuron:blocks.1:C:TOKEN"),
+    ],
+)
 def test_range_errors(text, fragment):
     with pytest.raises(UsageError, match=re.escape(fragment)):
         check_target(parse_target(text), LAYOUT)
 
 
 def test_objective_weights():
-    targets = [parse_target("class:3"), parse_target("0.5*class:1+class:2"),
-               parse_target("channel:features.3:4"), parse_target("neuron:features.3:2:1:5")]
+    targets = [
+        parse_target("class:3"),
+        parse_target("0.5*class:1+class:2"),
+        parse_target("channel:features.3:4"),
+        parse_target("neuron:features.3:2:1:5"),
+    ]
     w, penalty = objective_weights(targets, LAYOUT, lam=0.01)
     assert w[OUTPUT][0, 3] == 1 and w[OUTPUT][0].sum() == 1
     assert w[OUTPUT][1, 1] == 0.5 and w[OUTPUT][1, 2] == 1
@@ -75,8 +88,9 @@ def test_objective_weights():
 def test_token_layer_weights():
     """A [tokens, features] layer: a channel is one feature, read as its mean over the tokens; a neuron
     one feature of one token."""
-    w, _ = objective_weights([parse_target("channel:blocks.1:4"), parse_target("2*neuron:blocks.1:4:16")],
-                             LAYOUT, lam=0.01)
+    w, _ = objective_weights(
+        [parse_target("channel:blocks.1:4"), parse_target("2*neuron:blocks.1:4:16")], LAYOUT, lam=0.01
+    )
     expected = np.zeros((17, 24), np.float32)
     expected[:, 4] = 1 / 17
     np.testing.assert_allclose(w["blocks.1"][0], expected)

@@ -1,4 +1,5 @@
 """train-decoder: the paper's denoising autoencoder on real image files, resumable per epoch."""
+
 import numpy as np
 import torch
 from PIL import Image
@@ -22,8 +23,19 @@ def make_images(folder, n=40, size=40):
 def test_train_decoder_resumes_and_fits_the_classifier(tmp_path, capsys):
     make_images(tmp_path / "imgs")
     out = str(tmp_path / "decoder.pt")
-    argv = ["train-decoder", "--images", str(tmp_path / "imgs"), "--out", out, "--classifier",
-            "tests.small_models:tiny_rgb", "--batch", "8", "--threads", "2"]
+    argv = [
+        "train-decoder",
+        "--images",
+        str(tmp_path / "imgs"),
+        "--out",
+        out,
+        "--classifier",
+        "tests.small_models:tiny_rgb",
+        "--batch",
+        "8",
+        "--threads",
+        "2",
+    ]
     assert main(argv + ["--epochs", "1"]) == 0
     plan, tensors, training = load_decoder(out)
     assert training["epochs"] == 1 and training["heldout_images"] == 4

@@ -25,6 +25,7 @@ from tests.conftest import error_line, export
 def _has_training_api() -> bool:
     try:
         from dgn_engine.engine.backends.training_api import training_bindings
+
         training_bindings()
         return True
     except Exception:
@@ -32,8 +33,9 @@ def _has_training_api() -> bool:
 
 
 HAS_TRAINING = _has_training_api()
-needs_training = pytest.mark.skipif(not HAS_TRAINING, reason="onnxruntime-training is not installed here "
-                                                               "(its own environment: see the README)")
+needs_training = pytest.mark.skipif(
+    not HAS_TRAINING, reason="onnxruntime-training is not installed here (its own environment: see the README)"
+)
 BOTH = ("--backend", "step-graph", "--backend", "training-api")
 
 
@@ -43,12 +45,15 @@ def both(tmp_path_factory, decoder_file):
     if not HAS_TRAINING:
         pytest.skip("onnxruntime-training is not installed here")
     root = tmp_path_factory.mktemp("both")
-    return {mode: export(root / mode, mode, 3, decoder_file, "--taps", "features.3", *BOTH)
-            for mode in ("untrained", "pretrained")}
+    return {
+        mode: export(root / mode, mode, 3, decoder_file, "--taps", "features.3", *BOTH)
+        for mode in ("untrained", "pretrained")
+    }
 
 
 def _backend(art, name="training-api"):
     from dgn_engine.engine.backends import engine_backend
+
     return engine_backend(name, art, "cpu")
 
 
@@ -58,6 +63,7 @@ def test_matches_float64_reference(both, mode):
     """Each of 6 steps, started from float64's state: onnxruntime's own autodiff plus our numpy update
     within verify's tolerance (5x torch float32's own error against float64, floor 1e-4)."""
     from dgn_engine.export.verify import verify
+
     art = both[mode]
     ok, report = verify(art, 6, "cpu", log=lambda *_: None, engine_backends=[_backend(art)])
     assert ok, report
@@ -90,6 +96,7 @@ def test_same_results_as_the_step_graph(both, mode, steps):
 
 # -- the traps of onnxruntime-training 1.19.2, one test each ---------------------------------------
 
+
 def _training_graph(art) -> onnx.ModelProto:
     return onnx.load(art.graph("training"), load_external_data=False)
 
@@ -108,6 +115,7 @@ def test_too_new_onnx_is_refused_in_one_line(monkeypatch):
     """onnx newer than 1.17 writes IR versions it refuses: export says so before any work."""
     from dgn_engine.errors import UsageError
     from dgn_engine.export import training_api
+
     monkeypatch.setattr(training_api.onnx, "__version__", "1.23.0")
     with pytest.raises(UsageError, match="onnx==1.17.0"):
         training_api.training_api()
@@ -133,7 +141,9 @@ def test_trainables_are_parameters_not_graph_inputs(both):
     """A gradient w.r.t. a graph input fails at run time: alpha (and all of G in untrained mode) are
     checkpoint parameters; the graph's own inputs are only noise, weights, penalty and settings."""
     from onnxruntime.capi import _pybind_state as C
+
     from dgn_engine.state import trainable_shapes
+
     for art in both.values():
         names = set(C.load_checkpoint(os.path.join(art.path, "checkpoint")).parameter_names())
         assert names == set(trainable_shapes(art.mode, art.plan)) and "alpha" in names
@@ -158,18 +168,31 @@ def test_runtime_never_imports_torch(tmp_path, both):
         "import sys; from dgn_engine.cli.main import main; "
         f"rc = main(['run', '--artifacts', {both['pretrained'].path!r}, '--backend', 'training-api', "
         f"'--target', 'class:1', '--steps', '4', '--out', {str(tmp_path / 'r')!r}, '--quiet']); "
-        "assert rc == 0, rc; assert 'torch' not in sys.modules, 'torch was imported'; print('OK')")
+        "assert rc == 0, rc; assert 'torch' not in sys.modules, 'torch was imported'; print('OK')"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
 
 
 # -- the commands ----------------------------------------------------------------------------------
 
+
 @needs_training
 def test_run_resume_and_verify_commands(tmp_path, both, capsys):
     art = both["untrained"]
-    argv = ["run", "--artifacts", art.path, "--backend", "training-api", "--all-classes", "--steps", "5",
-            "--out", str(tmp_path / "r"), "--quiet"]
+    argv = [
+        "run",
+        "--artifacts",
+        art.path,
+        "--backend",
+        "training-api",
+        "--all-classes",
+        "--steps",
+        "5",
+        "--out",
+        str(tmp_path / "r"),
+        "--quiet",
+    ]
     assert main(argv) == 0
     run = json.loads((tmp_path / "r" / "run.json").read_text())
     assert run["backend"]["backend"] == "training-api" and run["progress"]["done"] == 10
@@ -191,11 +214,24 @@ def test_backend_must_be_in_the_artifacts(tmp_path, capfd, decoder_file):
     art = export(tmp_path / "ta", "pretrained", 1, decoder_file, "--backend", "training-api")
     assert art.backends == ["training-api"]
     assert "[I:onnxruntime" not in capfd.readouterr().err  # the gradient builder's log stays hidden
-    err = error_line(capfd, ["run", "--artifacts", art.path, "--backend", "step-graph", "--target", "class:1",
-                              "--out", str(tmp_path / "r")])
+    err = error_line(
+        capfd,
+        [
+            "run",
+            "--artifacts",
+            art.path,
+            "--backend",
+            "step-graph",
+            "--target",
+            "class:1",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
     assert "--backend step-graph" in err
-    err = error_line(capfd, ["run", "--artifacts", art.path, "--device", "cuda", "--target", "class:1",
-                             "--out", str(tmp_path / "r")])
+    err = error_line(
+        capfd, ["run", "--artifacts", art.path, "--device", "cuda", "--target", "class:1", "--out", str(tmp_path / "r")]
+    )
     assert "onnxruntime-training==1.19.2" in err
     with open(art.graph("training"), "r+b") as f:  # a damaged training model
         f.truncate(1000)
@@ -205,8 +241,20 @@ def test_backend_must_be_in_the_artifacts(tmp_path, capfd, decoder_file):
 
 @pytest.mark.skipif(HAS_TRAINING, reason="checks the messages where onnxruntime-training is missing")
 def test_missing_training_api_is_one_line(tmp_path, capsys, artifacts):
-    err = error_line(capsys, ["export", "--classifier", "tests.small_models:tiny_rgb", "--mode", "untrained",
-                              "--backend", "training-api", "--out", str(tmp_path / "a")])
+    err = error_line(
+        capsys,
+        [
+            "export",
+            "--classifier",
+            "tests.small_models:tiny_rgb",
+            "--mode",
+            "untrained",
+            "--backend",
+            "training-api",
+            "--out",
+            str(tmp_path / "a"),
+        ],
+    )
     assert "onnxruntime-training" in err
     # training-api artifacts (made elsewhere) in an environment without onnxruntime-training
     art = tmp_path / "made-elsewhere"
@@ -232,8 +280,20 @@ def test_an_op_without_a_training_gradient_is_named(tmp_path, capsys):
     pooling): one line names the op and points to the step-graph backend, which takes the net."""
     from tests.conftest import error_line
 
-    err = error_line(capsys, ["export", "--classifier", "tests.zoo:inception", "--mode", "untrained",
-                              "--backend", "training-api", "--out", str(tmp_path / "a")])
+    err = error_line(
+        capsys,
+        [
+            "export",
+            "--classifier",
+            "tests.zoo:inception",
+            "--mode",
+            "untrained",
+            "--backend",
+            "training-api",
+            "--out",
+            str(tmp_path / "a"),
+        ],
+    )
     assert "no gradient for the ONNX op ReduceMax" in err and "step-graph" in err
 
 
@@ -247,8 +307,23 @@ def test_transformer_and_pre_activation_classifiers(tmp_path, name):
     matches float64 within verify's tolerance (the DenseNet's loss was 29% off before)."""
     from dgn_engine.artifacts import load_artifacts
     from dgn_engine.export.verify import verify
-    assert main(["export", "--classifier", f"tests.zoo:{name}", "--mode", "untrained", "--backend", "training-api",
-                 "--out", str(tmp_path / "art")]) == 0
+
+    assert (
+        main(
+            [
+                "export",
+                "--classifier",
+                f"tests.zoo:{name}",
+                "--mode",
+                "untrained",
+                "--backend",
+                "training-api",
+                "--out",
+                str(tmp_path / "art"),
+            ]
+        )
+        == 0
+    )
     art = load_artifacts(str(tmp_path / "art"))
     ok, report = verify(art, 2, "cpu", log=lambda *_: None, engine_backends=[_backend(art)])
     assert ok, report
@@ -259,12 +334,30 @@ def test_onnx_file_as_d_says_where_it_converts(tmp_path, capsys):
     """onnx2fx needs onnx >= 1.19.1, onnxruntime-training 1.19 pins onnx 1.17: one line says which
     environment converts an ONNX file (and the other forms D can take)."""
     from onnx import TensorProto, helper
+
     graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["logits"])],
-        "d", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])])
+        [
+            helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["logits"]),
+        ],
+        "d",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
+    )
     path = tmp_path / "d.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    err = error_line(capsys, ["export", "--classifier", str(path), "--mode", "untrained", "--backend", "training-api",
-                              "--out", str(tmp_path / "art")])
+    err = error_line(
+        capsys,
+        [
+            "export",
+            "--classifier",
+            str(path),
+            "--mode",
+            "untrained",
+            "--backend",
+            "training-api",
+            "--out",
+            str(tmp_path / "art"),
+        ],
+    )
     assert "onnxruntime-training environment" in err and "step-graph" in err and "TorchScript" in err

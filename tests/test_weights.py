@@ -1,5 +1,6 @@
 """Both weight layouts, written here with random values and checked against the values applied
 directly by each format's own definition."""
+
 import h5py
 import numpy as np
 import pytest
@@ -23,14 +24,29 @@ def keras1_layers(convs, in_channels, size, hidden, classes, rng):
             layers.append(("pool", ()))
             size //= 2
         else:
-            layers += [("pad", ()), ("conv", ((rng.standard_normal((v, c, 3, 3)) * 0.3).astype(np.float32),
-                                              (rng.standard_normal(v) * 0.1).astype(np.float32)))]
+            layers += [
+                ("pad", ()),
+                (
+                    "conv",
+                    (
+                        (rng.standard_normal((v, c, 3, 3)) * 0.3).astype(np.float32),
+                        (rng.standard_normal(v) * 0.1).astype(np.float32),
+                    ),
+                ),
+            ]
             c = v
     layers.append(("flatten", ()))
     width = c * size * size
     for h in (*hidden, classes):
-        layers.append(("dense", ((rng.standard_normal((width, h)) / np.sqrt(width)).astype(np.float32),
-                                 (rng.standard_normal(h) * 0.1).astype(np.float32))))
+        layers.append(
+            (
+                "dense",
+                (
+                    (rng.standard_normal((width, h)) / np.sqrt(width)).astype(np.float32),
+                    (rng.standard_normal(h) * 0.1).astype(np.float32),
+                ),
+            )
+        )
         if h != classes:
             layers.append(("dropout", ()))
         width = h
@@ -58,7 +74,7 @@ def keras1_forward(layers, x):
             x = np.maximum(np.einsum("ocuv,cijuv->oij", w, patches[..., ::-1, ::-1]) + b[:, None, None], 0)
         elif kind == "pool":
             c, h, w_ = x.shape
-            x = x[:, :h // 2 * 2, :w_ // 2 * 2].reshape(c, h // 2, 2, w_ // 2, 2).max(axis=(2, 4))
+            x = x[:, : h // 2 * 2, : w_ // 2 * 2].reshape(c, h // 2, 2, w_ // 2, 2).max(axis=(2, 4))
         elif kind == "flatten":
             x = x.reshape(-1)
         elif kind == "dense":
@@ -79,6 +95,7 @@ def test_keras1_layout_small(tmp_path):
     path = str(tmp_path / "small.h5")
     write_keras1(path, layers)
     from dgn_engine.export.weights import apply_state_dict, keras1_state_dict
+
     module = small_factory()
     apply_state_dict(module, keras1_state_dict(path, module), path)
     x = rng.standard_normal((3, 12, 12)).astype(np.float32)
@@ -92,8 +109,10 @@ def test_torchvision_layout_small(tmp_path):
     """A state dict with random values loads and computes what those values compute directly."""
     rng = np.random.default_rng(1)
     module = small_factory()
-    state = {k: torch.from_numpy(rng.standard_normal(tuple(v.shape)).astype(np.float32) * 0.3)
-             for k, v in module.state_dict().items()}
+    state = {
+        k: torch.from_numpy(rng.standard_normal(tuple(v.shape)).astype(np.float32) * 0.3)
+        for k, v in module.state_dict().items()
+    }
     path = str(tmp_path / "small.pth")
     torch.save(state, path)
     loaded = load_classifier("tests.test_weights:small_factory", path, image_size=12)
@@ -132,7 +151,7 @@ def test_vgg16_keras1_layout_full_size(vgg16_keras_file):
     for name, (w, b) in zip(conv_names, convs):
         np.testing.assert_array_equal(state[name + ".weight"].numpy(), w[:, :, ::-1, ::-1])
         np.testing.assert_array_equal(state[name + ".bias"].numpy(), b)
-    for name, (w, b) in zip(("classifier.0", "classifier.3", "classifier.6"), dense):
+    for name, (w, _b) in zip(("classifier.0", "classifier.3", "classifier.6"), dense):
         np.testing.assert_array_equal(state[name + ".weight"].numpy(), w.T)
     assert clf.preprocessing == IMAGENET_CAFFE
     assert clf.num_classes == 1000
@@ -140,6 +159,7 @@ def test_vgg16_keras1_layout_full_size(vgg16_keras_file):
 
 def test_vgg16_torchvision_layout_full_size(tmp_path):
     from dgn_engine.export.vgg import vgg16
+
     state = {k: torch.randn(v.shape) * 0.01 for k, v in vgg16().state_dict().items()}
     path = str(tmp_path / "vgg16.pth")
     torch.save(state, path)
@@ -155,17 +175,22 @@ def test_vgg16_torchvision_layout_full_size(tmp_path):
 
 def test_wrong_architecture_names_first_misfit(tmp_path):
     from dgn_engine.export.vgg import vgg16
+
     state = vgg16().state_dict()
     state["features.2.weight"] = torch.zeros(32, 64, 3, 3)
     path = str(tmp_path / "other.pth")
     torch.save(state, path)
-    with pytest.raises(UsageError, match=r"tensor 'features\.2\.weight' has shape \(32, 64, 3, 3\), "
-                                         r"the network needs \(64, 64, 3, 3\)"):
+    with pytest.raises(
+        UsageError,
+        match=r"tensor 'features\.2\.weight' has shape \(32, 64, 3, 3\), "
+        r"the network needs \(64, 64, 3, 3\)",
+    ):
         load_classifier("vgg16", path)
 
 
 def test_truncated_files(tmp_path, vgg16_keras_file):
     from dgn_engine.export.vgg import vgg16
+
     pth = str(tmp_path / "t.pth")
     torch.save(vgg16().features[0].state_dict(), pth)
     data = open(pth, "rb").read()

@@ -13,9 +13,9 @@ import torch
 from dgn_engine.artifacts import load_artifacts
 from dgn_engine.cli.main import main
 from dgn_engine.engine.backends.step_graph import StepGraphBackend
+from dgn_engine.engine.backends.torch_reference import TorchBackend
 from dgn_engine.engine.loop import run_batch
 from dgn_engine.export.coupled import Sources, build_coupled
-from dgn_engine.engine.backends.torch_reference import TorchBackend
 from dgn_engine.export.verify import RELATIVE_TO_FLOAT32, verify
 from dgn_engine.targets import parse_target
 from tests import zoo
@@ -23,8 +23,18 @@ from tests.conftest import error_line
 from tests.small_models import write_calibrated_decoder
 
 # a block of each net (not a leaf), so that channel targets read a whole block's output
-BLOCK = {"resnet_basic": "layer1.1", "resnet_bottleneck": "layer1.0", "mobilenet_v2": "2", "mobilenet_v3": "2.block",
-         "efficientnet": "4", "densenet": "7", "inception": "4", "squeezenet": "4", "dilated": "fuse", "vit": "patch_embed"}
+BLOCK = {
+    "resnet_basic": "layer1.1",
+    "resnet_bottleneck": "layer1.0",
+    "mobilenet_v2": "2",
+    "mobilenet_v3": "2.block",
+    "efficientnet": "4",
+    "densenet": "7",
+    "inception": "4",
+    "squeezenet": "4",
+    "dilated": "fuse",
+    "vit": "patch_embed",
+}
 
 
 def _export(out, classifier, mode, decoder=None, *extra):
@@ -85,8 +95,17 @@ def onnx_file(path, module, size, *, batch=None, channels_last=False, opset=17, 
         module = _ChannelsLast(module)
     example = torch.randn(batch or 2, *((size, size, 3) if channels_last else (3, size, size)))
     dynamic = export_options.pop("dynamic_axes", None if batch else {"image": {0: "batch"}})
-    torch.onnx.export(module.eval(), (example,), str(path), dynamo=False, input_names=["image"],
-                      output_names=["scores"], dynamic_axes=dynamic, opset_version=opset, **export_options)
+    torch.onnx.export(
+        module.eval(),
+        (example,),
+        str(path),
+        dynamo=False,
+        input_names=["image"],
+        output_names=["scores"],
+        dynamic_axes=dynamic,
+        opset_version=opset,
+        **export_options,
+    )
     return str(path)
 
 
@@ -112,12 +131,18 @@ def _form(name, form, tmp_path):
         return torch.jit.trace(module, torch.randn(1, 3, size, size)), size
     if form.startswith("onnx"):
         from dgn_engine.export.classifiers import load_classifier
+
         path = tmp_path / "d.onnx"
         if form == "onnx":
             onnx_file(path, module, size)
         else:  # torch.export's ONNX exporter (opset 18), whose tensor names are not module paths
-            torch.onnx.export(module, (torch.randn(2, 3, size, size),), str(path), dynamo=True,
-                              dynamic_shapes=({0: torch.export.Dim("batch")},))
+            torch.onnx.export(
+                module,
+                (torch.randn(2, 3, size, size),),
+                str(path),
+                dynamo=True,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+            )
         return load_classifier(str(path)).module, size
     return module, size
 
@@ -133,8 +158,9 @@ def _gradient_case(form, name):
     return form, name
 
 
-@pytest.mark.parametrize("form,name", [_gradient_case(f, n) for f in ("module", "torchscript", "onnx", "onnx_dynamo")
-                                       for n in zoo.ZOO])
+@pytest.mark.parametrize(
+    "form,name", [_gradient_case(f, n) for f in ("module", "torchscript", "onnx", "onnx_dynamo") for n in zoo.ZOO]
+)
 def test_gradient_of_d(tmp_path, name, form):
     """Every zoo net's input gradient (what the step graph backpropagates into G) through the
     exporter's translations, in onnxruntime: as close to float64 as torch float32 (verify's rule)."""
@@ -167,8 +193,16 @@ def test_module_in_both_modes(tmp_path, name):
     decoder = str(tmp_path / "decoder.pt")
     write_calibrated_decoder(decoder, size, "RGB")
     for mode in ("untrained", "pretrained"):
-        art = _export(tmp_path / mode, f"tests.zoo:{name}", mode, decoder if mode == "pretrained" else None,
-                      "--taps", BLOCK[name], "--batch", "2")
+        art = _export(
+            tmp_path / mode,
+            f"tests.zoo:{name}",
+            mode,
+            decoder if mode == "pretrained" else None,
+            "--taps",
+            BLOCK[name],
+            "--batch",
+            "2",
+        )
         assert art.manifest["plan"]["out_size"] == size
     _verified(load_artifacts(str(tmp_path / "untrained")))
     _engine_equals_reference(art, [parse_target("class:3"), parse_target(f"channel:{BLOCK[name]}:1")])
@@ -183,8 +217,22 @@ def test_torchscript_archive(tmp_path, name):
     decoder = str(tmp_path / "decoder.pt")
     write_calibrated_decoder(decoder, size, "RGB")
     mean, std = (",".join(map(str, v)) for v in zoo.RGB)
-    art = _export(tmp_path / "art", path, "pretrained", decoder, "--image-size", str(size), "--mean", mean, "--std", std,
-                  "--taps", BLOCK[name], "--batch", "2")
+    art = _export(
+        tmp_path / "art",
+        path,
+        "pretrained",
+        decoder,
+        "--image-size",
+        str(size),
+        "--mean",
+        mean,
+        "--std",
+        std,
+        "--taps",
+        BLOCK[name],
+        "--batch",
+        "2",
+    )
     _engine_equals_reference(art, [parse_target("class:3"), parse_target(f"channel:{BLOCK[name]}:1")])
 
 
@@ -212,16 +260,32 @@ def test_torchscript_taps_read_the_blocks(tmp_path, name):
 def test_scripted_archive_with_control_flow_is_class_only(tmp_path, capsys):
     path = str(tmp_path / "scripted.pt")
     torch.jit.save(torch.jit.script(zoo.resnet_basic()), path)
-    err = error_line(capsys, ["export", "--classifier", path, "--image-size", "64", "--mode", "untrained",
-                              "--taps", "layer1", "--out", str(tmp_path / "a")])
+    err = error_line(
+        capsys,
+        [
+            "export",
+            "--classifier",
+            path,
+            "--image-size",
+            "64",
+            "--mode",
+            "untrained",
+            "--taps",
+            "layer1",
+            "--out",
+            str(tmp_path / "a"),
+        ],
+    )
     assert "control flow" in err and "torch.jit.trace" in err
 
 
 ONNX_CI = ("efficientnet",)  # shape arithmetic in the graph (Shape, Gather, Pad)
 
 
-@pytest.mark.parametrize("name", [n if n in ONNX_CI else pytest.param(n, marks=pytest.mark.full_zoo)
-                                  for n in zoo.ZOO if n not in ONNX_UNWRITABLE])
+@pytest.mark.parametrize(
+    "name",
+    [n if n in ONNX_CI else pytest.param(n, marks=pytest.mark.full_zoo) for n in zoo.ZOO if n not in ONNX_UNWRITABLE],
+)
 def test_onnx_file(tmp_path, name):
     """An ONNX file as D: its size and channels read from the file, a tensor tapped by its ONNX name,
     verify in untrained mode and the engine against the torch reference."""
@@ -229,11 +293,13 @@ def test_onnx_file(tmp_path, name):
     size = module.preprocessing.image_size
     path = onnx_file(tmp_path / f"{name}.onnx", module, size)
     from dgn_engine.export.classifiers import load_classifier
+
     d = load_classifier(path)
     tap = [n for n, shape in d.layout(d.layer_names()).items() if len(shape) == 3][-1]  # the last feature map
     mean, std = (",".join(map(str, v)) for v in zoo.RGB)
-    art = _export(tmp_path / "art", path, "untrained", None, "--taps", tap, "--batch", "2", "--mean", mean,
-                  "--std", std)
+    art = _export(
+        tmp_path / "art", path, "untrained", None, "--taps", tap, "--batch", "2", "--mean", mean, "--std", std
+    )
     assert art.manifest["plan"]["out_size"] == size
     _verified(art)
     _engine_equals_reference(art, [parse_target("class:3"), parse_target(f"channel:{tap}:1")])
@@ -255,20 +321,25 @@ class _TwoInputs(torch.nn.Module):
 
 def test_onnx_files_d_cannot_be(tmp_path, capsys):
     two = str(tmp_path / "two.onnx")
-    torch.onnx.export(_TwoInputs(), (torch.randn(1, 3, 8, 8), torch.randn(1, 10)), two, dynamo=False,
-                      input_names=["image", "scale"])
+    torch.onnx.export(
+        _TwoInputs(), (torch.randn(1, 3, 8, 8), torch.randn(1, 10)), two, dynamo=False, input_names=["image", "scale"]
+    )
     err = error_line(capsys, ["export", "--classifier", two, "--mode", "untrained", "--out", str(tmp_path / "a")])
     assert "takes 2 inputs (image, scale)" in err and "one image batch" in err
     sizeless = onnx_file(tmp_path / "sizeless.onnx", LeNet(), 32, dynamic_axes={"image": {0: "b", 2: "h", 3: "w"}})
     err = error_line(capsys, ["export", "--classifier", sizeless, "--mode", "untrained", "--out", str(tmp_path / "a")])
     assert "does not tell its input size" in err and "--image-size" in err
     fixed = onnx_file(tmp_path / "fixed.onnx", LeNet(), 32)
-    err = error_line(capsys, ["export", "--classifier", fixed, "--image-size", "64", "--mode", "untrained",
-                              "--out", str(tmp_path / "a")])
+    err = error_line(
+        capsys,
+        ["export", "--classifier", fixed, "--image-size", "64", "--mode", "untrained", "--out", str(tmp_path / "a")],
+    )
     assert "takes 32x32 images" in err
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x08\x07not a model at all")
-    err = error_line(capsys, ["export", "--classifier", str(garbage), "--mode", "untrained", "--out", str(tmp_path / "a")])
+    err = error_line(
+        capsys, ["export", "--classifier", str(garbage), "--mode", "untrained", "--out", str(tmp_path / "a")]
+    )
     assert "is not an ONNX model" in err
 
 
@@ -290,8 +361,12 @@ def test_traced_lenet_export_run_verify(tmp_path):
     path = str(tmp_path / "lenet.pt")
     torch.jit.save(torch.jit.trace(LeNet().eval(), torch.randn(1, 3, 32, 32)), path)
     art = str(tmp_path / "art")
-    assert main(["export", "--classifier", path, "--image-size", "32", "--mode", "untrained", "--batch", "5",
-                 "--out", art]) == 0
+    assert (
+        main(
+            ["export", "--classifier", path, "--image-size", "32", "--mode", "untrained", "--batch", "5", "--out", art]
+        )
+        == 0
+    )
     assert main(["verify", "--artifacts", art, "--steps", "2"]) == 0
     out = tmp_path / "results"
     assert main(["run", "--artifacts", art, "--all-classes", "--steps", "20", "--out", str(out), "--quiet"]) == 0
@@ -317,8 +392,9 @@ def warped():
 
 
 def test_untranslatable_op_names_the_layer(tmp_path, capsys):
-    err = error_line(capsys, ["export", "--classifier", "tests.test_zoo:warped", "--mode", "untrained",
-                              "--out", str(tmp_path / "a")])
+    err = error_line(
+        capsys, ["export", "--classifier", "tests.test_zoo:warped", "--mode", "untrained", "--out", str(tmp_path / "a")]
+    )
     assert "'stem.warp' (_Warp)" in err and "aten.grid_sampler_2d" in err and "gradient" in err
     # the same net as an ONNX file: the layer is the ONNX node whose translation calls the op
     path = onnx_file(tmp_path / "warped.onnx", warped(), 64, opset=20)
@@ -327,20 +403,46 @@ def test_untranslatable_op_names_the_layer(tmp_path, capsys):
     # as a traced TorchScript archive: the submodule's name and class
     path = str(tmp_path / "warped.pt")
     torch.jit.save(torch.jit.trace(warped(), torch.randn(1, 3, 64, 64)), path)
-    err = error_line(capsys, ["export", "--classifier", path, "--image-size", "64", "--mode", "untrained",
-                              "--out", str(tmp_path / "c")])
+    err = error_line(
+        capsys,
+        ["export", "--classifier", path, "--image-size", "64", "--mode", "untrained", "--out", str(tmp_path / "c")],
+    )
     assert "'stem.warp' (_Warp)" in err and "aten.grid_sampler_2d" in err
 
 
 def test_unknown_and_unfit_taps(tmp_path, capsys):
-    err = error_line(capsys, ["export", "--classifier", "tests.zoo:resnet_basic", "--mode", "untrained",
-                              "--taps", "layer9", "--out", str(tmp_path / "a")])
+    err = error_line(
+        capsys,
+        [
+            "export",
+            "--classifier",
+            "tests.zoo:resnet_basic",
+            "--mode",
+            "untrained",
+            "--taps",
+            "layer9",
+            "--out",
+            str(tmp_path / "a"),
+        ],
+    )
     assert "unknown layer 'layer9'" in err and "layer1.1" in err and "stem" in err
 
 
 def test_wrong_input_size(tmp_path, capsys):
-    err = error_line(capsys, ["export", "--classifier", "tests.zoo:vit", "--image-size", "48",
-                              "--mode", "untrained", "--out", str(tmp_path / "a")])
+    err = error_line(
+        capsys,
+        [
+            "export",
+            "--classifier",
+            "tests.zoo:vit",
+            "--image-size",
+            "48",
+            "--mode",
+            "untrained",
+            "--out",
+            str(tmp_path / "a"),
+        ],
+    )
     assert "does not accept 3x48x48 input" in err
 
 

@@ -5,6 +5,7 @@ building blocks of the real families: strided and depthwise convolutions, residu
 squeeze-and-excitation, ReLU6 / hardswish / SiLU / GELU, "same" padding done with F.pad, avg and
 ceil-mode max pooling, dilation, interpolation, LayerNorm and attention.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,11 @@ def _finish(module: nn.Module, size: int) -> nn.Module:
 
 def _bn_conv(cin, cout, k, stride=1, groups=1, act=nn.ReLU, padding=None, dilation=1):
     pad = (k - 1) // 2 * dilation if padding is None else padding
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, pad, dilation, groups, bias=False),
-                         nn.BatchNorm2d(cout), act() if act else nn.Identity())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, pad, dilation, groups, bias=False),
+        nn.BatchNorm2d(cout),
+        act() if act else nn.Identity(),
+    )
 
 
 class BasicBlock(nn.Module):
@@ -46,8 +50,11 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = _bn_conv(cin, cout, 3, stride)
         self.conv2 = _bn_conv(cout, cout, 3, act=None)
-        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                           if stride != 1 or cin != cout else nn.Identity())
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
 
     def forward(self, x):
         return F.relu(self.conv2(self.conv1(x)) + self.downsample(x))
@@ -56,7 +63,9 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     def __init__(self, cin, mid, cout, stride):
         super().__init__()
-        self.body = nn.Sequential(_bn_conv(cin, mid, 1), _bn_conv(mid, mid, 3, stride), _bn_conv(mid, cout, 1, act=None))
+        self.body = nn.Sequential(
+            _bn_conv(cin, mid, 1), _bn_conv(mid, mid, 3, stride), _bn_conv(mid, cout, 1, act=None)
+        )
         self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
@@ -113,19 +122,31 @@ class InvertedResidual(nn.Module):
 
 def mobilenet_v2():
     torch.manual_seed(3)
-    net = nn.Sequential(_bn_conv(3, 16, 3, 2, act=nn.ReLU6), InvertedResidual(16, 32, 16, 3, 1),
-                        InvertedResidual(16, 48, 24, 3, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Dropout(0.2), nn.Linear(24, 10))
+    net = nn.Sequential(
+        _bn_conv(3, 16, 3, 2, act=nn.ReLU6),
+        InvertedResidual(16, 32, 16, 3, 1),
+        InvertedResidual(16, 48, 24, 3, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(24, 10),
+    )
     return _finish(net, 48)
 
 
 def mobilenet_v3():
     torch.manual_seed(4)
-    net = nn.Sequential(_bn_conv(3, 16, 3, 2, act=nn.Hardswish),
-                        InvertedResidual(16, 32, 16, 3, 1, act=nn.ReLU, se=True),
-                        InvertedResidual(16, 48, 24, 5, 2, act=nn.Hardswish, se=True),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 32), nn.Hardswish(),
-                        nn.Dropout(0.2), nn.Linear(32, 10))
+    net = nn.Sequential(
+        _bn_conv(3, 16, 3, 2, act=nn.Hardswish),
+        InvertedResidual(16, 32, 16, 3, 1, act=nn.ReLU, se=True),
+        InvertedResidual(16, 48, 24, 5, 2, act=nn.Hardswish, se=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(24, 32),
+        nn.Hardswish(),
+        nn.Dropout(0.2),
+        nn.Linear(32, 10),
+    )
     return _finish(net, 64)
 
 
@@ -145,7 +166,9 @@ class MBConv(nn.Module):
         super().__init__()
         mid = cin * 4
         self.expand = nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.SiLU())
-        self.depthwise = nn.Sequential(SameConv(mid, mid, 3, stride, groups=mid, bias=False), nn.BatchNorm2d(mid), nn.SiLU())
+        self.depthwise = nn.Sequential(
+            SameConv(mid, mid, 3, stride, groups=mid, bias=False), nn.BatchNorm2d(mid), nn.SiLU()
+        )
         self.se = SqueezeExcite(mid, max(4, cin // 4), gate=nn.Sigmoid, act=nn.SiLU)
         self.project = nn.Sequential(nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
         self.residual, self.drop_path = stride == 1 and cin == cout, drop_path
@@ -161,8 +184,17 @@ class MBConv(nn.Module):
 
 def efficientnet():
     torch.manual_seed(5)
-    net = nn.Sequential(SameConv(3, 16, 3, 2, bias=False), nn.BatchNorm2d(16), nn.SiLU(), MBConv(16, 16, 1),
-                        MBConv(16, 24, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(24, 10))
+    net = nn.Sequential(
+        SameConv(3, 16, 3, 2, bias=False),
+        nn.BatchNorm2d(16),
+        nn.SiLU(),
+        MBConv(16, 16, 1),
+        MBConv(16, 24, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(24, 10),
+    )
     return _finish(net, 45)  # odd: "same" padding of the stride-2 convs is asymmetric
 
 
@@ -177,10 +209,21 @@ class DenseLayer(nn.Module):
 
 def densenet():
     torch.manual_seed(6)
-    net = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), DenseLayer(16, 8), DenseLayer(24, 8),
-                        nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 16, 1, bias=False), nn.AvgPool2d(2, 2),
-                        DenseLayer(16, 8), nn.BatchNorm2d(24), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1)),
-                        nn.Flatten(), nn.Linear(24, 10))
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, 1, 1, bias=False),
+        DenseLayer(16, 8),
+        DenseLayer(24, 8),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 16, 1, bias=False),
+        nn.AvgPool2d(2, 2),
+        DenseLayer(16, 8),
+        nn.BatchNorm2d(24),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(),
+        nn.Linear(24, 10),
+    )
     return _finish(net, 32)
 
 
@@ -198,9 +241,16 @@ class InceptionBlock(nn.Module):
 
 def inception():
     torch.manual_seed(7)
-    net = nn.Sequential(_bn_conv(3, 16, 3, 2, padding=0), nn.MaxPool2d(3, 2, ceil_mode=True), InceptionBlock(16),
-                        nn.MaxPool2d(3, 2, ceil_mode=True), InceptionBlock(36), nn.AdaptiveMaxPool2d(2),
-                        nn.Flatten(), nn.Linear(36 * 4, 10))
+    net = nn.Sequential(
+        _bn_conv(3, 16, 3, 2, padding=0),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        InceptionBlock(16),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        InceptionBlock(36),
+        nn.AdaptiveMaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(36 * 4, 10),
+    )
     return _finish(net, 75)
 
 
@@ -218,10 +268,20 @@ class Fire(nn.Module):
 
 def squeezenet():
     torch.manual_seed(8)
-    net = nn.Sequential(nn.Conv2d(3, 16, 3, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, ceil_mode=True),
-                        Fire(16, 8, 16), Fire(32, 8, 16), nn.MaxPool2d(3, 2, ceil_mode=True), Fire(32, 8, 24),
-                        nn.Dropout(0.5), nn.Conv2d(48, 10, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
-                        nn.Flatten())
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        Fire(16, 8, 16),
+        Fire(32, 8, 16),
+        nn.MaxPool2d(3, 2, ceil_mode=True),
+        Fire(32, 8, 24),
+        nn.Dropout(0.5),
+        nn.Conv2d(48, 10, 1),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
     return _finish(net, 47)
 
 
@@ -291,6 +351,15 @@ def vit():
     return _finish(TinyViT(), 32)
 
 
-ZOO = {"resnet_basic": resnet_basic, "resnet_bottleneck": resnet_bottleneck, "mobilenet_v2": mobilenet_v2,
-       "mobilenet_v3": mobilenet_v3, "efficientnet": efficientnet, "densenet": densenet, "inception": inception,
-       "squeezenet": squeezenet, "dilated": dilated, "vit": vit}
+ZOO = {
+    "resnet_basic": resnet_basic,
+    "resnet_bottleneck": resnet_bottleneck,
+    "mobilenet_v2": mobilenet_v2,
+    "mobilenet_v3": mobilenet_v3,
+    "efficientnet": efficientnet,
+    "densenet": densenet,
+    "inception": inception,
+    "squeezenet": squeezenet,
+    "dilated": dilated,
+    "vit": vit,
+}

@@ -4,6 +4,7 @@ write the model card and the prebuilt demo artifacts. Deterministic with its see
     apt-get install dataset-fashion-mnist
     python tools/train_demo.py            # writes dgn_engine/demo_data/
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,14 +30,13 @@ from dgn_engine.export.vgg import vgg_style
 from dgn_engine.export.weights import sha256_file
 
 DATA = "/usr/share/datasets/fashion-mnist"
-LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-          "Ankle boot"]
+LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 def read_idx(name: str) -> np.ndarray:
     with gzip.open(os.path.join(DATA, name)) as f:
         data = f.read()
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(data[3])]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(data[3])]
     return np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(dims)
 
 
@@ -53,7 +53,7 @@ def to_model(pixels: np.ndarray) -> torch.Tensor:
 def accuracy(model, x, y) -> float:
     model.eval()
     with torch.no_grad():
-        pred = torch.cat([model(to_model(x[i:i + 1000])).argmax(1) for i in range(0, len(x), 1000)])
+        pred = torch.cat([model(to_model(x[i : i + 1000])).argmax(1) for i in range(0, len(x), 1000)])
     return float((pred.numpy() == y).mean())
 
 
@@ -72,7 +72,7 @@ def train_classifier(x, y, epochs: int, seed: int, log) -> torch.nn.Module:
         order = torch.randperm(len(x), generator=gen).numpy()
         total, seen = 0.0, 0
         for i in range(0, len(order) - 127, 128):
-            idx = np.sort(order[i:i + 128])
+            idx = np.sort(order[i : i + 128])
             batch = to_model(x[idx])
             flip = torch.rand(len(idx), generator=gen) < 0.5  # clothes are left-right symmetric
             batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
@@ -109,9 +109,12 @@ def main() -> int:
         model = train_classifier(x_train, y_train, args.epochs, args.seed, print)
         torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, demo.classifier_weights())
     clf = load_classifier(demo.NAME)
-    card.update(classifier_epochs=args.epochs, test_accuracy=accuracy(clf.module, x_test, y_test),
-                train_accuracy=accuracy(clf.module, x_train[:10000], y_train[:10000]),
-                classifier_parameters=sum(p.numel() for p in clf.module.parameters()))
+    card.update(
+        classifier_epochs=args.epochs,
+        test_accuracy=accuracy(clf.module, x_test, y_test),
+        train_accuracy=accuracy(clf.module, x_train[:10000], y_train[:10000]),
+        classifier_parameters=sum(p.numel() for p in clf.module.parameters()),
+    )
     print(f"classifier: test accuracy {card['test_accuracy']:.4f}")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,16 +123,39 @@ def main() -> int:
         ckpt = demo.decoder_weights() + ".ckpt"
         if os.path.exists(ckpt):
             os.unlink(ckpt)
-        rc = cli(["train-decoder", "--images", tmp, "--out", demo.decoder_weights(), "--classifier", demo.NAME,
-                  "--epochs", str(args.decoder_epochs), "--width", str(demo.G_WIDTH), "--heldout", "0.1",
-                  "--seed", str(args.seed), "--threads", str(args.threads)])
+        rc = cli(
+            [
+                "train-decoder",
+                "--images",
+                tmp,
+                "--out",
+                demo.decoder_weights(),
+                "--classifier",
+                demo.NAME,
+                "--epochs",
+                str(args.decoder_epochs),
+                "--width",
+                str(demo.G_WIDTH),
+                "--heldout",
+                "0.1",
+                "--seed",
+                str(args.seed),
+                "--threads",
+                str(args.threads),
+            ]
+        )
         if rc:
             return rc
         os.unlink(ckpt)
     plan, _, training = load_decoder(demo.decoder_weights())
-    card.update(decoder_epochs=training["epochs"], decoder_heldout_mse=training["history"][-1]["val_mse"],
-                decoder_train_mse=training["history"][-1]["train_mse"], decoder_features=plan.features,
-                decoder_heldout_images=training["heldout_images"], decoder_train_images=training["train_images"])
+    card.update(
+        decoder_epochs=training["epochs"],
+        decoder_heldout_mse=training["history"][-1]["val_mse"],
+        decoder_train_mse=training["history"][-1]["train_mse"],
+        decoder_features=plan.features,
+        decoder_heldout_images=training["heldout_images"],
+        decoder_train_images=training["train_images"],
+    )
     card["seconds"] = round(time.time() - started, 1)
     card["classifier_sha256"] = sha256_file(demo.classifier_weights())
     card["decoder_sha256"] = sha256_file(demo.decoder_weights())
@@ -178,8 +204,11 @@ mode the paper's noise sigma 2 and AdaMax lr 0.002 are made for a 5.2M-value G a
 
 def write_card(card: dict) -> None:
     with open(demo.path("MODEL_CARD.md"), "w", encoding="utf-8") as f:
-        f.write(CARD.format(**card, width=demo.G_WIDTH, batch=demo.BATCH, taps=", ".join(demo.TAPS),
-                            threads=card.get("threads", 2)))
+        f.write(
+            CARD.format(
+                **card, width=demo.G_WIDTH, batch=demo.BATCH, taps=", ".join(demo.TAPS), threads=card.get("threads", 2)
+            )
+        )
 
 
 def write_artifacts() -> None:

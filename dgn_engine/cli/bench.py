@@ -1,4 +1,5 @@
 """dgn-engine bench: the engine against the torch reference, as ratios measured in one run."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,29 +16,40 @@ steps per target: 1200 pretrained, 500 untrained)), the ratio against torch eage
 the achieved TFLOP/s from the step's FLOP count, and the peak memory (RSS; GPU memory on CUDA).
 Sizes: demo (the embedded demo), full (VGG-16 + the paper's G, random weights: timing does not
 depend on the values), or any --classifier name (module:factory, a TorchScript or ONNX file) with a G
-of its input size (a random decoder in pretrained mode). Artifacts are exported once into --cache. With --artifacts DIR only that
-folder is timed (no torch needed for --backends step-graph). The training-api backend runs where
-onnxruntime-training is installed (its own environment)."""
+of its input size (a random decoder in pretrained mode). Artifacts are exported once into --cache.
+With --artifacts DIR only that folder is timed (no torch needed for --backends step-graph). The
+training-api backend runs where onnxruntime-training is installed (its own environment)."""
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help=HELP, description=DESCRIPTION,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "bench", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(default: %(default)s)")
-    p.add_argument("--sizes", default="demo",
-                   help="comma-separated: demo, full, or classifier names as --classifier takes them "
-                        "(default: %(default)s)")
+    p.add_argument(
+        "--sizes",
+        default="demo",
+        help="comma-separated: demo, full, or classifier names as --classifier takes them (default: %(default)s)",
+    )
     p.add_argument("--modes", default="pretrained,untrained", help="(default: %(default)s)")
-    p.add_argument("--batch", help="comma-separated batch sizes K (default: 1; with --artifacts their batch, "
-                                    "the only one its graphs run)")
-    p.add_argument("--backends", default="step-graph,torch",
-                   help="comma-separated: step-graph, training-api, torch, torch-compile (default: %(default)s)")
+    p.add_argument(
+        "--batch",
+        help="comma-separated batch sizes K (default: 1; with --artifacts their batch, the only one its graphs run)",
+    )
+    p.add_argument(
+        "--backends",
+        default="step-graph,torch",
+        help="comma-separated: step-graph, training-api, torch, torch-compile (default: %(default)s)",
+    )
     p.add_argument("--artifacts", metavar="DIR", help="time this artifacts folder only")
     p.add_argument("--steps", type=integer(1, 100_000), default=10, help="timed steps per row (default: %(default)s)")
     p.add_argument("--warmup", type=integer(0, 100_000), default=2, help="untimed steps first (default: %(default)s)")
-    p.add_argument("--precision", default="float32",
-                   help="comma-separated: float32, tf32 (CUDA tensor cores; the CPU runs float32); each "
-                        "precision's rows are compared with torch at that precision (default: %(default)s)")
+    p.add_argument(
+        "--precision",
+        default="float32",
+        help="comma-separated: float32, tf32 (CUDA tensor cores; the CPU runs float32); each "
+        "precision's rows are compared with torch at that precision (default: %(default)s)",
+    )
     p.add_argument("--threads", type=THREADS, help="CPU threads for every backend (default: all cores)")
     p.add_argument("--cache", metavar="DIR", help="where exported artifacts are kept (default: a temp folder)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -60,23 +72,38 @@ def main(args) -> int:
         ensure_writable_dir(os.path.dirname(os.path.abspath(args.json)), "folder of --json")
     if args.artifacts and args.batch:
         from ..artifacts import load_artifacts
+
         art = load_artifacts(args.artifacts)
         if batches != [art.batch]:
-            raise UsageError(f"the artifacts in {args.artifacts!r} run batches of {art.batch} only; leave out "
-                             "--batch, or export them again with the batch you want")
+            raise UsageError(
+                f"the artifacts in {args.artifacts!r} run batches of {art.batch} only; leave out "
+                "--batch, or export them again with the batch you want"
+            )
     print(HEADER)
     if args.artifacts:
-        result = bench_artifacts(args.artifacts, backends, args.device, args.steps, args.warmup, args.threads,
-                                 precisions=precisions)
+        result = bench_artifacts(
+            args.artifacts, backends, args.device, args.steps, args.warmup, args.threads, precisions=precisions
+        )
     else:
         try:
             import torch  # noqa: F401
         except ImportError:
-            raise UsageError("bench exports its artifacts with torch: pip install 'dgn-engine[export]', or time "
-                             "an artifacts folder with --artifacts DIR --backends step-graph") from None
-        result = bench(parse_list(args.sizes, what="--sizes"),
-                       parse_list(args.modes, ("pretrained", "untrained"), what="--modes"), batches, backends, args.device, args.steps, args.warmup,
-                       args.cache, args.threads, precisions=precisions)
+            raise UsageError(
+                "bench exports its artifacts with torch: pip install 'dgn-engine[export]', or time "
+                "an artifacts folder with --artifacts DIR --backends step-graph"
+            ) from None
+        result = bench(
+            parse_list(args.sizes, what="--sizes"),
+            parse_list(args.modes, ("pretrained", "untrained"), what="--modes"),
+            batches,
+            backends,
+            args.device,
+            args.steps,
+            args.warmup,
+            args.cache,
+            args.threads,
+            precisions=precisions,
+        )
     if args.json:
         write_json(args.json, result)
     return 0

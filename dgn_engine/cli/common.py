@@ -6,10 +6,9 @@ import argparse
 import math
 import os
 
-
 from ..errors import UsageError
-from ..records import read_lines  # noqa: F401 (the commands read their text files through it)
 from ..preprocessing import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from ..records import read_lines  # noqa: F401 (the commands read their text files through it)
 from ..spec import GAUSSIAN_DROPOUT_SIGMA, IMAGE_RANGES, MAX_STEPS, REGULARIZERS, default_spec, with_settings
 
 
@@ -39,6 +38,7 @@ def floats(text: str) -> tuple[float, ...]:
 
 def integer(lo: int, hi: int | None = None):
     """An argparse type: an integer in [lo, hi]."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -48,6 +48,7 @@ def integer(lo: int, hi: int | None = None):
             bound = f"between {lo} and {hi:,}" if hi is not None else f"at least {lo}"
             raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
         return value
+
     parse.__name__ = "integer"
     return parse
 
@@ -80,8 +81,12 @@ def add_classifier_options(p: argparse.ArgumentParser, default: str | None = "vg
         help="weights for D: a torch state dict (.pth/.pt, torchvision names for vgg16), a Keras-1 "
         "vgg16_weights.h5 (layer_k/param_p, BGR, Caffe mean), or 'random' (seeded by --seed)",
     )
-    g.add_argument("--image-size", type=integer(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), metavar="PX",
-                   help="D's input size, where the file cannot tell")
+    g.add_argument(
+        "--image-size",
+        type=integer(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
+        metavar="PX",
+        help="D's input size, where the file cannot tell",
+    )
     g.add_argument(
         "--channels",
         choices=("RGB", "BGR", "L"),
@@ -136,10 +141,12 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         metavar="X",
         help="untrained G: scale of the paper's layer widths (default: 1 at 224 px, image size / 224 below)",
     )
-    g.add_argument("--steps", type=integer(1, MAX_STEPS),
-                   help="steps per target (default: 1200 pretrained, 500 untrained)")
-    g.add_argument("--seed", type=integer(0, 2**63 - 1), default=0,
-                   help="seeds G's start and the noise (default: %(default)s)")
+    g.add_argument(
+        "--steps", type=integer(1, MAX_STEPS), help="steps per target (default: 1200 pretrained, 500 untrained)"
+    )
+    g.add_argument(
+        "--seed", type=integer(0, 2**63 - 1), default=0, help="seeds G's start and the noise (default: %(default)s)"
+    )
     g.add_argument(
         "--lambda",
         dest="lam",
@@ -184,7 +191,9 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         "whose image D may score far outside 0..255 and which is clipped when written (fixed at export; "
         "default: bounded)",
     )
-    g.add_argument("--snapshots", type=integer(1, MAX_STEPS), default=30, help="images taken over the run (default: %(default)s)")
+    g.add_argument(
+        "--snapshots", type=integer(1, MAX_STEPS), default=30, help="images taken over the run (default: %(default)s)"
+    )
     g.add_argument(
         "--keep",
         type=integer(1, MAX_STEPS),
@@ -195,19 +204,35 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
 
 def spec_from_args(args, targets, base=None):
     """The paper's defaults for the mode (or `base`, e.g. the artifacts' spec) with the options given."""
-    return with_settings(base or default_spec(args.mode or "pretrained"), targets, **{
-        "steps": args.steps, "seed": args.seed, "lr": args.lr, "momentum": args.momentum,
-        "optimizer": args.optimizer, "noise_sigma": args.noise_sigma, "regularizer": args.regularizer,
-        "reg_weight": args.reg_weight, "lam": args.lam, "target_leak": args.target_leak,
-        "image_range": args.image_range, "snapshots": args.snapshots, "keep": args.keep})
+    return with_settings(
+        base or default_spec(args.mode or "pretrained"),
+        targets,
+        **{
+            "steps": args.steps,
+            "seed": args.seed,
+            "lr": args.lr,
+            "momentum": args.momentum,
+            "optimizer": args.optimizer,
+            "noise_sigma": args.noise_sigma,
+            "regularizer": args.regularizer,
+            "reg_weight": args.reg_weight,
+            "lam": args.lam,
+            "target_leak": args.target_leak,
+            "image_range": args.image_range,
+            "snapshots": args.snapshots,
+            "keep": args.keep,
+        },
+    )
 
 
 def sources_from_args(args):
     from ..export.coupled import Sources
 
     if args.decoder and args.mode == "untrained":
-        raise UsageError("--decoder is the pretrained G and untrained mode builds a fresh one; leave out "
-                         "--decoder, or use --mode pretrained")
+        raise UsageError(
+            "--decoder is the pretrained G and untrained mode builds a fresh one; leave out "
+            "--decoder, or use --mode pretrained"
+        )
     if getattr(args, "g_width", None) and (args.mode or "pretrained") == "pretrained":
         raise UsageError("--g-width scales the untrained G; in pretrained mode the decoder fixes G's widths")
     return Sources(

@@ -1,10 +1,20 @@
 """dgn-engine export: write the artifacts that `run` executes in onnxruntime."""
+
 from __future__ import annotations
 
 import argparse
 
-from .common import (THREADS, add_classifier_options, add_method_options, integer, need_torch, read_lines,
-                     set_threads, sources_from_args, spec_from_args)
+from .common import (
+    THREADS,
+    add_classifier_options,
+    add_method_options,
+    integer,
+    need_torch,
+    read_lines,
+    set_threads,
+    sources_from_args,
+    spec_from_args,
+)
 
 HELP = "export G + D as ONNX graphs (one optimisation step of K targets) plus a manifest"
 DESCRIPTION = """\
@@ -22,20 +32,37 @@ checkpoint of the trainables; it runs where onnxruntime-training 1.19.2 and onnx
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help=HELP, description=DESCRIPTION,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "export", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="the artifacts folder to write")
-    p.add_argument("--batch", type=integer(1, 4096), default=1, metavar="K",
-                   help="targets per step graph: K rows of alpha (pretrained) or K generators as one grouped "
-                        "network (untrained) (default: %(default)s)")
-    p.add_argument("--taps", nargs="+", default=[], metavar="LAYER",
-                   help="layers whose activations channel/neuron targets may read: any named module of D, "
-                        "a single layer or a whole block (features.28, layer3, layer3.1.conv2)")
-    p.add_argument("--target", action="append", default=[], metavar="SPEC",
-                   help="a target whose layers are tapped (repeatable)")
+    p.add_argument(
+        "--batch",
+        type=integer(1, 4096),
+        default=1,
+        metavar="K",
+        help="targets per step graph: K rows of alpha (pretrained) or K generators as one grouped "
+        "network (untrained) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--taps",
+        nargs="+",
+        default=[],
+        metavar="LAYER",
+        help="layers whose activations channel/neuron targets may read: any named module of D, "
+        "a single layer or a whole block (features.28, layer3, layer3.1.conv2)",
+    )
+    p.add_argument(
+        "--target", action="append", default=[], metavar="SPEC", help="a target whose layers are tapped (repeatable)"
+    )
     p.add_argument("--targets-file", metavar="FILE", help="targets whose layers are tapped, one per line")
-    p.add_argument("--backend", action="append", choices=("step-graph", "training-api"), metavar="NAME",
-                   help="what the artifacts are for: step-graph (default) or training-api; repeat for both")
+    p.add_argument(
+        "--backend",
+        action="append",
+        choices=("step-graph", "training-api"),
+        metavar="NAME",
+        help="what the artifacts are for: step-graph (default) or training-api; repeat for both",
+    )
     p.add_argument("--force", action="store_true", help="replace the artifacts already in --out")
     p.add_argument("--threads", type=THREADS, help="CPU threads for tracing (default: all cores)")
     add_classifier_options(p)
@@ -52,11 +79,12 @@ def main(args) -> int:
     backends = args.backend or ["step-graph"]
     if "training-api" in backends:
         from ..export.training_api import training_api
+
         training_api()  # installed, or one line saying how
     prepare_out(args.out, args.force)
     set_threads(args.threads)
     targets = list(args.target) + (read_lines(args.targets_file, "targets file") if args.targets_file else [])
-    taps = list(dict.fromkeys(args.taps + sorted({l for t in targets for l in parse_target(t).layers})))
+    taps = list(dict.fromkeys(args.taps + sorted({layer for t in targets for layer in parse_target(t).layers})))
     spec = spec_from_args(args, [])
     coupled = build_coupled(sources_from_args(args), spec, taps)
     export_artifacts(coupled, spec, sources_from_args(args), args.batch, args.out, args.force, backends=backends)

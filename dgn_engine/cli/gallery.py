@@ -1,4 +1,5 @@
 """dgn-engine gallery: the browsable page of a results folder."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,17 +16,20 @@ that reached top-1, median activation, compute time). `run` does this at the end
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("gallery", help=HELP, description=DESCRIPTION,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "gallery", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("results", metavar="RESULTS_DIR", help="a folder written by dgn-engine run")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
     from ..engine.gallery import build_gallery, summary_line
+
     if not os.path.isdir(os.path.join(args.results, "targets")):
         raise UsageError(f"{args.results!r} holds no results (no targets/ folder); give the --out of a run")
     from ..engine.lock import FolderLock
+
     with FolderLock(args.results):
         summary = build_gallery(args.results)
     print(summary_line(summary))

@@ -1,4 +1,5 @@
 """dgn-engine: the entry point."""
+
 from __future__ import annotations
 
 import signal
@@ -70,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Interrupted as e:
         by = "SIGTERM" if e.signal == "SIGTERM" else "Ctrl-C"
-        print(f"\ndgn-engine: stopped by {by}; finished targets are kept; run the same command again "
-              "to resume", file=sys.stderr)
+        print(
+            f"\ndgn-engine: stopped by {by}; finished targets are kept; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 143 if e.signal == "SIGTERM" else 130
     finally:
         if previous is not None:

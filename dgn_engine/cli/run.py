@@ -1,4 +1,5 @@
 """dgn-engine run: synthesise the preferred input of each target."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,18 @@ import os
 from .. import demo
 from ..errors import UsageError
 from ..spec import PRECISIONS
-from .common import (THREADS, add_classifier_options, add_method_options, ensure_writable_dir, integer, need_torch,
-                     read_lines, set_threads, sources_from_args, spec_from_args)
+from .common import (
+    THREADS,
+    add_classifier_options,
+    add_method_options,
+    ensure_writable_dir,
+    integer,
+    need_torch,
+    read_lines,
+    set_threads,
+    sources_from_args,
+    spec_from_args,
+)
 
 HELP = "synthesise preferred inputs for targets (classes, filters, neurons)"
 DESCRIPTION = """\
@@ -22,44 +33,58 @@ embedded Fashion-MNIST demo (exported once into ~/.cache/dgn-engine where torch 
 else its prebuilt artifacts shipped in the package).
 
 Targets: class:668, channel:features.28:17 (a filter's mean activation), neuron:features.28:17:7:7
-(neuron:blocks.3:17:5 for token 5 of a [tokens, features] layer), weighted mixes such as 0.5*class:9+class:339. Defaults follow the paper per mode (Table 1)."""
+(neuron:blocks.3:17:5 for token 5 of a [tokens, features] layer), weighted mixes such as
+0.5*class:9+class:339. Defaults follow the paper per mode (Table 1)."""
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("run", help=HELP, description=DESCRIPTION,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("run", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_argument_group("what to synthesise")
-    what.add_argument("--target", action="append", default=[], metavar="SPEC",
-                      help="a target (repeat for several)")
+    what.add_argument("--target", action="append", default=[], metavar="SPEC", help="a target (repeat for several)")
     what.add_argument("--targets-file", metavar="FILE", help="targets, one per line")
     what.add_argument("--all-classes", action="store_true", help="every class of D, one target each")
     what.add_argument("--labels", metavar="FILE", help="class names, one per line, for the results")
     p.add_argument("--out", required=True, metavar="DIR", help="results folder (created if missing)")
-    p.add_argument("--force", action="store_true",
-                   help="recompute targets in OUT whose results were made with other settings")
+    p.add_argument(
+        "--force", action="store_true", help="recompute targets in OUT whose results were made with other settings"
+    )
     p.add_argument("--artifacts", metavar="DIR", help="an artifacts folder made by dgn-engine export")
-    p.add_argument("--backend", choices=("step-graph", "training-api", "torch"),
-                   help="step-graph: the exported step graph in onnxruntime; training-api: the training model "
-                        "in onnxruntime-training (its own environment, see the README); both run --artifacts, "
-                        "else the embedded demo. torch: the eager torch reference, built from the classifier "
-                        "options or from the files the artifacts' manifest names (default: the first backend "
-                        "the artifacts serve, else step-graph)")
+    p.add_argument(
+        "--backend",
+        choices=("step-graph", "training-api", "torch"),
+        help="step-graph: the exported step graph in onnxruntime; training-api: the training model "
+        "in onnxruntime-training (its own environment, see the README); both run --artifacts, "
+        "else the embedded demo. torch: the eager torch reference, built from the classifier "
+        "options or from the files the artifacts' manifest names (default: the first backend "
+        "the artifacts serve, else step-graph)",
+    )
     add_classifier_options(p, default=None)
     add_method_options(p)
     e = p.add_argument_group("execution")
-    e.add_argument("--batch", type=integer(1),
-                   help="targets optimised together (default: the artifacts' batch; 1 for --backend torch)")
+    e.add_argument(
+        "--batch",
+        type=integer(1),
+        help="targets optimised together (default: the artifacts' batch; 1 for --backend torch)",
+    )
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
-    e.add_argument("--precision", choices=PRECISIONS, default="float32",
-                   help="float32: IEEE single precision (what verify checks); tf32: on CUDA, convolutions and "
-                        "matrix products on the tensor cores in TensorFloat-32, faster and ~1e-3 relative error "
-                        "per product (the CPU runs float32 then); float64: --backend torch only. run.json "
-                        "records what ran (default: %(default)s)")
+    e.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="float32: IEEE single precision (what verify checks); tf32: on CUDA, convolutions and "
+        "matrix products on the tensor cores in TensorFloat-32, faster and ~1e-3 relative error "
+        "per product (the CPU runs float32 then); float64: --backend torch only. run.json "
+        "records what ran (default: %(default)s)",
+    )
     e.add_argument("--threads", type=THREADS, help="CPU threads (default: all cores)")
-    e.add_argument("--display", choices=("model", "original"), default="model",
-                   help="model: the PNG is the image D saw, through its preprocessing; original: per-image "
-                        "min-max (and a square root for untrained G), as the original code showed it "
-                        "(default: %(default)s)")
+    e.add_argument(
+        "--display",
+        choices=("model", "original"),
+        default="model",
+        help="model: the PNG is the image D saw, through its preprocessing; original: per-image "
+        "min-max (and a square root for untrained G), as the original code showed it "
+        "(default: %(default)s)",
+    )
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=main)
 
@@ -80,10 +105,12 @@ def main(args) -> int:
     targets = [parse_target(t).text for t in requested_targets(args)]
     if args.backend == "training-api":
         from ..engine.backends.training_api import training_bindings
+
         training_bindings()  # installed, or one line saying how
     art = None
     if args.artifacts:
         from ..artifacts import load_artifacts
+
         art = load_artifacts(args.artifacts)
         if args.mode and args.mode != art.mode:
             raise UsageError(f"the artifacts in {args.artifacts!r} are for --mode {art.mode}, not {args.mode}")
@@ -96,8 +123,10 @@ def main(args) -> int:
         else:
             args.classifier = demo.NAME
     elif args.backend != "torch":
-        raise UsageError(f"the {args.backend or 'step-graph'} backend runs exported artifacts: dgn-engine export ... "
-                         "--out DIR, then run --artifacts DIR (or use --backend torch)")
+        raise UsageError(
+            f"the {args.backend or 'step-graph'} backend runs exported artifacts: dgn-engine export ... "
+            "--out DIR, then run --artifacts DIR (or use --backend torch)"
+        )
     base = art.spec if art else (demo.spec(args.mode or "pretrained") if args.classifier == demo.NAME else None)
     spec = spec_from_args(args, targets, base=base)  # fail fast on bad settings
     if art:
@@ -110,12 +139,17 @@ def main(args) -> int:
     check_targets(targets, layout, layers, art)
     labels = read_lines(args.labels, "labels file") if args.labels else None
     if labels is not None and len(labels) != layout["output"][0]:
-        raise UsageError(f"labels file {args.labels!r} has {len(labels)} names, the classifier has "
-                         f"{layout['output'][0]} classes")
+        raise UsageError(
+            f"labels file {args.labels!r} has {len(labels)} names, the classifier has {layout['output'][0]} classes"
+        )
     spec = spec_from_args(args, list(dict.fromkeys(targets)), base=base)
     batch = args.batch or (art.batch if art and args.backend != "torch" else 1)
-    job = Job(backend, spec, args.out, JobOptions(batch=batch, display=args.display, force=args.force,
-                                                  labels=labels, progress=not args.quiet))
+    job = Job(
+        backend,
+        spec,
+        args.out,
+        JobOptions(batch=batch, display=args.display, force=args.force, labels=labels, progress=not args.quiet),
+    )
     job.run()
     return 0
 
@@ -123,16 +157,20 @@ def main(args) -> int:
 def demo_artifacts(mode: str, backend: str):
     """The demo's artifacts: exported once into the cache where torch is installed (a fresh export of
     the shipped weights), else the prebuilt step-graph ones shipped in the package."""
-    from ..artifacts import MANIFEST, FORMAT_VERSION, load_artifacts
+    from ..artifacts import FORMAT_VERSION, MANIFEST, load_artifacts
+
     try:
         import torch  # noqa: F401
     except ImportError:
         if backend != "step-graph":
-            raise UsageError(f"the package ships the demo for the step-graph backend only; the {backend} backend "
-                             "needs it exported, which needs torch: pip install 'dgn-engine[export]'") from None
+            raise UsageError(
+                f"the package ships the demo for the step-graph backend only; the {backend} backend "
+                "needs it exported, which needs torch: pip install 'dgn-engine[export]'"
+            ) from None
         return load_artifacts(demo.shipped_artifacts(mode))
     from .. import __version__
     from ..export.manifest import export_demo
+
     settings = hashlib.sha256(demo.spec(mode).dumps().encode()).hexdigest()[:8]  # the structure the graph fixes
     name = f"demo-{mode}-{backend}-{demo.fingerprint()}-{settings}-v{FORMAT_VERSION}-{__version__}"
     out = os.path.join(demo.cache_dir(), name)
@@ -143,8 +181,10 @@ def demo_artifacts(mode: str, backend: str):
             return export_demo(mode, out, backends=(backend,))
         except OSError:  # an unwritable cache: the shipped artifacts are the same export
             if backend != "step-graph":
-                raise UsageError(f"cannot write the demo's {backend} artifacts into {demo.cache_dir()!r}; "
-                                 "set DGN_ENGINE_CACHE to a writable folder") from None
+                raise UsageError(
+                    f"cannot write the demo's {backend} artifacts into {demo.cache_dir()!r}; "
+                    "set DGN_ENGINE_CACHE to a writable folder"
+                ) from None
             return load_artifacts(demo.shipped_artifacts(mode))
     return load_artifacts(out)
 
@@ -159,6 +199,7 @@ def check_fixed_options(args, art) -> None:
             return False
         both_files = os.path.exists(given) and os.path.exists(recorded)
         return given == recorded or (both_files and os.path.samefile(given, recorded))
+
     given = {
         "--classifier": (args.classifier, lambda v: same_file(v, sources.get("classifier"))),
         "--weights": (args.weights, lambda v: same_file(v, sources.get("weights"))),
@@ -171,13 +212,16 @@ def check_fixed_options(args, art) -> None:
     }
     clash = [name for name, (value, agrees) in given.items() if value is not None and not agrees(value)]
     if clash:
-        raise UsageError(f"the artifacts in {art.path!r} fix {', '.join(clash)} (they were exported with other "
-                         f"values); leave {'them' if len(clash) > 1 else 'it'} out, or export again with the values "
-                         "you want")
+        raise UsageError(
+            f"the artifacts in {art.path!r} fix {', '.join(clash)} (they were exported with other "
+            f"values); leave {'them' if len(clash) > 1 else 'it'} out, or export again with the values "
+            "you want"
+        )
 
 
 def check_targets(targets: list[str], layout, layers: list[str], art) -> None:
     from ..targets import check_target, parse_target
+
     for text in targets:
         target = parse_target(text)
         if art is not None:
@@ -189,14 +233,18 @@ def make_backend(args, art, spec, targets: list[str]):
     """(backend, the layer names D has) for the chosen backend."""
     from ..engine.backends import engine_backend
     from ..targets import parse_target
+
     if args.backend != "torch":
         if args.batch is not None and args.batch != art.batch:
-            raise UsageError(f"the artifacts in {art.path!r} run batches of {art.batch}; omit --batch or "
-                             f"export again with --batch {args.batch}")
+            raise UsageError(
+                f"the artifacts in {art.path!r} run batches of {art.batch}; omit --batch or "
+                f"export again with --batch {args.batch}"
+            )
         return engine_backend(args.backend, art, args.device, args.threads, args.precision), art.manifest["taps"]
     need_torch("--backend torch")
-    from ..export.coupled import Sources, build_coupled
     from ..engine.backends.torch_reference import TorchBackend
+    from ..export.coupled import Sources, build_coupled
+
     set_threads(args.threads)
     taps = sorted({layer for t in targets for layer in parse_target(t).layers})
     sources = Sources.from_json(art.manifest["sources"]) if art else sources_from_args(args)

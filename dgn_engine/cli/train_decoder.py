@@ -1,11 +1,11 @@
 """dgn-engine train-decoder: pretrain G as the decoder of a denoising autoencoder."""
+
 from __future__ import annotations
 
 import argparse
-
-from ..errors import UsageError
 import os
 
+from ..errors import UsageError
 from .common import THREADS, add_classifier_options, ensure_writable_dir, finite, integer, need_torch, set_threads
 
 HELP = "train the denoising autoencoder whose decoder is the pretrained G"
@@ -17,18 +17,25 @@ after every epoch, with a checkpoint OUT.ckpt: running the same command again re
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train-decoder", help=HELP, description=DESCRIPTION,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train-decoder", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--images", required=True, metavar="DIR", help="training images (PNG/JPEG, searched recursively)")
     p.add_argument("--out", required=True, metavar="FILE", help="the decoder file to write, e.g. decoder.pt")
     p.add_argument("--epochs", type=integer(1, 100_000), default=400, help="(default: %(default)s, the original's)")
     p.add_argument("--batch", type=integer(2, 65_536), default=24, help="(default: %(default)s)")
-    p.add_argument("--noise-sigma", type=finite, default=0.1,
-                   help="input noise std on the 0..1 pixel scale (default: %(default)s)")
-    p.add_argument("--width", type=finite,
-                   help="scale of the layer widths (default: 1 at 224 px, image size / 224 below)")
-    p.add_argument("--heldout", type=finite, default=0.1,
-                   help="fraction of images kept out of training to measure reconstruction (default: %(default)s)")
+    p.add_argument(
+        "--noise-sigma", type=finite, default=0.1, help="input noise std on the 0..1 pixel scale (default: %(default)s)"
+    )
+    p.add_argument(
+        "--width", type=finite, help="scale of the layer widths (default: 1 at 224 px, image size / 224 below)"
+    )
+    p.add_argument(
+        "--heldout",
+        type=finite,
+        default=0.1,
+        help="fraction of images kept out of training to measure reconstruction (default: %(default)s)",
+    )
     p.add_argument("--seed", type=integer(0, 2**63 - 1), default=0, help="(default: %(default)s)")
     p.add_argument("--threads", type=THREADS, help="CPU threads (default: all cores)")
     add_classifier_options(p)
@@ -48,21 +55,35 @@ def main(args) -> int:
         raise UsageError(f"--out {args.out!r} is a folder; give the decoder's file name, e.g. {args.out}/decoder.pt")
     ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)), "folder of --out")
     set_threads(args.threads)
-    pp = resolve_preprocessing(args.classifier, args.weights, image_size=args.image_size,
-                               channels=args.channels, mean=args.mean, std=args.std)
+    pp = resolve_preprocessing(
+        args.classifier, args.weights, image_size=args.image_size, channels=args.channels, mean=args.mean, std=args.std
+    )
     images = load_images(args.images, pp)
     heldout = round(len(images) * args.heldout)
     if args.heldout > 0 and (heldout < 1 or heldout == len(images)):
-        raise UsageError(f"--images {args.images!r} holds {len(images)} image(s): --heldout {args.heldout} leaves "
-                         f"{'none' if heldout < 1 else 'none to train on'} to measure the reconstruction on; give "
-                         f"more images (at least {int(1.5 / args.heldout) + 1}), or --heldout 0 to train on all "
-                         "without a measure")
+        raise UsageError(
+            f"--images {args.images!r} holds {len(images)} image(s): --heldout {args.heldout} leaves "
+            f"{'none' if heldout < 1 else 'none to train on'} to measure the reconstruction on; give "
+            f"more images (at least {int(1.5 / args.heldout) + 1}), or --heldout 0 to train on all "
+            "without a measure"
+        )
     if len(images) - heldout < 2:
-        raise UsageError(f"--images {args.images!r} leaves {len(images) - heldout} image(s) to train on; the "
-                         "autoencoder's BatchNorm needs batches of at least 2: give more images")
+        raise UsageError(
+            f"--images {args.images!r} leaves {len(images) - heldout} image(s) to train on; the "
+            "autoencoder's BatchNorm needs batches of at least 2: give more images"
+        )
     width = args.width if args.width else min(1.0, pp.image_size / 224)
-    result = train_decoder(images, pp, args.out, epochs=args.epochs, batch=args.batch, width=width,
-                           noise_sigma=args.noise_sigma, val_fraction=args.heldout, seed=args.seed)
+    result = train_decoder(
+        images,
+        pp,
+        args.out,
+        epochs=args.epochs,
+        batch=args.batch,
+        width=width,
+        noise_sigma=args.noise_sigma,
+        val_fraction=args.heldout,
+        seed=args.seed,
+    )
     last = result["history"][-1] if result["history"] else {}
     measured = f"held-out MSE {last['val_mse']:.5f}" if last.get("val_mse") is not None else "no held-out images"
     print(f"decoder written to {args.out!r} after {result['epochs']} epochs ({measured})")

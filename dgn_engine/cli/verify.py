@@ -1,4 +1,5 @@
 """dgn-engine verify: the engine's paths against the float64 torch reference."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,20 +22,25 @@ finite differences of that loss."""
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("verify", help=HELP, description=DESCRIPTION,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "verify", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--artifacts", required=True, metavar="DIR", help="an artifacts folder (dgn-engine export)")
     p.add_argument("--steps", type=integer(1, 10_000), default=5, help="steps to compare (default: %(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(default: %(default)s)")
     p.add_argument("--threads", type=THREADS, help="CPU threads (default: all cores)")
-    p.add_argument("--no-torch", action="store_true",
-                   help="engine only: the step graph against render.onnx and classifier.onnx (no torch needed)")
+    p.add_argument(
+        "--no-torch",
+        action="store_true",
+        help="engine only: the step graph against render.onnx and classifier.onnx (no torch needed)",
+    )
     p.set_defaults(func=main)
 
 
 def runnable_backends(art, log=print) -> list[str]:
     """The backends the artifacts serve that this environment can run; says why any other is left out."""
     from ..engine.backends.training_api import training_bindings
+
     try:
         training_bindings()
         has_training = True
@@ -54,16 +60,20 @@ def main(args) -> int:
     art = load_artifacts(args.artifacts)
     names = runnable_backends(art)
     if not names:
-        raise UsageError(f"this environment can run none of the backends the artifacts in {art.path!r} serve "
-                         f"({', '.join(art.backends)})")
+        raise UsageError(
+            f"this environment can run none of the backends the artifacts in {art.path!r} serve "
+            f"({', '.join(art.backends)})"
+        )
     if args.no_torch:
         from ..engine.selfcheck import selfcheck
+
         ok = all([selfcheck(art, args.device, backend=name) for name in names])
         print("verify: all checks within tolerance" if ok else "verify: FAILED")
         return 0 if ok else 1
     need_torch("verify (the torch reference; or use --no-torch)")
     from ..export.verify import check_sources, verify
     from .common import set_threads
+
     set_threads(args.threads)
     check_sources(art)
     backends = [engine_backend(name, art, args.device, args.threads) for name in names]

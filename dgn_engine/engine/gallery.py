@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 
 from ..digests import sha256_file
 from ..errors import UsageError
-from ..records import RunRecord, TargetRecord, read_record
 from ..files import atomic_write, write_json
+from ..records import RunRecord, TargetRecord, read_record
 from .outputs import png_bytes
 
 SHEET_SIZE = 100  # targets per contact sheet, 10 x 10
@@ -44,8 +44,10 @@ def _records(out: str, warn) -> list[dict]:
             continue
         png = os.path.join(folder, rec.id + ".png")
         if not os.path.isfile(png) or sha256_file(png) != rec.png_sha256:
-            warn(f"dgn-engine: warning: left out of the gallery: {png!r} is missing or not the image its "
-                 f"result {f} reports; run the same command again to recompute it")
+            warn(
+                f"dgn-engine: warning: left out of the gallery: {png!r} is missing or not the image its "
+                f"result {f} reports; run the same command again to recompute it"
+            )
             continue
         records[rec.target] = rec.model_dump(by_alias=True)
     ranked = [records.pop(t) for t in order if t in records]
@@ -84,8 +86,9 @@ def summary_line(s: dict) -> str:
     return line + (f"; {s['diverged']} diverged" if s["diverged"] else "")
 
 
-def contact_sheet(images: list[Image.Image], captions: list[str], columns: int = 10,
-                  tile: int | None = None) -> Image.Image:
+def contact_sheet(
+    images: list[Image.Image], captions: list[str], columns: int = 10, tile: int | None = None
+) -> Image.Image:
     """Tiles of the images (nearest-neighbour scaled to one size) with a caption under each."""
     tile = tile or max(min(max(im.size[0] for im in images), 224), 64)
     cols = min(columns, len(images))

@@ -14,6 +14,7 @@ import numpy as np
 from .. import __version__, progress
 from ..digests import sha256_file, sha256_json
 from ..errors import UsageError
+from ..files import atomic_write, write_json
 from ..preprocessing import display_original
 from ..records import RunRecord, TargetRecord, read_record
 from ..spec import RunSpec
@@ -22,7 +23,6 @@ from .backends.protocol import Backend
 from .gallery import build_gallery, summary_line
 from .lock import FolderLock
 from .loop import Interrupted, Outcome, run_batch
-from ..files import atomic_write, write_json
 from .outputs import png_bytes, read_png
 
 TOP_K = 5
@@ -62,8 +62,12 @@ def differences(old: dict, new: dict, most: int = 4) -> str:
     def show(v):
         text = "unset" if v is None else str(v)
         return text[:12] + "…" if len(text) > 16 else text
-    diffs = [f"{k.removeprefix('spec.').removeprefix('provenance.')} {show(a.get(k))} -> {show(b.get(k))}"
-             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+    diffs = [
+        f"{k.removeprefix('spec.').removeprefix('provenance.')} {show(a.get(k))} -> {show(b.get(k))}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
     return ", ".join(diffs[:most]) + (f" and {len(diffs) - most} more" if len(diffs) > most else "")
 
 
@@ -139,11 +143,16 @@ class Job:
             old = read_record(run_file, RunRecord, "run record")
             if old.results_key != self.key:
                 settings = {k: v for k, v in old.spec.items() if k != "targets"}
-                previous = {"spec": settings, "display": old.display, "provenance": old.provenance,
-                            "dgn_engine": old.model_extra.get("dgn_engine")}
+                previous = {
+                    "spec": settings,
+                    "display": old.display,
+                    "provenance": old.provenance,
+                    "dgn_engine": old.model_extra.get("dgn_engine"),
+                }
                 raise UsageError(
                     f"{self.out!r} holds results made otherwise ({differences(previous, self.made_by)}); use "
-                    "another --out, or --force to recompute its targets this way")
+                    "another --out, or --force to recompute its targets this way"
+                )
 
     def _write_run(self, done: int, seconds: float, state: str) -> None:
         write_json(
@@ -183,7 +192,8 @@ class Job:
             except OSError as e:  # a full disk, a folder made read-only mid-run
                 raise UsageError(
                     f"writing results to {self.out!r} failed ({e.strerror or e}); the {self.done} finished targets "
-                    "are kept, fix the cause and run the same command again") from None
+                    "are kept, fix the cause and run the same command again"
+                ) from None
 
     def _run(self, log) -> dict:
         finished = {t for t in self.targets if self.is_done(t)}  # reads each target's JSON once
@@ -204,18 +214,20 @@ class Job:
         n, steps = len(self.targets), self.spec.steps
         # one bar in target-steps, advanced every step, so the ETA holds from the first seconds even
         # when one batch takes many minutes; its label counts the finished targets
-        bar = progress.bar(n * steps, initial=done * steps, unit="step", desc=f"targets {done}/{n}",
-                           disable=not self.options.progress)
+        bar = progress.bar(
+            n * steps, initial=done * steps, unit="step", desc=f"targets {done}/{n}", disable=not self.options.progress
+        )
         self._write_run(done, 0.0, "running")
         try:
             with _StopFlag() as stop:
                 for batch in self._batches(k, finished):
                     already = sum(t in finished for t in batch)  # a batch cut short by a kill: its finished rows
+                    advance = len(batch) - already  # target-steps per step
                     outcomes = run_batch(
                         self.backend,
                         batch,
                         self.spec,
-                        on_step=lambda s, b=len(batch) - already: bar.update(b),
+                        on_step=lambda s, advance=advance: bar.update(advance),
                         should_stop=lambda: stop.set,
                     )
                     new = [o for o in outcomes if o.target not in finished]
@@ -299,8 +311,10 @@ class Job:
             }
             if o.image is not None:
                 record.update(self._report(o.target, seen[id(o)]))
-                record["faithfulness"] = {view: self._brief(o.target, acts[id(o)]) for view, acts in
-                                          (("last_step", seen_last), ("median", seen_median), ("png", seen))}
+                record["faithfulness"] = {
+                    view: self._brief(o.target, acts[id(o)])
+                    for view, acts in (("last_step", seen_last), ("median", seen_median), ("png", seen))
+                }
                 if self.options.display == "original":
                     record["model_view"] = self._report(o.target, seen_true[id(o)])
             else:
@@ -329,8 +343,11 @@ class Job:
 
     def _brief(self, target: Target, acts: dict[str, np.ndarray]) -> dict:
         report = self._report(target, acts)
-        return {"activation": report["final_activation"], "top1": report["top5"][0]["class"],
-                "top1_is_target": report["top1_is_target"]}
+        return {
+            "activation": report["final_activation"],
+            "top1": report["top5"][0]["class"],
+            "top1_is_target": report["top1_is_target"],
+        }
 
     def _report(self, target: Target, acts: dict[str, np.ndarray]) -> dict:
         weights, _ = objective_weights([target], {n: a.shape for n, a in acts.items()}, self.spec.lam)

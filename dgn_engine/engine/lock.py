@@ -3,6 +3,7 @@
 The kernel releases the lock when its process dies, however it dies, so the lock of a killed run
 never blocks the next one; the file itself stays and only says who held it last.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,13 +39,18 @@ class FolderLock:
         except OSError:
             holder = os.read(fd, 400).decode(errors="replace").strip() or "a process that has not said who it is"
             os.close(fd)
-            raise UsageError(f"{self.folder!r} is being written by another run ({holder}); wait for it to "
-                             "finish, or use another --out") from None
+            raise UsageError(
+                f"{self.folder!r} is being written by another run ({holder}); wait for it to "
+                "finish, or use another --out"
+            ) from None
         command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]
         try:  # who holds it, for the message of a second run (a full disk only loses this note)
             os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
-                         f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command}\n".encode())
+            os.write(
+                fd,
+                f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command}\n".encode(),
+            )
         except OSError:
             pass
         self.fd = fd

@@ -1,4 +1,5 @@
 """One batch of targets through N steps on any backend."""
+
 from __future__ import annotations
 
 import time
@@ -23,6 +24,7 @@ class Interrupted(Exception):
         super().__init__(signal or "SIGINT")
         self.signal = signal
 
+
 @dataclass
 class Outcome:
     target: Target
@@ -34,9 +36,13 @@ class Outcome:
     seconds: float = 0.0
 
 
-def run_batch(backend: Backend, targets: list[Target], spec: RunSpec,
-              on_step: Callable[[int], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> list[Outcome]:
+def run_batch(
+    backend: Backend,
+    targets: list[Target],
+    spec: RunSpec,
+    on_step: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[Outcome]:
     started = time.perf_counter()
     backend.start(targets, spec)
     noise = NoiseStreams(spec.seed, targets, backend.features)

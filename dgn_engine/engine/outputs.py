@@ -1,4 +1,5 @@
 """Results' pictures: PNG encoding and decoding, and the median of the kept snapshots."""
+
 from __future__ import annotations
 
 import io

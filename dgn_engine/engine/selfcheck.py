@@ -10,6 +10,7 @@ directional derivative is taken relative to |g| |d|: a random direction's deriva
 terms of both signs). The target term is checked with the paper's plain ReLU
 (leak 0), so D's ReLU'd outputs give the loss exactly.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -59,13 +60,13 @@ class _GraphLoss:
         acts = self.backend.classify(self.image(params))
         out = acts[OUTPUT]
         activation = sum((self.weights[n] * acts[n]).reshape(len(out), -1).sum(1) for n in self.weights)
-        others = (self.weights[OUTPUT] == 0)
+        others = self.weights[OUTPUT] == 0
         loss = -activation + self.penalty * (out * others).sum(1)
         reg, alpha = self.spec.regularizer, params["alpha"].astype(np.float64)
         if reg.kind == "l2-alpha":
-            loss = loss + reg.weight * np.sqrt((alpha ** 2).sum(1))
+            loss = loss + reg.weight * np.sqrt((alpha**2).sum(1))
         elif reg.kind == "l2sq-alpha":
-            loss = loss + reg.weight * (alpha ** 2).sum(1)
+            loss = loss + reg.weight * (alpha**2).sum(1)
         elif reg.kind == "l1-final-gamma":
             loss = loss + reg.weight * np.abs(params[f"{self.last_bn}.weight"]).sum(1)
         return loss
@@ -73,6 +74,7 @@ class _GraphLoss:
 
 def selfcheck(art, device: str = "cpu", directions: int = 3, log=print, backend: str = "step-graph") -> bool:
     from .backends import engine_backend
+
     backend = engine_backend(backend, art, device)
     spec = replace(art.spec, target_leak=0.0)
     targets = verify_targets(art)
@@ -86,14 +88,16 @@ def selfcheck(art, device: str = "cpu", directions: int = 3, log=print, backend:
     image_err = _rel(out.image, graph_loss.image(params))
     loss_err = float(np.abs(graph_loss(params) - out.loss).max() / max(np.abs(out.loss).max(), 1e-12))
     o = spec.optimizer
-    grad = {n: (-after[f"v.{n}"] / o.lr if o.name == "nesterov" else after[f"m.{n}"] / (1 - o.beta1))
-            for n in graph_loss.trainables}
+    grad = {
+        n: (-after[f"v.{n}"] / o.lr if o.name == "nesterov" else after[f"m.{n}"] / (1 - o.beta1))
+        for n in graph_loss.trainables
+    }
     rng = np.random.default_rng(0)
     grad_norm = np.sqrt(sum((v.astype(np.float64) ** 2).sum() for v in grad.values()))
     grad_err = 0.0
     for i in range(directions):
         d = {n: (grad[n].astype(np.float64) if i == 0 else rng.standard_normal(p.shape)) for n, p in params.items()}
-        d_norm = np.sqrt(sum((v ** 2).sum() for v in d.values()))
+        d_norm = np.sqrt(sum((v**2).sum() for v in d.values()))
         # a step of length 3e-4: the float32 loss's rounding (divided by 2h) grows below it and the kinks
         # of G's ReLUs and of the soft clip's knees above it (untrained demo: 1e-4 gives 2.6e-2, 3e-4
         # 7e-3, 1e-3 2e-1; pretrained demo 9e-4, 7e-4, 3e-3)
@@ -104,8 +108,13 @@ def selfcheck(art, device: str = "cpu", directions: int = 3, log=print, backend:
         analytic = sum((grad[n] * d[n]).sum() for n in params)
         grad_err = max(grad_err, abs(numeric - analytic) / max(grad_norm * d_norm, 1e-30))
     ok = image_err <= IMAGE_TOL and loss_err <= LOSS_TOL and grad_err <= GRADIENT_TOL
-    log(f"{backend.name} backend against the artifacts' own G and D graphs ({len(targets)} targets, {backend.device_type}):")
-    log(f"  image {image_err:.2e} (tolerance {IMAGE_TOL:.0e})  loss {loss_err:.2e} (tolerance {LOSS_TOL:.0e})  "
+    log(
+        f"{backend.name} backend against the artifacts' own G and D graphs "
+        f"({len(targets)} targets, {backend.device_type}):"
+    )
+    log(
+        f"  image {image_err:.2e} (tolerance {IMAGE_TOL:.0e})  loss {loss_err:.2e} (tolerance {LOSS_TOL:.0e})  "
         f"gradient along {directions} directions {grad_err:.2e} (tolerance {GRADIENT_TOL:.0e})  "
-        f"{'ok' if ok else 'FAILED'}")
+        f"{'ok' if ok else 'FAILED'}"
+    )
     return ok

@@ -4,6 +4,7 @@ Encoder: blocks of two valid 3x3 convs (ReLU + BatchNorm each) and a 2x2 max-poo
 128, 256, 512 (five blocks at 224 px; as many as fit at smaller sizes), then Dense 2048 + ReLU and a
 linear Dense to the feature vector. Training: Gaussian noise on the input, MSE, Adadelta, batch 24.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import progress
-from ..files import atomic_write
 from ..errors import UsageError
+from ..files import atomic_write
 from ..plan import BN_EPS, GeneratorPlan, generator_plan
 from ..preprocessing import Preprocessing
 from .generator import Decoder
@@ -43,8 +44,9 @@ class Encoder(nn.Module):
             size = (size - 4) // 2
         self.convs = nn.Sequential(*layers)
         hidden = max(16, round(2048 * width))
-        self.dense = nn.Sequential(nn.Flatten(), nn.Linear(c * size * size, hidden), nn.ReLU(),
-                                   nn.Linear(hidden, features))
+        self.dense = nn.Sequential(
+            nn.Flatten(), nn.Linear(c * size * size, hidden), nn.ReLU(), nn.Linear(hidden, features)
+        )
 
     def forward(self, x):
         return self.dense(self.convs(x))
@@ -67,38 +69,53 @@ def save_atomic(obj, path: str) -> None:
 
 
 def save_decoder(path: str, decoder: Decoder, pp: Preprocessing, training: dict) -> None:
-    save_atomic({"format": DECODER_FORMAT, "plan": decoder.plan.to_json(), "preprocessing": pp.to_json(),
-                 "tensors": {k: v.float().cpu() for k, v in decoder.tensors().items()},
-                 "training": training}, path)
+    save_atomic(
+        {
+            "format": DECODER_FORMAT,
+            "plan": decoder.plan.to_json(),
+            "preprocessing": pp.to_json(),
+            "tensors": {k: v.float().cpu() for k, v in decoder.tensors().items()},
+            "training": training,
+        },
+        path,
+    )
 
 
 def load_decoder(path: str, pp: Preprocessing | None = None) -> tuple[GeneratorPlan, dict[str, torch.Tensor], dict]:
     """(plan, plan-named tensors, training record); checks that it fits the classifier's input."""
     obj = read_torch_file(path, "decoder file")
     if not isinstance(obj, dict) or obj.get("format") != DECODER_FORMAT:
-        raise UsageError(f"decoder file {path!r} is not a dgn-engine decoder (make one with "
-                         "dgn-engine train-decoder)")
+        raise UsageError(f"decoder file {path!r} is not a dgn-engine decoder (make one with dgn-engine train-decoder)")
     plan = GeneratorPlan.from_json(obj["plan"])
     if pp is not None and (plan.out_size != pp.image_size or plan.out_channels != pp.channels):
-        raise UsageError(f"decoder {path!r} makes {plan.out_channels}x{plan.out_size}x{plan.out_size} images; "
-                         f"the classifier takes {pp.channels}x{pp.image_size}x{pp.image_size}")
+        raise UsageError(
+            f"decoder {path!r} makes {plan.out_channels}x{plan.out_size}x{plan.out_size} images; "
+            f"the classifier takes {pp.channels}x{pp.image_size}x{pp.image_size}"
+        )
     tensors = obj["tensors"]
     expected = {**plan.param_shapes(), **plan.buffer_shapes()}
     for name, shape in expected.items():
         got = tuple(tensors[name].shape) if name in tensors else None
         if got != shape:
-            raise UsageError(f"decoder {path!r} does not fit its generator: tensor {name!r} has shape "
-                             f"{got}, the generator needs {shape}")
+            raise UsageError(
+                f"decoder {path!r} does not fit its generator: tensor {name!r} has shape "
+                f"{got}, the generator needs {shape}"
+            )
     return plan, tensors, obj.get("training", {})
 
 
 def load_images(folder: str, pp: Preprocessing) -> np.ndarray:
     """Every image under `folder`, center-cropped square and resized: uint8 [N, H, W, C]."""
     from PIL import Image
+
     if not os.path.isdir(folder):
         raise UsageError(f"--images {folder!r} is not a folder")
-    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs
-                   if f.lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")))
+    files = sorted(
+        os.path.join(d, f)
+        for d, _, fs in os.walk(folder)
+        for f in fs
+        if f.lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"))
+    )
     if not files:
         raise UsageError(f"--images {folder!r} holds no PNG/JPEG/BMP/GIF/WebP images")
     out = np.empty((len(files), pp.image_size, pp.image_size, pp.channels), np.uint8)
@@ -116,15 +133,34 @@ def load_images(folder: str, pp: Preprocessing) -> np.ndarray:
     return out
 
 
-def train_decoder(images: np.ndarray, pp: Preprocessing, out: str, *, epochs: int, batch: int = 24,
-                  width: float = 1.0, noise_sigma: float = 0.1, val_fraction: float = 0.1, seed: int = 0,
-                  threads: int | None = None, log=print) -> dict:
+def train_decoder(
+    images: np.ndarray,
+    pp: Preprocessing,
+    out: str,
+    *,
+    epochs: int,
+    batch: int = 24,
+    width: float = 1.0,
+    noise_sigma: float = 0.1,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    threads: int | None = None,
+    log=print,
+) -> dict:
     """Train the denoising autoencoder; a checkpoint per epoch (`out`.ckpt) makes it resumable."""
     if threads:
         torch.set_num_threads(threads)
     plan = generator_plan("decoder", pp.image_size, pp.channels, width)
-    config = {"plan": plan.to_json(), "preprocessing": pp.to_json(), "batch": batch, "width": width,
-              "noise_sigma": noise_sigma, "val_fraction": val_fraction, "seed": seed, "images": len(images)}
+    config = {
+        "plan": plan.to_json(),
+        "preprocessing": pp.to_json(),
+        "batch": batch,
+        "width": width,
+        "noise_sigma": noise_sigma,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "images": len(images),
+    }
     order = np.random.default_rng(seed).permutation(len(images))
     n_val = int(round(len(images) * val_fraction)) if len(images) > 1 else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
@@ -136,8 +172,9 @@ def train_decoder(images: np.ndarray, pp: Preprocessing, out: str, *, epochs: in
     if os.path.exists(ckpt_path):
         ckpt = read_torch_file(ckpt_path, "checkpoint")
         if ckpt.get("config") != config:
-            raise UsageError(f"{ckpt_path!r} belongs to a training with other settings; delete it or "
-                             "choose another --out")
+            raise UsageError(
+                f"{ckpt_path!r} belongs to a training with other settings; delete it or choose another --out"
+            )
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["generator"])
@@ -155,7 +192,7 @@ def train_decoder(images: np.ndarray, pp: Preprocessing, out: str, *, epochs: in
         total = 0.0
         with torch.no_grad():
             for i in range(0, len(idx), 256):
-                x = as_model(idx[i:i + 256])
+                x = as_model(idx[i : i + 256])
                 total += F.mse_loss(model(x), x, reduction="sum").item()
         return total / (len(idx) * math.prod(images.shape[1:]))
 
@@ -163,10 +200,11 @@ def train_decoder(images: np.ndarray, pp: Preprocessing, out: str, *, epochs: in
         model.train()
         perm = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
         running, seen = 0.0, 0
-        bar = progress.bar(iterable=range(0, len(perm), batch), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
-                           leave=False)
+        bar = progress.bar(
+            iterable=range(0, len(perm), batch), desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False
+        )
         for i in bar:
-            idx = np.sort(perm[i:i + batch])
+            idx = np.sort(perm[i : i + batch])
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             x = as_model(idx)
@@ -179,12 +217,30 @@ def train_decoder(images: np.ndarray, pp: Preprocessing, out: str, *, epochs: in
             bar.set_postfix(mse=f"{running / seen:.4f}")
         history.append({"epoch": epoch + 1, "train_mse": running / max(seen, 1), "val_mse": mse(val_idx)})
         val = history[-1]["val_mse"]
-        log(f"epoch {epoch + 1}/{epochs}: train MSE {history[-1]['train_mse']:.5f}"
-            + (f", held-out MSE {val:.5f}" if val is not None else ""))
-        training = {"epochs": epoch + 1, "history": history, "train_images": len(train_idx),
-                    "heldout_images": len(val_idx), "optimizer": "Adadelta(lr=1, rho=0.95)", "batch": batch,
-                    "noise_sigma": noise_sigma, "seed": seed}
+        log(
+            f"epoch {epoch + 1}/{epochs}: train MSE {history[-1]['train_mse']:.5f}"
+            + (f", held-out MSE {val:.5f}" if val is not None else "")
+        )
+        training = {
+            "epochs": epoch + 1,
+            "history": history,
+            "train_images": len(train_idx),
+            "heldout_images": len(val_idx),
+            "optimizer": "Adadelta(lr=1, rho=0.95)",
+            "batch": batch,
+            "noise_sigma": noise_sigma,
+            "seed": seed,
+        }
         save_decoder(out, model.decoder, pp, training)
-        save_atomic({"config": config, "epoch": epoch + 1, "history": history, "model": model.state_dict(),
-                     "optimizer": opt.state_dict(), "generator": gen.get_state()}, ckpt_path)
+        save_atomic(
+            {
+                "config": config,
+                "epoch": epoch + 1,
+                "history": history,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "generator": gen.get_state(),
+            },
+            ckpt_path,
+        )
     return {"epochs": epochs, "history": history}

@@ -9,10 +9,10 @@
 --classifier module:factory     factory() builds the module; --weights optionally a state dict
 The file cannot always tell the input format: --image-size, --channels, --mean, --std say it.
 """
+
 from __future__ import annotations
 
 import copy
-
 import importlib
 import os
 import sys
@@ -41,7 +41,6 @@ class Classifier:
     tappable: bool = True
     labels: list[str] | None = None
     tap_points: dict[str, nn.Module] | None = None  # name -> module whose output is read; None: named_modules
-
 
     def __post_init__(self):
         self.module.eval()
@@ -75,17 +74,23 @@ class Classifier:
             try:
                 out, acts = tapped(x)
             except RuntimeError as e:
-                raise UsageError(f"classifier {self.name!r} does not accept {pp.channels}x{pp.image_size}x"
-                                 f"{pp.image_size} input ({str(e).splitlines()[0][:160]}); "
-                                 "set --image-size/--channels") from None
+                raise UsageError(
+                    f"classifier {self.name!r} does not accept {pp.channels}x{pp.image_size}x"
+                    f"{pp.image_size} input ({str(e).splitlines()[0][:160]}); "
+                    "set --image-size/--channels"
+                ) from None
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
             what = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
-            raise UsageError(f"classifier {self.name!r} returns {what}; it must return one [batch, classes] "
-                             "tensor (wrap it in a module that picks the logits)")
+            raise UsageError(
+                f"classifier {self.name!r} returns {what}; it must return one [batch, classes] "
+                "tensor (wrap it in a module that picks the logits)"
+            )
         for name, a in acts.items():
             if not isinstance(a, torch.Tensor) or a.dim() < 2:
-                raise UsageError(f"layer {name!r} does not return one activation tensor per image; "
-                                 "tap a layer inside it or around it")
+                raise UsageError(
+                    f"layer {name!r} does not return one activation tensor per image; "
+                    "tap a layer inside it or around it"
+                )
         return {OUTPUT: (out.shape[1],), **{n: tuple(a.shape[1:]) for n, a in acts.items()}}
 
     @property
@@ -105,16 +110,20 @@ class Tapped(nn.Module):
         for t in self.taps:
             if t not in known:
                 if not classifier.tappable:
-                    raise UsageError(f"classifier {classifier.name!r} is a TorchScript file with control flow, "
-                                     "whose layers cannot be tapped; use class targets, trace it with "
-                                     "torch.jit.trace, or give it as module:factory")
+                    raise UsageError(
+                        f"classifier {classifier.name!r} is a TorchScript file with control flow, "
+                        "whose layers cannot be tapped; use class targets, trace it with "
+                        "torch.jit.trace, or give it as module:factory"
+                    )
                 shown = ", ".join(known[:40]) + (f", ... ({len(known)} in all)" if len(known) > 40 else "")
                 raise UsageError(f"unknown layer {t!r}; valid layers: {shown}")
 
     def forward(self, x):
         acts: dict[str, torch.Tensor] = {}
-        handles = [self._modules_by_name[t].register_forward_hook(
-            lambda _m, _i, out, name=t: acts.__setitem__(name, out)) for t in self.taps]
+        handles = [
+            self._modules_by_name[t].register_forward_hook(lambda _m, _i, out, name=t: acts.__setitem__(name, out))
+            for t in self.taps
+        ]
         try:
             # a TorchScript archive runs op by op under plain autograd (not the JIT's own fused
             # differentiable graphs), so that its gradient is the same computation the exporter traces
@@ -129,18 +138,30 @@ class Tapped(nn.Module):
 def _preprocessing(default: Preprocessing | None, image_size, channels, mean, std, what: str) -> Preprocessing:
     """The weights' own preprocessing, with what the user said on top of it."""
     if default is None and image_size is None:
-        raise UsageError(f"{what} does not tell its input size: give --image-size (image_size= in Python; "
-                         "and --channels, --mean, --std if not RGB in 0..1)")
+        raise UsageError(
+            f"{what} does not tell its input size: give --image-size (image_size= in Python; "
+            "and --channels, --mean, --std if not RGB in 0..1)"
+        )
     order = channels or (default.order if default else "RGB")
     n = 1 if order == "L" else 3
     same = default is not None and default.order == order
-    return Preprocessing(image_size or default.image_size, order,
-                         tuple(mean) if mean is not None else (default.mean if same else (0.0,) * n),
-                         tuple(std) if std is not None else (default.std if same else (1.0,) * n))
+    return Preprocessing(
+        image_size or default.image_size,
+        order,
+        tuple(mean) if mean is not None else (default.mean if same else (0.0,) * n),
+        tuple(std) if std is not None else (default.std if same else (1.0,) * n),
+    )
 
 
-def classifier_from_module(module: nn.Module, *, image_size: int | None = None, channels: str | None = None,
-                           mean=None, std=None, labels: list[str] | None = None) -> Classifier:
+def classifier_from_module(
+    module: nn.Module,
+    *,
+    image_size: int | None = None,
+    channels: str | None = None,
+    mean=None,
+    std=None,
+    labels: list[str] | None = None,
+) -> Classifier:
     """An in-memory torch module as D (a copy: the caller's module keeps its mode, device and
     gradients). Its input format comes from the arguments, else its `preprocessing` attribute."""
     if not isinstance(module, nn.Module):
@@ -152,12 +173,22 @@ def classifier_from_module(module: nn.Module, *, image_size: int | None = None, 
     return Classifier(copy.deepcopy(module).cpu(), pp, f"<in-memory {type(module).__name__}>", {}, labels=labels)
 
 
-def load_classifier(name: str, weights: str | None = None, *, image_size: int | None = None,
-                    channels: str | None = None, mean=None, std=None, seed: int = 0) -> Classifier:
+def load_classifier(
+    name: str,
+    weights: str | None = None,
+    *,
+    image_size: int | None = None,
+    channels: str | None = None,
+    mean=None,
+    std=None,
+    seed: int = 0,
+) -> Classifier:
     sources: dict[str, str] = {}
     if name == demo.NAME:
+
         def build():
             return vgg_style(1, demo.PREPROCESSING.image_size, demo.CLASSES, demo.CONVS, demo.HIDDEN)
+
         if weights == "random":
             return Classifier(_seeded(build, seed), demo.PREPROCESSING, name, {}, labels=demo.labels())
         module = build()
@@ -168,8 +199,10 @@ def load_classifier(name: str, weights: str | None = None, *, image_size: int | 
     if name == "vgg16":
         module = vgg16()
         if weights is None:
-            raise UsageError("--classifier vgg16 needs --weights FILE (.pth torchvision or .h5 Keras-1 "
-                             "layout), or --weights random for random weights")
+            raise UsageError(
+                "--classifier vgg16 needs --weights FILE (.pth torchvision or .h5 Keras-1 "
+                "layout), or --weights random for random weights"
+            )
         if weights == "random":
             module = _seeded(vgg16, seed)
             default = IMAGENET_TORCHVISION
@@ -198,8 +231,9 @@ def load_classifier(name: str, weights: str | None = None, *, image_size: int | 
         try:
             module = torch.jit.load(name, map_location="cpu")
         except Exception as e:
-            raise UsageError(f"classifier file {name!r} is not a TorchScript archive (truncated?): "
-                             f"{str(e).splitlines()[0][:160]}") from None
+            raise UsageError(
+                f"classifier file {name!r} is not a TorchScript archive (truncated?): {str(e).splitlines()[0][:160]}"
+            ) from None
         sources[name] = sha256_file(name)
         pp = _preprocessing(None, image_size, channels, mean, std, f"TorchScript file {name!r}")
         example = torch.randn(2, pp.channels, pp.image_size, pp.image_size, generator=torch.Generator().manual_seed(0))
@@ -213,14 +247,20 @@ def load_classifier(name: str, weights: str | None = None, *, image_size: int | 
 def _onnx_classifier(path: str, image_size, channels, mean, std) -> Classifier:
     given = read_onnx(path)
     if image_size is not None and given.size is not None and image_size != given.size:
-        raise UsageError(f"ONNX file {path!r} takes {given.size}x{given.size} images; drop --image-size "
-                         f"{image_size} (the file fixes it)")
+        raise UsageError(
+            f"ONNX file {path!r} takes {given.size}x{given.size} images; drop --image-size "
+            f"{image_size} (the file fixes it)"
+        )
     if channels is not None and (1 if channels == "L" else 3) != given.channels:
-        raise UsageError(f"ONNX file {path!r} takes {given.channels}-channel images; --channels {channels} "
-                         "does not match")
+        raise UsageError(
+            f"ONNX file {path!r} takes {given.channels}-channel images; --channels {channels} does not match"
+        )
     order = channels or ("L" if given.channels == 1 else "RGB")
-    default = Preprocessing(given.size, order, (0.0,) * given.channels, (1.0,) * given.channels) \
-        if given.size is not None else None
+    default = (
+        Preprocessing(given.size, order, (0.0,) * given.channels, (1.0,) * given.channels)
+        if given.size is not None
+        else None
+    )
     pp = _preprocessing(default, image_size, order, mean, std, f"ONNX file {path!r}")
     module, taps = convert_onnx(given, path)
     return Classifier(module, pp, path, {path: sha256_file(path)}, tap_points=taps)
@@ -249,11 +289,11 @@ def _from_factory(spec: str) -> nn.Module:
     return module
 
 
-def resolve_preprocessing(name: str, weights: str | None = None, *, image_size=None, channels=None, mean=None,
-                          std=None) -> Preprocessing:
+def resolve_preprocessing(
+    name: str, weights: str | None = None, *, image_size=None, channels=None, mean=None, std=None
+) -> Preprocessing:
     """The input format of a classifier without loading its weights where the name tells it."""
     if name == "vgg16":
         default = IMAGENET_CAFFE if weights and weights.endswith((".h5", ".hdf5")) else IMAGENET_TORCHVISION
         return _preprocessing(default, image_size, channels, mean, std, name)
-    return load_classifier(name, weights, image_size=image_size, channels=channels, mean=mean,
-                           std=std).preprocessing
+    return load_classifier(name, weights, image_size=image_size, channels=channels, mean=mean, std=std).preprocessing

@@ -3,6 +3,7 @@
 `CoupledStep.step` is the single definition of the method: the torch reference runs it eagerly
 (float32 or float64, CPU or CUDA) and the exporter traces it into the ONNX step graph.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,11 +16,11 @@ from .. import demo
 from ..errors import UsageError
 from ..kernels.layers import soft_pixel_range
 from ..kernels.objective import objective, regularizer
-from ..update_rules import adamax, adamax_step_size, nesterov
 from ..plan import GeneratorPlan, generator_plan
 from ..spec import Hyper, RunSpec
 from ..state import STEP_COUNT, trainable_shapes
 from ..targets import OUTPUT
+from ..update_rules import adamax, adamax_step_size, nesterov
 from .autoencoder import load_decoder
 from .classifiers import Classifier, Tapped, load_classifier
 from .generator import frozen_generator, generator_forward, stacked_generator
@@ -31,8 +32,14 @@ class CoupledStep:
     regulariser kind, optimiser); the numeric settings arrive per call as the `hyper` tensor
     [lr, beta1, beta2, eps, momentum, sigma, reg_weight, target_leak]."""
 
-    def __init__(self, classifier: Classifier, plan: GeneratorPlan, spec: RunSpec, taps: list[str] = (),
-                 decoder: dict[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        classifier: Classifier,
+        plan: GeneratorPlan,
+        spec: RunSpec,
+        taps: list[str] = (),
+        decoder: dict[str, torch.Tensor] | None = None,
+    ):
         if spec.mode == "pretrained" and decoder is None:
             raise ValueError("pretrained mode needs the decoder's tensors")
         self.classifier, self.plan, self.mode = classifier, plan, spec.mode
@@ -78,8 +85,14 @@ class CoupledStep:
         acts = self.logits(image)
         return {**acts, OUTPUT: F.relu(acts[OUTPUT])}
 
-    def step(self, state: dict[str, torch.Tensor], noise: torch.Tensor, weights: dict[str, torch.Tensor],
-             penalty: torch.Tensor, hyper: torch.Tensor):
+    def step(
+        self,
+        state: dict[str, torch.Tensor],
+        noise: torch.Tensor,
+        weights: dict[str, torch.Tensor],
+        penalty: torch.Tensor,
+        hyper: torch.Tensor,
+    ):
         """One step for K targets -> (new state, loss [K], target activation [K], image [K,C,H,W]).
 
         The image and activation are those of the forward pass before the update."""
@@ -98,7 +111,8 @@ class CoupledStep:
             p = state[name]
             if self.optimizer == "adamax":
                 new[name], new[f"m.{name}"], new[f"u.{name}"] = adamax(
-                    p, g, state[f"m.{name}"], state[f"u.{name}"], step_size, b1, b2, eps, torch.maximum)
+                    p, g, state[f"m.{name}"], state[f"u.{name}"], step_size, b1, b2, eps, torch.maximum
+                )
             else:
                 new[name], new[f"v.{name}"] = nesterov(p, g, state[f"v.{name}"], lr, mu)
         new[STEP_COUNT] = t
@@ -109,6 +123,7 @@ class CoupledStep:
 @dataclass(frozen=True)
 class Sources:
     """How to build G and D from files: what `run --backend torch`, `export` and `verify` share."""
+
     mode: str
     classifier: str = "vgg16"
     weights: str | None = None
@@ -122,10 +137,18 @@ class Sources:
 
     def absolute(self) -> "Sources":
         """File paths made absolute, so that a manifest still finds them from elsewhere."""
+
         def fix(p):
             return os.path.abspath(p) if p and p != "random" and os.path.exists(p) else p
-        return Sources(**{**asdict(self), "weights": fix(self.weights), "decoder": fix(self.decoder),
-                          "classifier": fix(self.classifier)})
+
+        return Sources(
+            **{
+                **asdict(self),
+                "weights": fix(self.weights),
+                "decoder": fix(self.decoder),
+                "classifier": fix(self.classifier),
+            }
+        )
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -140,14 +163,21 @@ class Sources:
 
 
 def build_coupled(sources: Sources, spec: RunSpec, taps: list[str]) -> CoupledStep:
-    classifier = load_classifier(sources.classifier, sources.weights, image_size=sources.image_size,
-                                 channels=sources.channels, mean=sources.mean, std=sources.std,
-                                 seed=sources.seed)
+    classifier = load_classifier(
+        sources.classifier,
+        sources.weights,
+        image_size=sources.image_size,
+        channels=sources.channels,
+        mean=sources.mean,
+        std=sources.std,
+        seed=sources.seed,
+    )
     return couple(classifier, spec, taps, sources.decoder, sources.g_width)
 
 
-def couple(classifier: Classifier, spec: RunSpec, taps: list[str], decoder: str | None = None,
-           g_width: float | None = None) -> CoupledStep:
+def couple(
+    classifier: Classifier, spec: RunSpec, taps: list[str], decoder: str | None = None, g_width: float | None = None
+) -> CoupledStep:
     """G for this classifier and mode (the decoder file in pretrained mode; the embedded demo brings
     its own) coupled to it."""
     pp = classifier.preprocessing
@@ -155,8 +185,10 @@ def couple(classifier: Classifier, spec: RunSpec, taps: list[str], decoder: str 
     if spec.mode == "pretrained":
         path = decoder or (demo.decoder_weights() if is_demo else None)
         if not path:
-            raise UsageError("--mode pretrained needs --decoder FILE (make one with dgn-engine train-decoder), "
-                             "or use --mode untrained")
+            raise UsageError(
+                "--mode pretrained needs --decoder FILE (make one with dgn-engine train-decoder), "
+                "or use --mode untrained"
+            )
         plan, tensors, _ = load_decoder(path, pp)
         key = demo.source_name(path) if not decoder else path
         classifier.sources[key] = sha256_file(path)

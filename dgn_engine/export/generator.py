@@ -5,6 +5,7 @@ generators as one grouped-convolution network (untrained mode, BatchNorm per gen
 frozen decoder applied to K feature rows (pretrained mode), and the decoder module trained inside
 the denoising autoencoder.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -20,8 +21,9 @@ ConvParam = Callable[[int, str], torch.Tensor]  # (conv index, "weight" | "bias"
 Norm = Callable[[int, torch.Tensor], torch.Tensor]  # (conv index, x) -> BatchNorm(x)
 
 
-def generator_forward(plan: GeneratorPlan, feature: torch.Tensor, conv_param: ConvParam, norm: Norm,
-                      groups: int = 1) -> torch.Tensor:
+def generator_forward(
+    plan: GeneratorPlan, feature: torch.Tensor, conv_param: ConvParam, norm: Norm, groups: int = 1
+) -> torch.Tensor:
     """feature [K, F] -> image [K, C, H, W]; with groups = K each row has its own generator."""
     k = feature.shape[0]
     x = feature.reshape(k // groups, groups * plan.feature_channels, plan.feature_size, plan.feature_size)
@@ -44,24 +46,33 @@ def generator_forward(plan: GeneratorPlan, feature: torch.Tensor, conv_param: Co
 
 def stacked_generator(plan: GeneratorPlan, params: dict[str, torch.Tensor]):
     """conv_param and norm for K generators whose tensors are stacked [K, ...] (train-mode BN)."""
+
     def conv_param(i, what):
         t = params[f"conv{i}.{what}"]
         return t.reshape(-1, *t.shape[2:])
 
     def norm(i, x):
-        return batch_norm_train(x, params[f"bn{i}.weight"].reshape(-1), params[f"bn{i}.bias"].reshape(-1),
-                                BN_EPS)
+        return batch_norm_train(x, params[f"bn{i}.weight"].reshape(-1), params[f"bn{i}.bias"].reshape(-1), BN_EPS)
+
     return conv_param, norm
 
 
 def frozen_generator(tensors: dict[str, torch.Tensor]):
     """conv_param and norm for one shared generator with BatchNorm on its running statistics."""
+
     def conv_param(i, what):
         return tensors[f"conv{i}.{what}"]
 
     def norm(i, x):
-        return batch_norm_eval(x, tensors[f"bn{i}.weight"], tensors[f"bn{i}.bias"],
-                               tensors[f"bn{i}.running_mean"], tensors[f"bn{i}.running_var"], BN_EPS)
+        return batch_norm_eval(
+            x,
+            tensors[f"bn{i}.weight"],
+            tensors[f"bn{i}.bias"],
+            tensors[f"bn{i}.running_mean"],
+            tensors[f"bn{i}.running_var"],
+            BN_EPS,
+        )
+
     return conv_param, norm
 
 
@@ -84,8 +95,10 @@ class Decoder(nn.Module):
 
         def norm(i, x):
             bn = self.bns[i]
-            return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                                self.training, bn.momentum, bn.eps)
+            return F.batch_norm(
+                x, bn.running_mean, bn.running_var, bn.weight, bn.bias, self.training, bn.momentum, bn.eps
+            )
+
         return generator_forward(self.plan, feature, conv_param, norm)
 
     def tensors(self) -> dict[str, torch.Tensor]:

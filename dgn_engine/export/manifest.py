@@ -1,5 +1,6 @@
 """An artifacts folder written: the traced graphs with their large constants shared in one weights.bin,
 the manifest recording what they are and what they came from, all moved in at once (manifest last)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -59,6 +60,7 @@ def save_with_shared_weights(models: dict[str, onnx.ModelProto], folder: str) ->
 def _versions() -> dict:
     try:
         import onnxruntime
+
         ort = onnxruntime.__version__
     except ImportError:
         ort = None
@@ -75,8 +77,16 @@ def prepare_out(out: str, force: bool) -> None:
             raise UsageError(f"--out {out!r} already holds artifacts; use --force to replace them")
 
 
-def export_artifacts(coupled: CoupledStep, spec: RunSpec, sources: Sources, k: int, out: str,
-                     force: bool = False, log=print, backends=("step-graph",)):
+def export_artifacts(
+    coupled: CoupledStep,
+    spec: RunSpec,
+    sources: Sources,
+    k: int,
+    out: str,
+    force: bool = False,
+    log=print,
+    backends=("step-graph",),
+):
     """Trace, write into a temporary folder beside `out`, then move in (manifest last)."""
     if k < 1:
         raise UsageError(f"--batch must be at least 1, got {k}")
@@ -94,20 +104,38 @@ def export_artifacts(coupled: CoupledStep, spec: RunSpec, sources: Sources, k: i
                 f.write(data)
         layout = coupled.layout
         clf = coupled.classifier
-        written = {f: {"size": os.path.getsize(os.path.join(tmp, f)), "sha256": sha256_file(os.path.join(tmp, f))}
-                   for f in sorted(os.listdir(tmp))}
+        written = {
+            f: {"size": os.path.getsize(os.path.join(tmp, f)), "sha256": sha256_file(os.path.join(tmp, f))}
+            for f in sorted(os.listdir(tmp))
+        }
         manifest = {
-            "format_version": FORMAT_VERSION, "backends": backends, "mode": coupled.mode, "batch": k,
-            "spec": {**spec.to_json(), "targets": []}, "hyper": list(HYPER), "plan": coupled.plan.to_json(),
-            "preprocessing": clf.preprocessing.to_json(), "num_classes": layout[OUTPUT][0],
-            "labels": clf.labels, "taps": coupled.taps, "layout": {n: list(s) for n, s in layout.items()},
-            "trainable_per_target": coupled.plan.trainable_count() if coupled.mode == "untrained"
+            "format_version": FORMAT_VERSION,
+            "backends": backends,
+            "mode": coupled.mode,
+            "batch": k,
+            "spec": {**spec.to_json(), "targets": []},
+            "hyper": list(HYPER),
+            "plan": coupled.plan.to_json(),
+            "preprocessing": clf.preprocessing.to_json(),
+            "num_classes": layout[OUTPUT][0],
+            "labels": clf.labels,
+            "taps": coupled.taps,
+            "layout": {n: list(s) for n, s in layout.items()},
+            "trainable_per_target": coupled.plan.trainable_count()
+            if coupled.mode == "untrained"
             else coupled.plan.features,
-            "state": [{"name": n, "shape": list(s)}
-                      for n, s in state_shapes(coupled.mode, coupled.plan, coupled.optimizer).items()],
-            "step_flops": io.pop("step_flops"), "graphs": io, "sources": sources.absolute().to_json(),
-            "sha256": clf.sources, "files": written,
-            "versions": _versions(), "opset": OPSET, "export_seconds": round(time.perf_counter() - started, 2),
+            "state": [
+                {"name": n, "shape": list(s)}
+                for n, s in state_shapes(coupled.mode, coupled.plan, coupled.optimizer).items()
+            ],
+            "step_flops": io.pop("step_flops"),
+            "graphs": io,
+            "sources": sources.absolute().to_json(),
+            "sha256": clf.sources,
+            "files": written,
+            "versions": _versions(),
+            "opset": OPSET,
+            "export_seconds": round(time.perf_counter() - started, 2),
         }
         write_json(os.path.join(tmp, MANIFEST + ".part"), manifest)
         os.makedirs(out, exist_ok=True)
@@ -120,8 +148,10 @@ def export_artifacts(coupled: CoupledStep, spec: RunSpec, sources: Sources, k: i
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
-    log(f"exported {coupled.mode} mode for {' and '.join(backends)}, batch {k}, to {out!r} in {time.perf_counter() - started:.1f} s "
-        f"({size / 2**20:.1f} MiB)")
+    log(
+        f"exported {coupled.mode} mode for {' and '.join(backends)}, batch {k}, to {out!r} in "
+        f"{time.perf_counter() - started:.1f} s ({size / 2**20:.1f} MiB)"
+    )
     return load_artifacts(out)
 
 

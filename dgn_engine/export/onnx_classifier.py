@@ -4,10 +4,10 @@ graph, and every float tensor the graph computes tappable by its ONNX name.
 The file's input tells the layout (NCHW, or NHWC when the last axis holds 1 or 3 channels), the
 channel count and, where static, the image size; a batch axis fixed to 1 is run image by image.
 """
+
 from __future__ import annotations
 
 import importlib.util
-
 from dataclasses import dataclass
 
 import torch
@@ -57,18 +57,18 @@ class OnnxClassifier(nn.Module):
         if self.channels_last:  # the file's own layout: G makes [batch, channels, height, width]
             x = x.permute(0, 2, 3, 1)
         if self.one_at_a_time:
-            return torch.cat([self.graph(x[i:i + 1]) for i in range(x.shape[0])])
+            return torch.cat([self.graph(x[i : i + 1]) for i in range(x.shape[0])])
         return self.graph(x)
 
 
 def _dims(value) -> list[int | str]:
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-            for d in value.type.tensor_type.shape.dim]
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value.type.tensor_type.shape.dim]
 
 
 @dataclass
 class OnnxInput:
     """What an ONNX file says of its input: size None where it leaves the image size open."""
+
     model: object
     size: int | None
     channels: int
@@ -82,30 +82,41 @@ def read_onnx(path: str) -> OnnxInput:
     try:
         model = onnx.load(path)
     except Exception as e:
-        raise UsageError(f"classifier file {path!r} is not an ONNX model (truncated?): "
-                         f"{str(e).splitlines()[0][:160]}") from None
+        raise UsageError(
+            f"classifier file {path!r} is not an ONNX model (truncated?): {str(e).splitlines()[0][:160]}"
+        ) from None
     weights = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in weights]
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs)
-        raise UsageError(f"ONNX file {path!r} takes {len(inputs)} inputs ({names}); D must take one image "
-                         "batch: re-export it with the other inputs fixed as constants")
+        raise UsageError(
+            f"ONNX file {path!r} takes {len(inputs)} inputs ({names}); D must take one image "
+            "batch: re-export it with the other inputs fixed as constants"
+        )
     if len(model.graph.output) != 1:
         names = ", ".join(o.name for o in model.graph.output)
-        raise UsageError(f"ONNX file {path!r} has {len(model.graph.output)} outputs ({names}); D must return "
-                         "one [batch, classes] tensor: re-export it with only the class scores as output")
+        raise UsageError(
+            f"ONNX file {path!r} has {len(model.graph.output)} outputs ({names}); D must return "
+            "one [batch, classes] tensor: re-export it with only the class scores as output"
+        )
     dims = _dims(inputs[0])
     if len(dims) != 4:
-        raise UsageError(f"ONNX file {path!r} takes input {inputs[0].name!r} of shape {dims}; D must take "
-                         "images [batch, channels, height, width] (or [batch, height, width, channels])")
+        raise UsageError(
+            f"ONNX file {path!r} takes input {inputs[0].name!r} of shape {dims}; D must take "
+            "images [batch, channels, height, width] (or [batch, height, width, channels])"
+        )
     channels_last = dims[1] not in (1, 3) and dims[3] in (1, 3)
     batch, channels, height, width = (dims[0], dims[3], dims[1], dims[2]) if channels_last else dims
     if channels not in (1, 3):
-        raise UsageError(f"ONNX file {path!r} takes images with {channels} channels; dgn-engine makes "
-                         "1-channel (L) or 3-channel (RGB, BGR) images")
+        raise UsageError(
+            f"ONNX file {path!r} takes images with {channels} channels; dgn-engine makes "
+            "1-channel (L) or 3-channel (RGB, BGR) images"
+        )
     if isinstance(batch, int) and batch > 1:
-        raise UsageError(f"ONNX file {path!r} fixes its batch to {batch} images; re-export it with a "
-                         "dynamic batch axis (or a batch of 1)")
+        raise UsageError(
+            f"ONNX file {path!r} fixes its batch to {batch} images; re-export it with a "
+            "dynamic batch axis (or a batch of 1)"
+        )
     size = None
     if isinstance(height, int) and isinstance(width, int) and height > 0:
         if height != width:
@@ -143,23 +154,29 @@ def convert_onnx(given: OnnxInput, path: str) -> tuple[OnnxClassifier, dict[str,
         from onnx2fx.graph_builder import GraphBuilder
     except ImportError:
         if importlib.util.find_spec("onnxruntime.training") is not None:
-            raise UsageError("an ONNX file as D cannot be converted in the onnxruntime-training environment "
-                             "(onnx2fx needs onnx >= 1.19.1, onnxruntime-training 1.19 onnx 1.17): export it for "
-                             "the step-graph backend in the main environment, or give D as a TorchScript "
-                             "archive or a module") from None
-        raise UsageError("an ONNX file as D needs onnx2fx (Python 3.11 or later): "
-                         "pip install 'dgn-engine[export,onnx-classifier]'") from None
+            raise UsageError(
+                "an ONNX file as D cannot be converted in the onnxruntime-training environment "
+                "(onnx2fx needs onnx >= 1.19.1, onnxruntime-training 1.19 onnx 1.17): export it for "
+                "the step-graph backend in the main environment, or give D as a TorchScript "
+                "archive or a module"
+            ) from None
+        raise UsageError(
+            "an ONNX file as D needs onnx2fx (Python 3.11 or later): pip install 'dgn-engine[export,onnx-classifier]'"
+        ) from None
 
     model = given.model
     builder = GraphBuilder(model)
     try:
         graph = builder.build()
     except onnx2fx.UnsupportedOpError as e:
-        raise UsageError(f"ONNX file {path!r}: {str(e).splitlines()[0]}; onnx2fx cannot convert it to torch, "
-                         "so D's gradient cannot be taken: give D as a torch module or TorchScript file") from None
+        raise UsageError(
+            f"ONNX file {path!r}: {str(e).splitlines()[0]}; onnx2fx cannot convert it to torch, "
+            "so D's gradient cannot be taken: give D as a torch module or TorchScript file"
+        ) from None
     except onnx2fx.Onnx2FxError as e:
-        raise UsageError(f"ONNX file {path!r} cannot be converted to torch by onnx2fx: "
-                         f"{str(e).splitlines()[0][:200]}") from None
+        raise UsageError(
+            f"ONNX file {path!r} cannot be converted to torch by onnx2fx: {str(e).splitlines()[0][:200]}"
+        ) from None
     taps = {}
     for i, name in enumerate(_tappable(model)):
         node = builder.env.get(name)

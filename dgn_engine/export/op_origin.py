@@ -1,5 +1,6 @@
 """Which layer of D calls an ATen op: so that an op the exporter cannot translate is reported by the
 layer a user wrote, not by a line of the exporter."""
+
 from __future__ import annotations
 
 import re

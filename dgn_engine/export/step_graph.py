@@ -3,6 +3,7 @@
 The step is `CoupledStep.step`, the very function the torch reference runs (tracing.py writes it as
 ONNX). Batch K is static: the engine pads a short last batch.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,16 +27,24 @@ def example_inputs(coupled: CoupledStep, spec: RunSpec, k: int) -> list[torch.Te
     """Step inputs for k example targets: state, noise, weights per layout entry, penalty, hyper."""
     layout = coupled.layout
     targets = _example_targets(k, layout[OUTPUT][0])
-    state = [torch.from_numpy(v) for v in initial_state(coupled.mode, coupled.plan, coupled.optimizer,
-                                                        spec.seed, targets).values()]
+    state = [
+        torch.from_numpy(v)
+        for v in initial_state(coupled.mode, coupled.plan, coupled.optimizer, spec.seed, targets).values()
+    ]
     weights, penalty = objective_weights(targets, layout, spec.lam)
     noise = torch.from_numpy(np.random.default_rng(0).standard_normal((k, coupled.plan.features)).astype(np.float32))
-    return [*state, noise, *(torch.from_numpy(weights[n]) for n in layout), torch.from_numpy(penalty),
-            torch.tensor(spec.hyper(), dtype=torch.float32)]
+    return [
+        *state,
+        noise,
+        *(torch.from_numpy(weights[n]) for n in layout),
+        torch.from_numpy(penalty),
+        torch.tensor(spec.hyper(), dtype=torch.float32),
+    ]
 
 
-def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int, backends=("step-graph",)
-                 ) -> tuple[dict[str, onnx.ModelProto], dict, dict[str, bytes]]:
+def trace_graphs(
+    coupled: CoupledStep, spec: RunSpec, k: int, backends=("step-graph",)
+) -> tuple[dict[str, onnx.ModelProto], dict, dict[str, bytes]]:
     """The graphs for batch k (the step graph and/or the training-API backend's training model, and G
     and D alone), their input/output names and shapes for the manifest, and other files to write."""
     state_names = list(state_shapes(coupled.mode, coupled.plan, coupled.optimizer))
@@ -46,12 +55,12 @@ def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int, backends=("step-gr
 
     def step(*args):
         st = dict(zip(state_names, args[:n_state]))
-        w = dict(zip(layout, args[n_state + 1:n_state + 1 + n_w]))
+        w = dict(zip(layout, args[n_state + 1 : n_state + 1 + n_w]))
         new, loss, act, image = coupled.step(st, args[n_state], w, args[-2], args[-1])
         return (*new.values(), loss, act, image)
 
     def render(*args):
-        params = dict(zip(trainables, args[:len(trainables)]))
+        params = dict(zip(trainables, args[: len(trainables)]))
         return coupled.generate(params, args[-2], Hyper.entry(args[-1], "sigma"))
 
     def classify(image):
@@ -60,7 +69,7 @@ def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int, backends=("step-gr
     step_in = [*state_names, "noise", *weight_names, "penalty", "hyper"]
     step_out = [*(f"new.{n}" for n in state_names), "loss", "activation", "image"]
     step_args = example_inputs(coupled, spec, k)
-    render_args = [*step_args[:len(trainables)], step_args[n_state], step_args[-1]]
+    render_args = [*step_args[: len(trainables)], step_args[n_state], step_args[-1]]
     with torch.no_grad():
         image = render(*render_args)
     classify_out = [OUTPUT, *(n for n in layout if n != OUTPUT)]
@@ -73,6 +82,7 @@ def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int, backends=("step-gr
             models["step"] = trace_onnx(step, step_args, step_in, step_out)
         if "training-api" in backends:
             from .training_api import training_graphs
+
             models["training"], files["checkpoint"] = training_graphs(coupled, step_args)
         models["render"] = trace_onnx(render, render_args, [*trainables, "noise", "hyper"], ["image"])
         models["classifier"] = trace_onnx(classify, [image], ["image"], classify_out)
@@ -84,12 +94,18 @@ def trace_graphs(coupled: CoupledStep, spec: RunSpec, k: int, backends=("step-gr
         if name == "training":  # what the engine feeds and reads, not the parameters and gradient buffers
             inputs = [v for v in inputs if v.name in ("noise", *weight_names, "penalty", "hyper")]
             outputs = [v for v in outputs if not v.name.endswith(".accumulation.out")]
-        io[name] = {"file": f"{name}.onnx", "inputs": [_describe(v) for v in inputs],
-                    "outputs": [_describe(v) for v in outputs]}
+        io[name] = {
+            "file": f"{name}.onnx",
+            "inputs": [_describe(v) for v in inputs],
+            "outputs": [_describe(v) for v in outputs],
+        }
     return models, io, files
 
 
 def _describe(value: onnx.ValueInfoProto) -> dict:
     t = value.type.tensor_type
-    return {"name": value.name, "shape": [d.dim_value for d in t.shape.dim],
-            "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+    return {
+        "name": value.name,
+        "shape": [d.dim_value for d in t.shape.dim],
+        "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+    }

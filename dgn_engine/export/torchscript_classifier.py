@@ -6,6 +6,7 @@ an identity module named after the submodule (`layer1.0`), whose hooks the taps 
 run as torch ops, so autograd and make_fx see the same computation as the compiled archive. Graphs
 with control flow or other prim nodes are not interpreted: such archives keep class targets only.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,16 @@ import torch.nn as nn
 
 from .op_origin import Recorder, forward_op
 
-_PRIM = {"prim::Constant", "prim::GetAttr", "prim::CallMethod", "prim::ListConstruct", "prim::TupleConstruct",
-         "prim::ListUnpack", "prim::TupleUnpack", "prim::NumToTensor"}
+_PRIM = {
+    "prim::Constant",
+    "prim::GetAttr",
+    "prim::CallMethod",
+    "prim::ListConstruct",
+    "prim::TupleConstruct",
+    "prim::ListUnpack",
+    "prim::TupleUnpack",
+    "prim::NumToTensor",
+}
 
 
 def interpretable(archive: torch.jit.ScriptModule, example: torch.Tensor) -> bool:
@@ -55,8 +64,10 @@ class TorchScriptClassifier(nn.Module):
         if schema not in self._ops:
             parsed = torch._C.parse_schema(schema)
             packet = getattr(torch.ops.aten, parsed.name.split("::", 1)[1])
-            self._ops[schema] = (getattr(packet, parsed.overload_name or "default"),
-                                 [a.name if a.kwarg_only else None for a in parsed.arguments])
+            self._ops[schema] = (
+                getattr(packet, parsed.overload_name or "default"),
+                [a.name if a.kwarg_only else None for a in parsed.arguments],
+            )
         return self._ops[schema]
 
     def tap_points(self) -> dict[str, nn.Module]:
@@ -114,8 +125,7 @@ class TorchScriptClassifier(nn.Module):
                 out = torch.scalar_tensor(ins[0]) if not isinstance(ins[0], torch.Tensor) else ins[0]
             else:
                 op, keyword = self._op(node.schema())
-                out = op(*[a for a, k in zip(ins, keyword) if not k],
-                         **{k: a for a, k in zip(ins, keyword) if k})
+                out = op(*[a for a, k in zip(ins, keyword) if not k], **{k: a for a, k in zip(ins, keyword) if k})
             outputs = list(node.outputs())
             if len(outputs) == 1:
                 env[outputs[0].unique()] = out

@@ -1,6 +1,7 @@
 """Tracing a torch function into a standard-ONNX graph: make_fx (core ATen decompositions plus ours for
 the two backward ops that ONNX lacks), then torch.onnx's dynamo exporter; an op it cannot write becomes
 one line naming D's layer that uses it."""
+
 from __future__ import annotations
 
 import logging
@@ -37,11 +38,21 @@ def trace_onnx(fn, args: list[torch.Tensor], inputs: list[str], outputs: list[st
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         try:
-            program = torch.onnx.export(gm.eval(), tuple(args), dynamo=True, opset_version=OPSET,
-                                        input_names=inputs, output_names=outputs, verbose=False, optimize=True)
+            program = torch.onnx.export(
+                gm.eval(),
+                tuple(args),
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=inputs,
+                output_names=outputs,
+                verbose=False,
+                optimize=True,
+            )
         except torch.onnx.OnnxExporterError as e:
             missing = _MISSING.search(str(e))
-            summary = next((l for l in str(e).splitlines() if "Error" in l and ":" in l), str(e).splitlines()[0])
+            summary = next(
+                (line for line in str(e).splitlines() if "Error" in line and ":" in line), str(e).splitlines()[0]
+            )
             raise UntranslatableOp(".".join(missing.groups()) if missing else "", summary[:200]) from None
     model = program.model_proto
     bad = {n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")}
@@ -56,6 +67,8 @@ def untranslatable(coupled: CoupledStep, image: torch.Tensor, e: UntranslatableO
     where = layer_calling(coupled.classifier.module, image, e.op)
     role = "the gradient of " if forward_op(e.op) != e.op.rsplit(".", 1)[0] else ""
     layer = f"D's layer {where[0]!r} ({where[1]})" if where else f"classifier {coupled.classifier.name!r}"
-    return (f"{layer} uses {forward_op(e.op)}, and {role}that op has no ONNX translation in dgn-engine or "
-            f"torch {torch.__version__}; write that layer with other operations (or leave it out of D), or report "
-            f"the op to dgn-engine")
+    return (
+        f"{layer} uses {forward_op(e.op)}, and {role}that op has no ONNX translation in dgn-engine or "
+        f"torch {torch.__version__}; write that layer with other operations (or leave it out of D), or report "
+        f"the op to dgn-engine"
+    )

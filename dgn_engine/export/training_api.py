@@ -17,6 +17,7 @@ batch-statistics form (D's unfolded ones are rewritten as arithmetic); a frozen 
 two LayerNorms or BatchNorms gets its gradient defined twice (copies); LayerNormalization needs its
 optional outputs (named).
 """
+
 from __future__ import annotations
 
 import os
@@ -46,11 +47,15 @@ def training_api():
         import onnxruntime
         from onnxruntime.training import artifacts, onnxblock
     except ImportError:
-        raise UsageError("--backend training-api needs onnxruntime-training: in its own virtual environment, "
-                         "pip install 'dgn-engine[training-api,export]'") from None
+        raise UsageError(
+            "--backend training-api needs onnxruntime-training: in its own virtual environment, "
+            "pip install 'dgn-engine[training-api,export]'"
+        ) from None
     if tuple(int(x) for x in onnx.__version__.split(".")[:2]) > (1, 17):
-        raise UsageError(f"onnx {onnx.__version__} writes models onnxruntime-training 1.19 cannot load; "
-                         "pip install onnx==1.17.0 in the training-api environment")
+        raise UsageError(
+            f"onnx {onnx.__version__} writes models onnxruntime-training 1.19 cannot load; "
+            "pip install onnx==1.17.0 in the training-api environment"
+        )
     onnxruntime.set_default_logger_severity(3)
     return artifacts, onnxblock
 
@@ -104,8 +109,9 @@ def _batch_norms_as_arithmetic(model: onnx.ModelProto) -> None:
     which normalises with the statistics of the batch and so computes another D. (Nets whose BN
     follows a conv have it folded into the conv by the exporter; pre-activation nets keep it.)"""
     initializers = {t.name: t for t in model.graph.initializer}
-    ranks = {v.name: len(v.type.tensor_type.shape.dim)
-             for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    ranks = {
+        v.name: len(v.type.tensor_type.shape.dim) for v in onnx.shape_inference.infer_shapes(model).graph.value_info
+    }
     ranks.update({v.name: len(v.type.tensor_type.shape.dim) for v in model.graph.input})
     nodes = []
     for node in model.graph.node:
@@ -121,8 +127,10 @@ def _batch_norms_as_arithmetic(model: onnx.ModelProto) -> None:
         for name, value in zip(names, (scale, beta - mean * scale)):
             model.graph.initializer.append(numpy_helper.from_array(value.reshape(shape).astype(np.float32), name))
         scaled = f"{node.output[0]}.bn_scaled"
-        nodes += [helper.make_node("Mul", [node.input[0], names[0]], [scaled], name=scaled),
-                  helper.make_node("Add", [scaled, names[1]], [node.output[0]], name=f"{node.output[0]}.bn")]
+        nodes += [
+            helper.make_node("Mul", [node.input[0], names[0]], [scaled], name=scaled),
+            helper.make_node("Add", [scaled, names[1]], [node.output[0]], name=f"{node.output[0]}.bn"),
+        ]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
 
@@ -181,8 +189,9 @@ def objective_block(onnxblock, layout: dict[str, tuple[int, ...]], k: int, reg_k
                 g.input.append(helper.make_tensor_value_info(f"weight.{layer}", TensorProto.FLOAT, [k, *shape]))
             g.input.append(helper.make_tensor_value_info("penalty", TensorProto.FLOAT, [k]))
             axis1 = const("objective.axis1", np.array([1], np.int64))
-            leak = op("Gather", ["hyper", const("objective.i_leak", np.array(HYPER.index("target_leak")))],
-                      "objective.leak")
+            leak = op(
+                "Gather", ["hyper", const("objective.i_leak", np.array(HYPER.index("target_leak")))], "objective.leak"
+            )
             logits = OUTPUT
             relu = op("Relu", [logits], "objective.relu")
             below = op("Sub", [logits, relu], "objective.below")  # min(x, 0), exactly
@@ -195,21 +204,44 @@ def objective_block(onnxblock, layout: dict[str, tuple[int, ...]], k: int, reg_k
                 terms.append(op("ReduceSum", [flat, axis1], f"objective.term.{layer}", keepdims=0))
             activation = total(terms, "activation")
             zero = const("objective.zero", np.array(0, np.float32))
-            others = op("Cast", [op("Equal", [f"weight.{OUTPUT}", zero], "objective.untargeted")],
-                        "objective.others", to=TensorProto.FLOAT)
-            pen = op("Mul", ["penalty", op("ReduceSum", [op("Mul", [relu, others], "objective.other_reads"), axis1],
-                                           "objective.other_sum", keepdims=0)], "objective.penalty")
+            others = op(
+                "Cast",
+                [op("Equal", [f"weight.{OUTPUT}", zero], "objective.untargeted")],
+                "objective.others",
+                to=TensorProto.FLOAT,
+            )
+            pen = op(
+                "Mul",
+                [
+                    "penalty",
+                    op(
+                        "ReduceSum",
+                        [op("Mul", [relu, others], "objective.other_reads"), axis1],
+                        "objective.other_sum",
+                        keepdims=0,
+                    ),
+                ],
+                "objective.penalty",
+            )
             parts = [pen, op("Neg", [activation], "objective.neg_activation")]
             if reg_kind != "none":
-                weight = op("Gather", ["hyper", const("objective.i_reg", np.array(HYPER.index("reg_weight")))],
-                            "objective.reg_weight")
+                weight = op(
+                    "Gather",
+                    ["hyper", const("objective.i_reg", np.array(HYPER.index("reg_weight")))],
+                    "objective.reg_weight",
+                )
                 last = const("objective.axis_last", np.array([-1], np.int64))
                 if reg_kind == "l1-final-gamma":
-                    size = op("ReduceSum", [op("Abs", [final_gamma], "objective.abs_gamma"), last],
-                              "objective.l1", keepdims=0)
+                    size = op(
+                        "ReduceSum", [op("Abs", [final_gamma], "objective.abs_gamma"), last], "objective.l1", keepdims=0
+                    )
                 else:
-                    size = op("ReduceSum", [op("Mul", ["alpha", "alpha"], "objective.alpha_sq"), last],
-                              "objective.l2sq", keepdims=0)
+                    size = op(
+                        "ReduceSum",
+                        [op("Mul", ["alpha", "alpha"], "objective.alpha_sq"), last],
+                        "objective.l2sq",
+                        keepdims=0,
+                    )
                     if reg_kind == "l2-alpha":
                         size = op("Sqrt", [size], "objective.l2")
                 parts.append(op("Mul", [weight, size], "objective.regularizer"))
@@ -225,10 +257,15 @@ def _gradient_builder_failure(coupled: CoupledStep, message: str) -> str:
     """One line from onnxruntime-training's C++ failure: the op its gradient builder lacks, where it says."""
     missing = re.search(r"has not been registered: (\w+) for node (\S+)", message)
     detail = message.strip().splitlines()[-1].split("FAIL : ")[-1]  # past the C++ source location
-    what = (f"has no gradient for the ONNX op {missing[1]} (node {missing[2]})" if missing
-            else f"cannot build the gradient graph ({detail[-200:]})")
-    return (f"onnxruntime-training's gradient builder {what} of classifier {coupled.classifier.name!r}; "
-            "use the step-graph backend (export --backend step-graph), which takes this classifier")
+    what = (
+        f"has no gradient for the ONNX op {missing[1]} (node {missing[2]})"
+        if missing
+        else f"cannot build the gradient graph ({detail[-200:]})"
+    )
+    return (
+        f"onnxruntime-training's gradient builder {what} of classifier {coupled.classifier.name!r}; "
+        "use the step-graph backend (export --backend step-graph), which takes this classifier"
+    )
 
 
 def training_graphs(coupled: CoupledStep, args: list[torch.Tensor]) -> tuple[onnx.ModelProto, bytes]:
@@ -244,8 +281,14 @@ def training_graphs(coupled: CoupledStep, args: list[torch.Tensor]) -> tuple[onn
         os.chdir(tmp)  # onnxblock writes scratch files into the working directory
         try:
             with native_log_kept_unless_failure():
-                artifacts.generate_artifacts(model, requires_grad=trainables, frozen_params=[], loss=loss,
-                                             artifact_directory=tmp, additional_output_names=["image"])
+                artifacts.generate_artifacts(
+                    model,
+                    requires_grad=trainables,
+                    frozen_params=[],
+                    loss=loss,
+                    artifact_directory=tmp,
+                    additional_output_names=["image"],
+                )
         except RuntimeError as e:
             raise UsageError(_gradient_builder_failure(coupled, str(e))) from None
         finally:

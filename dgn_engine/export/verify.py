@@ -12,6 +12,7 @@ rounding difference there (or a ReLU input within rounding of 0) moves an entry 
 gradient is compared through the slots m and u, which are linear in it, and the trainables through
 the update of the path's own slots (the same rule every path applies), which is well-conditioned.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,13 +20,13 @@ import os
 import numpy as np
 
 from .. import demo
+from ..engine.backends.torch_reference import TorchBackend
+from ..engine.selfcheck import verify_targets
 from ..errors import UsageError
 from ..rng import NoiseStreams
 from ..state import STEP_COUNT
 from ..update_rules import adamax_move, adamax_step_size
-from ..engine.selfcheck import verify_targets
 from .coupled import Sources, build_coupled
-from ..engine.backends.torch_reference import TorchBackend
 from .weights import sha256_file
 
 # A path passes when its error is at most this multiple of torch float32's own error against
@@ -48,8 +49,10 @@ def _own_update(after: dict, before: dict, spec) -> dict:
     """AdaMax's new trainables from a path's own new slots: what its trainables must be."""
     o = spec.optimizer
     step_size = adamax_step_size(after[STEP_COUNT], o.lr, o.beta1)
-    return {n: adamax_move(before[n], after[f"m.{n}"], after[f"u.{n}"], step_size, o.eps) if f"m.{n}" in after
-            else value for n, value in after.items()}
+    return {
+        n: adamax_move(before[n], after[f"m.{n}"], after[f"u.{n}"], step_size, o.eps) if f"m.{n}" in after else value
+        for n, value in after.items()
+    }
 
 
 def step_error(after: dict, ref_after: dict, before: dict, spec) -> tuple[float, str]:
@@ -93,14 +96,17 @@ def verify(art, steps: int, device: str, log=print, engine_backends=()) -> tuple
         for name, backend in zip(names, paths):
             backend.load_state(before)
             loss = backend.step(n, read=True, image=False).loss.astype(np.float64)
-            s_err, where = step_error({k: v.astype(np.float64) for k, v in backend.state_arrays().items()},
-                                      ref_after, before, spec)
+            s_err, where = step_error(
+                {k: v.astype(np.float64) for k, v in backend.state_arrays().items()}, ref_after, before, spec
+            )
             e = errors[name]
             if s_err >= e[0]:
                 e[0], e[1] = s_err, where
             e[2] = max(e[2], loss_error(loss, ref_loss))
-    log(f"{steps} steps, {len(targets)} targets ({', '.join(t.text for t in targets)}); "
-        "error of each step against torch float64:")
+    log(
+        f"{steps} steps, {len(targets)} targets ({', '.join(t.text for t in targets)}); "
+        "error of each step against torch float64:"
+    )
     base_state, _, base_loss = errors["torch-float32"]
     ok, report = True, {}
     for name in names:
@@ -113,8 +119,10 @@ def verify(art, steps: int, device: str, log=print, engine_backends=()) -> tuple
         passed = s_err <= s_tol and l_err <= l_tol
         ok &= passed
         report[name].update(state_tolerance=s_tol, loss_tolerance=l_tol)
-        log(f"  {name:14s} state {s_err:.2e} (worst part: {where}, tolerance {s_tol:.2e})  "
-            f"loss {l_err:.2e} (tolerance {l_tol:.2e})  {'ok' if passed else 'FAILED'}")
+        log(
+            f"  {name:14s} state {s_err:.2e} (worst part: {where}, tolerance {s_tol:.2e})  "
+            f"loss {l_err:.2e} (tolerance {l_tol:.2e})  {'ok' if passed else 'FAILED'}"
+        )
     return ok, report
 
 

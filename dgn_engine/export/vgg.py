@@ -5,6 +5,7 @@ for the names and disabled by eval mode). The final softmax is not part of the m
 network applies a ReLU to the class outputs instead (the paper's change). `vgg_style()` builds
 smaller networks of the same family for small images.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,6 +43,11 @@ def vgg16(num_classes: int = 1000) -> VGG:
     return VGG(VGG16_CONVS, 3, 224, (4096, 4096), num_classes).eval()
 
 
-def vgg_style(in_channels: int, image_size: int, num_classes: int, convs=(16, "M", 32, "M", 64, "M"),
-              hidden: tuple[int, ...] = (64,)) -> VGG:
+def vgg_style(
+    in_channels: int,
+    image_size: int,
+    num_classes: int,
+    convs=(16, "M", 32, "M", 64, "M"),
+    hidden: tuple[int, ...] = (64,),
+) -> VGG:
     return VGG(convs, in_channels, image_size, hidden, num_classes).eval()

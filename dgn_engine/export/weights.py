@@ -5,6 +5,7 @@ Layouts: a torch state dict (torchvision's names for VGG-16), and the original K
 kernels [out, in, kh, kw] stored flipped, since Theano convolves where torch cross-correlates;
 dense kernels [in, out]).
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ def read_torch_file(path: str, what: str = "weights file"):
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, Exception) as e:  # noqa: B014
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{what} {path!r} cannot be read as a torch file (truncated or not a "
-                         f"state dict?): {reason[:200]}") from None
+        raise UsageError(
+            f"{what} {path!r} cannot be read as a torch file (truncated or not a state dict?): {reason[:200]}"
+        ) from None
 
 
 def state_dict_from_file(path: str) -> dict[str, torch.Tensor]:
@@ -48,15 +50,21 @@ def apply_state_dict(module: nn.Module, state: dict[str, torch.Tensor], source: 
     expected = module.state_dict()
     for name, tensor in expected.items():
         if name not in state:
-            raise UsageError(f"weights {source!r} do not fit this architecture: tensor {name!r} "
-                             f"(shape {tuple(tensor.shape)}) is missing")
+            raise UsageError(
+                f"weights {source!r} do not fit this architecture: tensor {name!r} "
+                f"(shape {tuple(tensor.shape)}) is missing"
+            )
         if tuple(state[name].shape) != tuple(tensor.shape):
-            raise UsageError(f"weights {source!r} do not fit this architecture: tensor {name!r} has "
-                             f"shape {tuple(state[name].shape)}, the network needs {tuple(tensor.shape)}")
+            raise UsageError(
+                f"weights {source!r} do not fit this architecture: tensor {name!r} has "
+                f"shape {tuple(state[name].shape)}, the network needs {tuple(tensor.shape)}"
+            )
     extra = [n for n in state if n not in expected]
     if extra:
-        raise UsageError(f"weights {source!r} do not fit this architecture: unexpected tensor "
-                         f"{extra[0]!r} (shape {tuple(state[extra[0]].shape)})")
+        raise UsageError(
+            f"weights {source!r} do not fit this architecture: unexpected tensor "
+            f"{extra[0]!r} (shape {tuple(state[extra[0]].shape)})"
+        )
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
@@ -72,24 +80,27 @@ def keras1_state_dict(path: str, module: nn.Module) -> dict[str, torch.Tensor]:
             names = sorted((k for k in f.keys() if k.startswith("layer_")), key=lambda k: int(k[6:]))
             if not names:
                 raise UsageError(f"weights file {path!r} is not in the Keras-1 layer_k/param_p layout")
-            params = [(k, [np.asarray(f[k][f"param_{p}"]) for p in range(int(f[k].attrs.get("nb_params", 0)))])
-                      for k in names]
+            params = [
+                (k, [np.asarray(f[k][f"param_{p}"]) for p in range(int(f[k].attrs.get("nb_params", 0)))]) for k in names
+            ]
     except UsageError:
         raise
     except Exception as e:  # h5py raises OSError/KeyError for truncated or foreign files
-        raise UsageError(f"weights file {path!r} cannot be read as Keras-1 HDF5 (truncated?): "
-                         f"{str(e).splitlines()[0][:200]}") from None
+        raise UsageError(
+            f"weights file {path!r} cannot be read as Keras-1 HDF5 (truncated?): {str(e).splitlines()[0][:200]}"
+        ) from None
     layers = [(k, p) for k, p in params if p]
     targets = [(n, m) for n, m in module.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     if len(layers) != len(targets):
-        raise UsageError(f"weights file {path!r} holds {len(layers)} weighted layers, the network has "
-                         f"{len(targets)}")
+        raise UsageError(f"weights file {path!r} holds {len(layers)} weighted layers, the network has {len(targets)}")
     state = {}
     for (group, (kernel, bias)), (name, m) in zip(layers, targets):
         if isinstance(m, nn.Conv2d):
             if kernel.ndim != 4:
-                raise UsageError(f"weights file {path!r}: {group}/param_0 has shape {kernel.shape}, "
-                                 f"{name}.weight needs {tuple(m.weight.shape)}")
+                raise UsageError(
+                    f"weights file {path!r}: {group}/param_0 has shape {kernel.shape}, "
+                    f"{name}.weight needs {tuple(m.weight.shape)}"
+                )
             kernel = kernel[:, :, ::-1, ::-1]
         else:
             kernel = kernel.T

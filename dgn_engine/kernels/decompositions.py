@@ -21,6 +21,7 @@ Which case takes which path:
   separable linear maps y = A_h x A_w^T with A fixed by the shapes, so the gradient is
   A_h^T g A_w with both matrices computed at trace time (two matrix products).
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,9 @@ def _weight_grad(inp, grad_out, kernel, stride, padding, dilation, groups):
     return g.transpose(0, 1)
 
 
-def convolution_backward(grad_out, inp, weight, bias_sizes, stride, padding, dilation, transposed,
-                         output_padding, groups, output_mask):
+def convolution_backward(
+    grad_out, inp, weight, bias_sizes, stride, padding, dilation, transposed, output_padding, groups, output_mask
+):
     grad_in = grad_w = grad_b = None
     kernel = weight.shape[2:]
     d = len(kernel)
@@ -65,11 +67,14 @@ def convolution_backward(grad_out, inp, weight, bias_sizes, stride, padding, dil
             grad_in = aten.convolution(grad_out, weight, None, stride, padding, dilation, False, [0] * d, groups)
         elif all(s == 1 for s in stride) and all(p <= dl * (k - 1) for p, dl, k in zip(padding, dilation, kernel)):
             pads = [dl * (k - 1) - p for p, dl, k in zip(padding, dilation, kernel)]
-            grad_in = aten.convolution(grad_out, _flip_swap(weight, groups), None, [1] * d, pads, dilation, False,
-                                       [0] * d, groups)
+            grad_in = aten.convolution(
+                grad_out, _flip_swap(weight, groups), None, [1] * d, pads, dilation, False, [0] * d, groups
+            )
         else:
-            covered = [(o - 1) * s - 2 * p + dl * (k - 1) + 1
-                       for o, s, p, dl, k in zip(grad_out.shape[2:], stride, padding, dilation, kernel)]
+            covered = [
+                (o - 1) * s - 2 * p + dl * (k - 1) + 1
+                for o, s, p, dl, k in zip(grad_out.shape[2:], stride, padding, dilation, kernel)
+            ]
             extra = [size - c for size, c in zip(inp.shape[2:], covered)]
             grad_in = aten.convolution(grad_out, weight, None, stride, padding, dilation, True, extra, groups)
     if output_mask[1]:
@@ -89,8 +94,7 @@ def _scatter_indices(grad_out, inp, indices):
     return flat.reshape(inp.shape)
 
 
-def max_pool2d_with_indices_backward(grad_out, inp, kernel_size, stride, padding, dilation, ceil_mode,
-                                     indices):
+def max_pool2d_with_indices_backward(grad_out, inp, kernel_size, stride, padding, dilation, ceil_mode, indices):
     return _scatter_indices(grad_out, inp, indices)
 
 
@@ -128,8 +132,7 @@ def _pool_divisors(size, out, k, s, p, ceil_mode, count_include_pad) -> list[flo
     return counts
 
 
-def avg_pool2d_backward(grad_out, inp, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                        divisor_override):
+def avg_pool2d_backward(grad_out, inp, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     n, c, h, w = inp.shape
     oh, ow = grad_out.shape[2:]
     kh, kw = kernel_size
@@ -148,7 +151,7 @@ def avg_pool2d_backward(grad_out, inp, kernel_size, stride, padding, ceil_mode, 
     # `spread` covers the padded input from -padding; crop it to the input, zeros where no window reached
     fh, fw = spread.shape[2:]
     spread = F.pad(spread, [0, max(0, w + pw - fw), 0, max(0, h + ph - fh)])
-    return spread[:, :, ph:ph + h, pw:pw + w].reshape(n, c, h, w)
+    return spread[:, :, ph : ph + h, pw : pw + w].reshape(n, c, h, w)
 
 
 def _linear_map_backward(grad_out, size, forward):
@@ -168,20 +171,24 @@ def _one_axis(pair, axis, other):
 
 def adaptive_avg_pool2d_backward(grad_out, inp):
     out = grad_out.shape[2:]
-    return _linear_map_backward(grad_out, inp.shape[2:],
-                                lambda x, axis: F.adaptive_avg_pool2d(x, _one_axis(out, axis, 1)))
+    return _linear_map_backward(
+        grad_out, inp.shape[2:], lambda x, axis: F.adaptive_avg_pool2d(x, _one_axis(out, axis, 1))
+    )
 
 
 def _interpolation_backward(op, corners: bool):
     """The backward of aten.upsample_{bilinear,bicubic}2d (corners) or upsample_nearest2d."""
+
     def backward(grad_out, output_size, input_size, *args, scales_h=None, scales_w=None):
         extra = args[:1] if corners else ()
-        given = list(args[len(extra):])
-        scales = given + [scales_h, scales_w][len(given):]
+        given = list(args[len(extra) :])
+        scales = given + [scales_h, scales_w][len(given) :]
 
         def forward(x, axis):
             return op(x, _one_axis(output_size, axis, 1), *extra, *_one_axis(scales, axis, None))
+
         return _linear_map_backward(grad_out, input_size[2:], forward)
+
     return backward
 
 

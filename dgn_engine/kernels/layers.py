@@ -4,6 +4,7 @@ Nearest upsampling is unsqueeze + expand + reshape (no Resize, whose gradient so
 "same" padding with an even kernel is an explicit Pad before a pad-free convolution (asymmetric
 conv pads have broken gradients in some runtimes).
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,9 @@ def upsample2x(x: torch.Tensor) -> torch.Tensor:
     return x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
 
 
-def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pads: tuple[int, int],
-           groups: int = 1) -> torch.Tensor:
+def conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pads: tuple[int, int], groups: int = 1
+) -> torch.Tensor:
     before, after = pads
     if before or after:
         x = F.pad(x, (before, after, before, after))
@@ -30,8 +32,9 @@ def batch_norm_train(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, e
     return (x - mean) * torch.rsqrt(var + eps) * gamma[None, :, None, None] + beta[None, :, None, None]
 
 
-def batch_norm_eval(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, mean: torch.Tensor,
-                    var: torch.Tensor, eps: float) -> torch.Tensor:
+def batch_norm_eval(
+    x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float
+) -> torch.Tensor:
     scale = gamma * torch.rsqrt(var + eps)
     return x * scale[None, :, None, None] + (beta - mean * scale)[None, :, None, None]
 

@@ -1,4 +1,5 @@
 """Loss = -sum_k w_k a_k + lambda * sum_{j not targeted} a_j + R, per target (one row each)."""
+
 from __future__ import annotations
 
 import torch
@@ -7,8 +8,9 @@ import torch.nn.functional as F
 from ..targets import OUTPUT
 
 
-def objective(acts: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], penalty: torch.Tensor,
-              leak=1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def objective(
+    acts: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], penalty: torch.Tensor, leak=1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(target activation, other-classes penalty), each of shape [K].
 
     acts[OUTPUT] are D's class logits; every other entry a tapped layer. The penalty reads the
@@ -25,8 +27,7 @@ def objective(acts: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], p
     return activation, penalty * (relu * others).sum(1)
 
 
-def regularizer(kind: str, weight: float, alpha: torch.Tensor, final_gamma: torch.Tensor | None
-                ) -> torch.Tensor:
+def regularizer(kind: str, weight: float, alpha: torch.Tensor, final_gamma: torch.Tensor | None) -> torch.Tensor:
     """R per target: eq. 3 (L1 of the last BatchNorm's gamma), eq. 4 (L2 norm of alpha) or the
     original Keras code's sum of squares of alpha."""
     if kind == "l1-final-gamma":

@@ -1,11 +1,12 @@
 """The engine's backends over exported artifacts (no torch)."""
 
 
-def engine_backend(name: str, art, device: str = "auto", threads: int | None = None,
-                   precision: str = "float32"):
+def engine_backend(name: str, art, device: str = "auto", threads: int | None = None, precision: str = "float32"):
     """The backend called `name` (step-graph or training-api) on an artifacts folder."""
     if name == "step-graph":
         from .step_graph import StepGraphBackend
+
         return StepGraphBackend(art, device, threads, precision)
     from .training_api import TrainingApiBackend
+
     return TrainingApiBackend(art, device, threads, precision)

@@ -1,4 +1,5 @@
 """What the engine's backends over an artifacts folder share (no torch)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,13 +14,15 @@ from .onnx_session import classify_in_batches, providers, session
 class ArtifactsBackend:
     """The manifest's facts, the graphs' static batch K that a short batch is padded to, and D as
     classifier.onnx. Subclasses set `name` and run the steps."""
+
     name: str
 
-    def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None,
-                 precision: str = "float32"):
+    def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None, precision: str = "float32"):
         if precision not in ENGINE_PRECISIONS:
-            raise UsageError(f"--precision {precision}: the {self.name} backend runs "
-                             f"{' or '.join(ENGINE_PRECISIONS)}; {precision} is the torch backend's (--backend torch)")
+            raise UsageError(
+                f"--precision {precision}: the {self.name} backend runs "
+                f"{' or '.join(ENGINE_PRECISIONS)}; {precision} is the torch backend's (--backend torch)"
+            )
         art.require(self.name)
         art.check_files()  # a flipped byte in weights.bin would otherwise run as another D
         self.art, self.threads = art, threads
@@ -42,9 +45,13 @@ class ArtifactsBackend:
     def provenance(self) -> dict:
         """The manifest's digest covers everything the graphs are made of: it records the sha256 of
         every file of the artifacts and of the sources they were exported from."""
-        return {"backend": self.name, "precision": self.precision, "artifacts_manifest_sha256": self.art.manifest_sha256,
-                "files_sha256": {f: e["sha256"] for f, e in sorted(self.art.manifest["files"].items())},
-                "source_files_sha256": dict(self.art.manifest["sha256"])}  # D's and the decoder's files
+        return {
+            "backend": self.name,
+            "precision": self.precision,
+            "artifacts_manifest_sha256": self.art.manifest_sha256,
+            "files_sha256": {f: e["sha256"] for f, e in sorted(self.art.manifest["files"].items())},
+            "source_files_sha256": dict(self.art.manifest["sha256"]),
+        }  # D's and the decoder's files
 
     def classify(self, images: np.ndarray) -> dict[str, np.ndarray]:
         if self._classifier is None:

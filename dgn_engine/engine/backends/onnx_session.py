@@ -1,11 +1,12 @@
 """onnxruntime sessions: provider choice, thread settings and clear errors (no torch)."""
+
 from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 import numpy as np
-from contextlib import contextmanager
 
 from ...errors import UsageError
 
@@ -29,8 +30,9 @@ def ort():
         with _torch_hidden():
             import onnxruntime
     except ImportError:
-        raise UsageError("the step-graph backend needs onnxruntime: pip install 'dgn-engine[cpu]' "
-                         "(or 'dgn-engine[gpu]' for CUDA)") from None
+        raise UsageError(
+            "the step-graph backend needs onnxruntime: pip install 'dgn-engine[cpu]' (or 'dgn-engine[gpu]' for CUDA)"
+        ) from None
     return onnxruntime
 
 
@@ -39,8 +41,10 @@ def providers(device: str, precision: str = "float32") -> tuple[list, str]:
     CUDA provider computes in TF32 unless told otherwise: float32 must say so."""
     available = ort().get_available_providers()
     if device == "cuda" and "CUDAExecutionProvider" not in available:
-        raise UsageError("--device cuda: this onnxruntime has no CUDA provider; pip uninstall onnxruntime "
-                         "&& pip install 'dgn-engine[gpu]' (onnxruntime-gpu), or use --device cpu")
+        raise UsageError(
+            "--device cuda: this onnxruntime has no CUDA provider; pip uninstall onnxruntime "
+            "&& pip install 'dgn-engine[gpu]' (onnxruntime-gpu), or use --device cpu"
+        )
     if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
         options = {"use_tf32": "1" if precision == "tf32" else "0"}
         return [("CUDAExecutionProvider", options), "CPUExecutionProvider"], "cuda"
@@ -81,8 +85,8 @@ def classify_in_batches(classifier, images: np.ndarray, k: int) -> dict[str, np.
     names = [o.name for o in classifier.get_outputs()]
     results = {n: [] for n in names}
     for i in range(0, len(images), k):
-        chunk = images[i:i + k]
+        chunk = images[i : i + k]
         outs = classifier.run(None, {"image": pad_rows(chunk.astype(np.float32), k)})
         for n, o in zip(names, outs):
-            results[n].append(o[:len(chunk)].astype(np.float64))
+            results[n].append(o[: len(chunk)].astype(np.float64))
     return {n: np.concatenate(v) for n, v in results.items()}

@@ -3,6 +3,7 @@
 A backend holds the coupled G + D for one batch of K targets at a time; the engine drives it with
 numpy noise and reads back numbers only when it asks for them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,6 +5,7 @@ set and writes the other (IOBinding, ping-pong; an output must never alias its o
 only per-step traffic is the noise going in and, when asked for, the loss, activation and image
 coming out.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,23 +15,24 @@ from ...errors import UsageError
 from ...spec import RunSpec
 from ...state import initial_state
 from ...targets import Target, objective_weights
-from .protocol import StepReadout
 from .base import ArtifactsBackend
 from .onnx_session import ort, pad_rows, session
+from .protocol import StepReadout
 
 
 class StepGraphBackend(ArtifactsBackend):
     name = "step-graph"
 
-    def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None,
-                 precision: str = "float32"):
+    def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None, precision: str = "float32"):
         super().__init__(art, device, threads, precision)
         self.session = session(art.graph("step"), self.providers, threads)
         if self.device_type == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             # onnxruntime-gpu lists CUDA even where it cannot start (no GPU, no CUDA libraries)
             if device == "cuda":
-                raise UsageError("--device cuda: onnxruntime-gpu could not start its CUDA provider (no GPU "
-                                 "visible, or the CUDA 13 / cuDNN 9 libraries are missing); use --device cpu")
+                raise UsageError(
+                    "--device cuda: onnxruntime-gpu could not start its CUDA provider (no GPU "
+                    "visible, or the CUDA 13 / cuDNN 9 libraries are missing); use --device cpu"
+                )
             self.providers, self.device_type, self.precision = ["CPUExecutionProvider"], "cpu", "float32"
         self.state_names = [s["name"] for s in art.manifest["state"]]
         self.binding = None
@@ -55,7 +57,8 @@ class StepGraphBackend(ArtifactsBackend):
             if not o.name.startswith("new."):
                 shape = [self.k if d is None or isinstance(d, str) else d for d in o.shape]
                 self.readouts[o.name] = ort().OrtValue.ortvalue_from_shape_and_type(
-                    shape, np.float32, self.device_type, 0)
+                    shape, np.float32, self.device_type, 0
+                )
                 self.binding.bind_ortvalue_output(o.name, self.readouts[o.name])
 
     def step(self, noise: np.ndarray, read: bool, image: bool) -> StepReadout:
@@ -69,10 +72,10 @@ class StepGraphBackend(ArtifactsBackend):
         self.state, self.spare = self.spare, self.state
         result = StepReadout()
         if read:  # copies: on the CPU an OrtValue's numpy() is a view the next step overwrites
-            result.loss = self.readouts["loss"].numpy()[:self.n].copy()
-            result.activation = self.readouts["activation"].numpy()[:self.n].copy()
+            result.loss = self.readouts["loss"].numpy()[: self.n].copy()
+            result.activation = self.readouts["activation"].numpy()[: self.n].copy()
         if image:
-            result.image = self.readouts["image"].numpy()[:self.n].copy()
+            result.image = self.readouts["image"].numpy()[: self.n].copy()
         return result
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
@@ -83,10 +86,18 @@ class StepGraphBackend(ArtifactsBackend):
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The current state on the host (for verification), real rows only except for t."""
-        return {n: (v.numpy() if n == "t" else v.numpy()[:self.n]).copy() for n, v in zip(self.state_names, self.state)}
+        return {
+            n: (v.numpy() if n == "t" else v.numpy()[: self.n]).copy() for n, v in zip(self.state_names, self.state)
+        }
 
     def describe(self) -> dict:
         rt = ort()
-        return {"backend": self.name, "device": self.device_type, "precision": self.precision,
-                "onnxruntime": rt.__version__, "providers": self.providers, "artifacts": self.art.path,
-                "manifest_sha256": self.art.manifest_sha256}
+        return {
+            "backend": self.name,
+            "device": self.device_type,
+            "precision": self.precision,
+            "onnxruntime": rt.__version__,
+            "providers": self.providers,
+            "artifacts": self.art.path,
+            "manifest_sha256": self.art.manifest_sha256,
+        }

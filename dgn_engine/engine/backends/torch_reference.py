@@ -1,5 +1,6 @@
 """The torch reference backend: the coupled step (export/coupled.py) run eagerly, float32, TF32 or
 float64, on CPU or CUDA. The one backend that needs torch: the engine imports it only when asked for."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,9 @@ def torch_device(name: str) -> torch.device:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, coupled: CoupledStep, precision: str = "float32", device: str = "cpu",
-                 labels: list[str] | None = None):
+    def __init__(
+        self, coupled: CoupledStep, precision: str = "float32", device: str = "cpu", labels: list[str] | None = None
+    ):
         self.coupled = coupled
         self.dtype, self.device = DTYPES[precision], torch_device(device)
         self.precision = "float32" if precision == "tf32" and self.device.type != "cuda" else precision
@@ -64,8 +66,9 @@ class TorchBackend:
 
     def step(self, noise: np.ndarray, read: bool, image: bool) -> StepReadout:
         self._math_mode()
-        self.state, loss, act, img = self.coupled.step(self.state, self._tensor(noise), self.weights,
-                                                       self.penalty, self.hyper)
+        self.state, loss, act, img = self.coupled.step(
+            self.state, self._tensor(noise), self.weights, self.penalty, self.hyper
+        )
         out = StepReadout()
         if read:
             out.loss, out.activation = loss.cpu().numpy(), act.cpu().numpy()
@@ -86,8 +89,12 @@ class TorchBackend:
         return {n: a.double().cpu().numpy() for n, a in acts.items()}
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": str(self.device), "precision": self.precision,
-                "torch": torch.__version__}
+        return {
+            "backend": self.name,
+            "device": str(self.device),
+            "precision": self.precision,
+            "torch": torch.__version__,
+        }
 
     def provenance(self) -> dict:
         return {"backend": self.name, "precision": self.precision, **self._made_of}
@@ -108,7 +115,12 @@ def made_of(coupled: CoupledStep) -> dict:
     """What decides a torch backend's results besides the spec: D's and G's tensors, G's plan, D's
     preprocessing and taps, and the files they were read from."""
     clf = coupled.classifier
-    return {"classifier": clf.name, "source_files_sha256": dict(clf.sources),
-            "classifier_tensors_sha256": tensors_sha256(clf.module.state_dict()),
-            "decoder_tensors_sha256": tensors_sha256(coupled.decoder) if coupled.decoder is not None else None,
-            "plan": coupled.plan.to_json(), "preprocessing": clf.preprocessing.to_json(), "taps": coupled.taps}
+    return {
+        "classifier": clf.name,
+        "source_files_sha256": dict(clf.sources),
+        "classifier_tensors_sha256": tensors_sha256(clf.module.state_dict()),
+        "decoder_tensors_sha256": tensors_sha256(coupled.decoder) if coupled.decoder is not None else None,
+        "plan": coupled.plan.to_json(),
+        "preprocessing": clf.preprocessing.to_json(),
+        "taps": coupled.taps,
+    }

@@ -8,6 +8,7 @@ are used: the `onnxruntime.training` Python package imports torch. On CUDA the g
 parameters cross to the host once per step for the update, and MaxPoolGrad runs on the CPU (it has
 no CUDA kernel in 1.19.2).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,17 +21,20 @@ from ...spec import HYPER, RunSpec
 from ...state import SLOTS, initial_state, trainable_shapes
 from ...targets import Target, objective_weights
 from ...update_rules import adamax, adamax_step_size, nesterov
-from .protocol import StepReadout
 from .base import ArtifactsBackend
 from .onnx_session import ort, pad_rows
+from .protocol import StepReadout
 
-INSTALL = ("the training-api backend needs onnxruntime-training, which provides its own `onnxruntime`: in a "
-           "separate virtual environment, pip install 'dgn-engine[training-api]'")
+INSTALL = (
+    "the training-api backend needs onnxruntime-training, which provides its own `onnxruntime`: in a "
+    "separate virtual environment, pip install 'dgn-engine[training-api]'"
+)
 
 
 def training_bindings():
     rt = ort()
     from onnxruntime.capi import _pybind_state as C
+
     if not hasattr(C, "Module"):
         raise UsageError(f"this onnxruntime ({rt.__version__}) has no training API; {INSTALL}")
     return rt, C
@@ -39,15 +43,16 @@ def training_bindings():
 class TrainingApiBackend(ArtifactsBackend):
     name = "training-api"
 
-    def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None,
-                 precision: str = "float32"):
+    def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None, precision: str = "float32"):
         if precision == "tf32":  # its Module takes a device, not provider options
             raise UsageError("--precision tf32 is the step-graph backend's; the training-api backend runs float32")
         self.rt, self.C = training_bindings()
         if device == "cuda" and "CUDAExecutionProvider" not in self.rt.get_available_providers():
-            raise UsageError("--device cuda: this is onnxruntime-training's CPU build; its CUDA build is "
-                             "onnxruntime-training==1.19.2 (CUDA 11.8, cuDNN 8, Python 3.10/3.11), or use the "
-                             "step-graph backend with onnxruntime-gpu")
+            raise UsageError(
+                "--device cuda: this is onnxruntime-training's CPU build; its CUDA build is "
+                "onnxruntime-training==1.19.2 (CUDA 11.8, cuDNN 8, Python 3.10/3.11), or use the "
+                "step-graph backend with onnxruntime-gpu"
+            )
         super().__init__(art, device, threads, precision)
         # the CUDA build lists CUDA even where CUDA 11.8 / cuDNN 8 cannot start: --device auto falls back
         tries = [self.device_type] + (["cpu"] if device == "auto" and self.device_type == "cuda" else [])
@@ -57,8 +62,10 @@ class TrainingApiBackend(ArtifactsBackend):
                 break
             except Exception as e:  # onnxruntime raises its own exception types
                 if i == len(tries) - 1:
-                    raise UsageError(f"onnxruntime-training cannot load the artifacts in {art.path!r}: "
-                                     f"{str(e).splitlines()[0][:200]}") from None
+                    raise UsageError(
+                        f"onnxruntime-training cannot load the artifacts in {art.path!r}: "
+                        f"{str(e).splitlines()[0][:200]}"
+                    ) from None
         if self.device_type == "cpu":
             self.providers = ["CPUExecutionProvider"]
         self.inputs = self.module.input_names(True)
@@ -74,8 +81,9 @@ class TrainingApiBackend(ArtifactsBackend):
         kind = C.OrtDevice.cuda() if self.device_type == "cuda" else C.OrtDevice.cpu()
         self.checkpoint = C.load_checkpoint(os.path.join(art.path, "checkpoint"))
         # no eval model: the engine never needs one (its BatchNorm handling is the fragile part)
-        return C.Module(art.graph("training"), self.checkpoint, None,
-                        C.OrtDevice(kind, C.OrtDevice.default_memory(), 0), options)
+        return C.Module(
+            art.graph("training"), self.checkpoint, None, C.OrtDevice(kind, C.OrtDevice.default_memory(), 0), options
+        )
 
     def _set(self, name: str, value: np.ndarray) -> None:
         value = self.rt.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value, np.float32))
@@ -103,10 +111,10 @@ class TrainingApiBackend(ArtifactsBackend):
         self._update()
         result = StepReadout()
         if read:
-            result.loss = outs["loss_per_target"].numpy()[:self.n].copy()
-            result.activation = outs["activation"].numpy()[:self.n].copy()
+            result.loss = outs["loss_per_target"].numpy()[: self.n].copy()
+            result.activation = outs["activation"].numpy()[: self.n].copy()
         if image:
-            result.image = outs["image"].numpy()[:self.n].copy()
+            result.image = outs["image"].numpy()[: self.n].copy()
         return result
 
     def _update(self) -> None:
@@ -119,8 +127,9 @@ class TrainingApiBackend(ArtifactsBackend):
             param = self.checkpoint.get_parameter(name)
             g, p = param.grad.numpy(), param.data.numpy()
             if self.optimizer == "adamax":
-                new, s[f"m.{name}"], s[f"u.{name}"] = adamax(p, g, s[f"m.{name}"], s[f"u.{name}"], step_size,
-                                                             h["beta1"], h["beta2"], h["eps"], np.maximum)
+                new, s[f"m.{name}"], s[f"u.{name}"] = adamax(
+                    p, g, s[f"m.{name}"], s[f"u.{name}"], step_size, h["beta1"], h["beta2"], h["eps"], np.maximum
+                )
             else:
                 new, s[f"v.{name}"] = nesterov(p, g, s[f"v.{name}"], h["lr"], h["momentum"])
             self._set(name, new)
@@ -136,12 +145,17 @@ class TrainingApiBackend(ArtifactsBackend):
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The current state on the host (for verification), real rows only except for t."""
-        out = {n: self.checkpoint.get_parameter(n).data.numpy()[:self.n].copy() for n in self.trainables}
-        out.update({n: (v if n == "t" else v[:self.n]).copy() for n, v in self.slots.items()})
+        out = {n: self.checkpoint.get_parameter(n).data.numpy()[: self.n].copy() for n in self.trainables}
+        out.update({n: (v if n == "t" else v[: self.n]).copy() for n, v in self.slots.items()})
         order = [*self.trainables, *(f"{s}.{n}" for s in SLOTS[self.optimizer] for n in self.trainables), "t"]
         return {n: out[n] for n in order}
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": self.device_type, "precision": "float32",
-                "onnxruntime": self.rt.__version__, "artifacts": self.art.path,
-                "manifest_sha256": self.art.manifest_sha256}
+        return {
+            "backend": self.name,
+            "device": self.device_type,
+            "precision": "float32",
+            "onnxruntime": self.rt.__version__,
+            "artifacts": self.art.path,
+            "manifest_sha256": self.art.manifest_sha256,
+        }
