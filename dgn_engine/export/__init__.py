@@ -1,1 +1,1 @@
-"""The torch side: models, weights, the reference loop and the exporters."""
+"""The torch side: D and G as torch modules, their weights, the coupled step and the exporters."""

@@ -1,4 +1,5 @@
-"""The engine's backends over exported artifacts (no torch)."""
+"""The engine's backends, all behind protocol.Backend: over exported artifacts in onnxruntime (no torch) and the
+torch reference (torch_reference.py, imported only when asked for)."""
 
 
 def engine_backend(name: str, art, device: str = "auto", threads: int | None = None, precision: str = "float32"):
