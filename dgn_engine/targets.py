@@ -298,3 +298,16 @@ def _layer(name) -> str:
     if not isinstance(name, str) or not re.fullmatch(_LAYER, name):
         raise UsageError(f"layer name {name!r}: give the name of a module or tensor of D, without spaces, '+' or '*'")
     return name
+
+
+def weighted_activation(weights: dict[str, np.ndarray], acts: dict[str, np.ndarray]) -> np.ndarray:
+    """Per row, the target's activation: the sum over layers of weight x activation (numpy; the torch
+    step computes the same in kernels/objective.py)."""
+    rows = len(acts[OUTPUT])
+    return sum((weights[name] * acts[name]).reshape(rows, -1).sum(1) for name in weights)
+
+
+def objective_loss(weights: dict[str, np.ndarray], penalty: np.ndarray, acts: dict[str, np.ndarray]) -> np.ndarray:
+    """Per row, the loss before the regulariser: -activation + penalty x the classes the target does not name."""
+    others = weights[OUTPUT] == 0
+    return -weighted_activation(weights, acts) + penalty * (acts[OUTPUT] * others).sum(1)

@@ -95,3 +95,28 @@ def test_token_layer_weights():
     expected[:, 4] = 1 / 17
     np.testing.assert_allclose(w["blocks.1"][0], expected)
     assert w["blocks.1"][1, 16, 4] == 2 and w["blocks.1"][1].sum() == 2
+
+
+def test_numpy_objective_matches_the_torch_step():
+    """The engine's numpy loss (selfcheck, the reports) against the step's torch objective, float64,
+    on class outputs that are D's after the final ReLU (where the target's leak changes nothing)."""
+    import torch
+
+    from dgn_engine.kernels.objective import objective
+    from dgn_engine.targets import objective_loss, weighted_activation
+
+    layout = {OUTPUT: (6,), "features.3": (4, 5, 5), "blocks.0": (7, 8)}
+    targets = [parse_target(t) for t in ("class:2", "0.5*class:1+channel:features.3:3", "neuron:blocks.0:2:6")]
+    weights, penalty = objective_weights(targets, layout, 0.3)
+    rng = np.random.default_rng(0)
+    acts = {n: rng.standard_normal((3, *s)) for n, s in layout.items()}
+    acts[OUTPUT] = np.abs(acts[OUTPUT])
+    tw = {n: torch.from_numpy(w).double() for n, w in weights.items()}
+    activation, pen = objective(
+        {n: torch.from_numpy(a) for n, a in acts.items()}, tw, torch.from_numpy(penalty).double()
+    )
+    # the same sums in float64 in another order: rounding near 1e-15
+    np.testing.assert_allclose(weighted_activation(weights, acts), activation.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        objective_loss(weights, penalty, acts), (pen - activation).numpy(), rtol=1e-12, atol=1e-12
+    )

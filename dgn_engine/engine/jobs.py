@@ -18,7 +18,7 @@ from ..files import atomic_write, write_json
 from ..preprocessing import display_original
 from ..records import RunRecord, TargetRecord, read_record
 from ..spec import RunSpec
-from ..targets import OUTPUT, Target, objective_weights, parse_target
+from ..targets import OUTPUT, Target, objective_weights, parse_target, weighted_activation
 from .backends.protocol import Backend
 from .gallery import build_gallery, summary_line
 from .lock import FolderLock
@@ -351,7 +351,7 @@ class Job:
 
     def _report(self, target: Target, acts: dict[str, np.ndarray]) -> dict:
         weights, _ = objective_weights([target], {n: a.shape for n, a in acts.items()}, self.spec.lam)
-        activation = float(sum((weights[n][0] * acts[n]).sum() for n in weights))
+        activation = float(weighted_activation(weights, {n: a[None] for n, a in acts.items()})[0])
         scores = acts[OUTPUT]
         order = np.argsort(-scores, kind="stable")[:TOP_K]
         classes = {t.index for t in target.terms if t.kind == "class"}

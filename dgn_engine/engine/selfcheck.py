@@ -18,7 +18,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..rng import NoiseStreams
-from ..targets import OUTPUT, Target, Term, objective_weights, parse_target
+from ..targets import Target, Term, objective_loss, objective_weights, parse_target
 from .backends.onnx_session import session
 
 IMAGE_TOL = 1e-4  # relative; the same float32 ops in two graphs, maybe fused differently
@@ -57,11 +57,7 @@ class _GraphLoss:
         return self.render.run(None, {**feeds, "noise": self.noise, "hyper": self.hyper})[0]
 
     def __call__(self, params: dict) -> np.ndarray:
-        acts = self.backend.classify(self.image(params))
-        out = acts[OUTPUT]
-        activation = sum((self.weights[n] * acts[n]).reshape(len(out), -1).sum(1) for n in self.weights)
-        others = self.weights[OUTPUT] == 0
-        loss = -activation + self.penalty * (out * others).sum(1)
+        loss = objective_loss(self.weights, self.penalty, self.backend.classify(self.image(params)))
         reg, alpha = self.spec.regularizer, params["alpha"].astype(np.float64)
         if reg.kind == "l2-alpha":
             loss = loss + reg.weight * np.sqrt((alpha**2).sum(1))
