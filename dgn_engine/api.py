@@ -50,27 +50,52 @@ def _run(
     layers: list[str],
 ) -> list[Result]:
     """The results job over `backend`, into `out` (a temporary folder when None), read back."""
+    folder = out if out is not None else tempfile.mkdtemp(prefix="dgn-engine-")
+    try:
+        run_job(
+            backend,
+            spec,
+            targets,
+            str(folder),
+            batch=batch,
+            labels=labels,
+            display=display,
+            force=force,
+            progress=progress,
+            layers=layers,
+        )
+        return load_results(str(folder), targets, keep_paths=out is not None)
+    finally:
+        if out is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_job(
+    backend,
+    spec,
+    targets: list[Target],
+    out: str,
+    *,
+    batch: int,
+    labels,
+    display: str,
+    force: bool,
+    progress: bool,
+    layers: list[str],
+    log=None,
+) -> None:
+    """Check the targets and labels against D, then the resumable job writing `out`: what
+    `dgn-engine run` and the functions above share once they hold a backend."""
     from .engine.jobs import Job, JobOptions
 
     for t in targets:
         check_target(t, backend.layout, layers)
     if labels is not None and len(labels) != backend.layout[OUTPUT][0]:
         raise UsageError(f"{len(labels)} labels for a classifier of {backend.layout[OUTPUT][0]} classes")
-    folder = out if out is not None else tempfile.mkdtemp(prefix="dgn-engine-")
-    try:
-        job = Job(
-            backend,
-            spec,
-            str(folder),
-            JobOptions(
-                batch=batch, display=display, force=force, labels=list(labels) if labels else None, progress=progress
-            ),
-        )
-        job.run(log=print if progress else _quiet)
-        return load_results(str(folder), targets, keep_paths=out is not None)
-    finally:
-        if out is None:
-            shutil.rmtree(folder, ignore_errors=True)
+    options = JobOptions(
+        batch=batch, display=display, force=force, labels=list(labels) if labels else None, progress=progress
+    )
+    Job(backend, spec, out, options).run(log=log or (print if progress else _quiet))
 
 
 class Engine:

@@ -26,6 +26,7 @@ IMAGE_RANGES = ("bounded", "free")
 # CPU has no such mode and runs float32. float64: the torch reference only.
 PRECISIONS = ("float32", "tf32", "float64")
 ENGINE_PRECISIONS = ("float32", "tf32")
+DEVICES = ("auto", "cpu", "cuda")
 MAX_STEPS = 1_000_000  # per target; the paper uses 500 and 1,200
 HYPER = (
     "lr",

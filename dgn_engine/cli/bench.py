@@ -6,7 +6,7 @@ import argparse
 import os
 
 from ..errors import UsageError
-from .common import THREADS, ensure_writable_dir, integer
+from .common import THREADS, add_device_option, ensure_writable_dir, integer
 
 HELP = "time the engine's backends against torch eager (and torch.compile) on the same work"
 DESCRIPTION = """\
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "bench", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(default: %(default)s)")
+    add_device_option(p)
     p.add_argument(
         "--sizes",
         default="demo",
@@ -58,14 +58,16 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     from ..bench import BACKENDS, HEADER, bench, bench_artifacts, parse_list
+    from ..engine.backends.onnx_session import providers
     from ..files import write_json
-    from ..spec import ENGINE_PRECISIONS
+    from ..spec import ENGINE_PRECISIONS, MODES
 
     backends = parse_list(args.backends, BACKENDS, what="--backends")
     batches = parse_list(args.batch or "1", kind=int, what="--batch")
     precisions = parse_list(args.precision, ENGINE_PRECISIONS, what="--precision")
-    if "tf32" in precisions and args.device != "cuda":
-        raise UsageError("--precision tf32 is a CUDA mode (the CPU computes float32): add --device cuda")
+    device = providers(args.device)[1]  # one device for every row, torch's included
+    if "tf32" in precisions and device != "cuda":
+        raise UsageError("--precision tf32 is a CUDA mode (the CPU computes float32): use it where CUDA is available")
     if args.json:
         if os.path.isdir(args.json):
             raise UsageError(f"--json {args.json!r} is a folder; give a file name")
@@ -82,7 +84,7 @@ def main(args) -> int:
     print(HEADER)
     if args.artifacts:
         result = bench_artifacts(
-            args.artifacts, backends, args.device, args.steps, args.warmup, args.threads, precisions=precisions
+            args.artifacts, backends, device, args.steps, args.warmup, args.threads, precisions=precisions
         )
     else:
         try:
@@ -94,10 +96,10 @@ def main(args) -> int:
             ) from None
         result = bench(
             parse_list(args.sizes, what="--sizes"),
-            parse_list(args.modes, ("pretrained", "untrained"), what="--modes"),
+            parse_list(args.modes, MODES, what="--modes"),
             batches,
             backends,
-            args.device,
+            device,
             args.steps,
             args.warmup,
             args.cache,

@@ -9,7 +9,17 @@ import os
 from ..errors import UsageError
 from ..preprocessing import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from ..records import read_lines  # noqa: F401 (the commands read their text files through it)
-from ..spec import GAUSSIAN_DROPOUT_SIGMA, IMAGE_RANGES, MAX_STEPS, REGULARIZERS, default_spec, with_settings
+from ..spec import (
+    DEVICES,
+    GAUSSIAN_DROPOUT_SIGMA,
+    IMAGE_RANGES,
+    MAX_STEPS,
+    MODES,
+    OPTIMIZERS,
+    REGULARIZERS,
+    default_spec,
+    with_settings,
+)
 
 
 def need_torch(command: str):
@@ -125,11 +135,23 @@ def set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def add_device_option(p) -> None:
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="auto: CUDA where onnxruntime (torch, for the torch reference) can use it, else the CPU "
+        "(default: %(default)s)",
+    )
+
+
 def add_method_options(p: argparse.ArgumentParser) -> None:
+    # the defaults shown are the spec's own (the paper's Table 1 per mode), never copies
+    pre, unt = default_spec("pretrained"), default_spec("untrained")
     g = p.add_argument_group("generator G and method")
     g.add_argument(
         "--mode",
-        choices=("pretrained", "untrained"),
+        choices=MODES,
         help="pretrained: G is a trained decoder and only alpha (3,200 values at 224 px) is "
         "optimised (needs --decoder); untrained: all of G is optimised from a random start "
         "(default: pretrained, or the artifacts' mode)",
@@ -142,62 +164,80 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         help="untrained G: scale of the paper's layer widths (default: 1 at 224 px, image size / 224 below)",
     )
     g.add_argument(
-        "--steps", type=integer(1, MAX_STEPS), help="steps per target (default: 1200 pretrained, 500 untrained)"
+        "--steps",
+        type=integer(1, MAX_STEPS),
+        help=f"steps per target (default: {pre.steps} pretrained, {unt.steps} untrained)",
     )
     g.add_argument(
-        "--seed", type=integer(0, 2**63 - 1), default=0, help="seeds G's start and the noise (default: %(default)s)"
+        "--seed",
+        type=integer(0, 2**63 - 1),
+        default=pre.seed,
+        help="seeds G's start and the noise (default: %(default)s)",
     )
     g.add_argument(
         "--lambda",
         dest="lam",
         type=finite,
-        default=0.01,
+        default=pre.lam,
         help="penalty on the classes a target does not name (default: %(default)s)",
     )
     g.add_argument(
         "--target-leak",
         type=finite,
-        default=1.0,
+        default=pre.target_leak,
         help="slope of a class target's term below zero: 1 lets a target whose logit starts "
         "negative rise; 0 is the paper's literal ReLU on the target as well, which leaves "
         "such a target stuck at 0 (default: %(default)s)",
     )
-    g.add_argument("--lr", type=finite, help="learning rate (default: 0.01 Nesterov, 0.002 AdaMax)")
-    g.add_argument("--momentum", type=finite, help="Nesterov momentum (default: 0.1)")
+    g.add_argument(
+        "--lr",
+        type=finite,
+        help=f"learning rate (default: {pre.optimizer.lr:g} {pre.optimizer.name} pretrained, "
+        f"{unt.optimizer.lr:g} {unt.optimizer.name} untrained)",
+    )
+    g.add_argument("--momentum", type=finite, help=f"Nesterov momentum (default: {pre.optimizer.momentum:g})")
     g.add_argument(
         "--optimizer",
-        choices=("adamax", "nesterov"),
-        help="default: nesterov pretrained, adamax untrained (the paper's)",
+        choices=OPTIMIZERS,
+        help=f"default: {pre.optimizer.name} pretrained, {unt.optimizer.name} untrained (the paper's)",
     )
     g.add_argument(
         "--noise-sigma",
         metavar="SIGMA",
         help="feature noise: a number, or gaussian-dropout for the original code's "
-        f"sqrt(0.05/0.95) = {GAUSSIAN_DROPOUT_SIGMA:.3f} (default: 0.05 multiplicative "
-        "pretrained, 2 additive untrained)",
+        f"sqrt(0.05/0.95) = {GAUSSIAN_DROPOUT_SIGMA:.3f} (default: {pre.noise.sigma:g} {pre.noise.kind} "
+        f"pretrained, {unt.noise.sigma:g} {unt.noise.kind} untrained)",
     )
     g.add_argument(
         "--regularizer",
         choices=REGULARIZERS,
-        help="default: l2-alpha (eq. 4, 0.1 * ||alpha||_2) pretrained, l1-final-gamma "
-        "(eq. 3) untrained; l2sq-alpha is the original Keras code's sum of squares",
+        help=f"default: {pre.regularizer.kind} (eq. 4, {pre.regularizer.weight:g} * ||alpha||_2) pretrained, "
+        f"{unt.regularizer.kind} (eq. 3) untrained; l2sq-alpha is the original Keras code's sum of squares",
     )
-    g.add_argument("--reg-weight", type=finite, help="regulariser weight (default: 0.1 / 0.01)")
+    g.add_argument(
+        "--reg-weight",
+        type=finite,
+        help=f"regulariser weight (default: {pre.regularizer.weight:g} pretrained, "
+        f"{unt.regularizer.weight:g} untrained)",
+    )
     g.add_argument(
         "--image-range",
         choices=IMAGE_RANGES,
         help="bounded: G's image is soft-clipped into the pixel range (unchanged inside 10..90%% of it, "
         "saturating outside), so the written PNG is the image D scored; free: the paper's unbounded G, "
         "whose image D may score far outside 0..255 and which is clipped when written (fixed at export; "
-        "default: bounded)",
+        f"default: {pre.image_range})",
     )
     g.add_argument(
-        "--snapshots", type=integer(1, MAX_STEPS), default=30, help="images taken over the run (default: %(default)s)"
+        "--snapshots",
+        type=integer(1, MAX_STEPS),
+        default=pre.snapshots.count,
+        help="images taken over the run (default: %(default)s)",
     )
     g.add_argument(
         "--keep",
         type=integer(1, MAX_STEPS),
-        default=10,
+        default=pre.snapshots.keep,
         help="the final image is the per-pixel median of the last KEEP snapshots (default: %(default)s)",
     )
 

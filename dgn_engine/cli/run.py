@@ -12,6 +12,7 @@ from ..spec import PRECISIONS
 from .common import (
     THREADS,
     add_classifier_options,
+    add_device_option,
     add_method_options,
     ensure_writable_dir,
     integer,
@@ -66,7 +67,7 @@ def add_parser(sub) -> None:
         type=integer(1),
         help="targets optimised together (default: the artifacts' batch; 1 for --backend torch)",
     )
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
+    add_device_option(e)
     e.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -98,8 +99,13 @@ def requested_targets(args) -> list[str]:
     return targets
 
 
+def resolved(args: argparse.Namespace, **choices) -> argparse.Namespace:
+    """A copy of the parsed options with what they left open decided (the parsed ones stay as given)."""
+    return argparse.Namespace(**{**vars(args), **choices})
+
+
 def main(args) -> int:
-    from ..engine.jobs import Job, JobOptions
+    from ..api import run_job
     from ..targets import all_classes, parse_target
 
     targets = [parse_target(t).text for t in requested_targets(args)]
@@ -115,13 +121,13 @@ def main(args) -> int:
         if args.mode and args.mode != art.mode:
             raise UsageError(f"the artifacts in {args.artifacts!r} are for --mode {art.mode}, not {args.mode}")
         check_fixed_options(args, art)
-        args.backend = args.backend or art.backends[0]
+        args = resolved(args, backend=args.backend or art.backends[0])
     elif args.classifier is None and args.weights is None:  # the embedded demo
-        args.backend = args.backend or "step-graph"
+        args = resolved(args, backend=args.backend or "step-graph")
         if args.backend != "torch":
             art = demo_artifacts(args.mode or "pretrained", args.backend)
         else:
-            args.classifier = demo.NAME
+            args = resolved(args, classifier=demo.NAME)
     elif args.backend != "torch":
         raise UsageError(
             f"the {args.backend or 'step-graph'} backend runs exported artifacts: dgn-engine export ... "
@@ -144,13 +150,19 @@ def main(args) -> int:
         )
     spec = spec_from_args(args, list(dict.fromkeys(targets)), base=base)
     batch = args.batch or (art.batch if art and args.backend != "torch" else 1)
-    job = Job(
+    run_job(
         backend,
         spec,
+        [parse_target(t) for t in spec.targets],
         args.out,
-        JobOptions(batch=batch, display=args.display, force=args.force, labels=labels, progress=not args.quiet),
+        batch=batch,
+        labels=labels,
+        display=args.display,
+        force=args.force,
+        progress=not args.quiet,
+        layers=layers,
+        log=print,
     )
-    job.run()
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from .common import THREADS, integer, need_torch
+from .common import THREADS, add_device_option, integer, need_torch
 
 HELP = "check the engine's backends numerically against the torch reference (float32 and float64)"
 DESCRIPTION = """\
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--artifacts", required=True, metavar="DIR", help="an artifacts folder (dgn-engine export)")
     p.add_argument("--steps", type=integer(1, 10_000), default=5, help="steps to compare (default: %(default)s)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(default: %(default)s)")
+    add_device_option(p)
     p.add_argument("--threads", type=THREADS, help="CPU threads (default: all cores)")
     p.add_argument(
         "--no-torch",
