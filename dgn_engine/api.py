@@ -283,7 +283,7 @@ def synthesize(
         )
     if backend not in ("step-graph", "training-api", "torch"):
         raise UsageError(f"backend must be step-graph, training-api or torch, got {backend!r}")
-    from .export.coupled import Sources, couple
+    from .export.coupled import couple
 
     clf = _classifier(model, weights, image_size, channels, mean, std, labels, seed)
     spec = with_settings(default_spec(mode), texts, steps=steps, seed=seed, **settings)
@@ -303,18 +303,7 @@ def synthesize(
         from .engine.backends import engine_backend as make_backend
 
         k = batch or min(8, len(found))
-        sources = Sources(
-            mode,
-            clf.name if not isinstance(model, (str, os.PathLike)) else os.fspath(model),
-            weights,
-            image_size,
-            channels,
-            mean,
-            std,
-            decoder,
-            g_width,
-            seed,
-        ).absolute()
+        sources = _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed)
         art = _cached_export(coupled, spec, sources, k, [backend], progress)
         engine_backend = make_backend(backend, art, device, precision=precision)
         layers = taps
@@ -355,24 +344,13 @@ def export(
 ):
     """Write the artifacts folder `out` for `model` (the forms `synthesize` takes) and return it;
     `Engine(out)` runs it anywhere onnxruntime is installed."""
-    from .export.coupled import Sources, couple
+    from .export.coupled import couple
     from .export.manifest import export_artifacts
 
     clf = _classifier(model, weights, image_size, channels, mean, std, labels, seed)
     spec = with_settings(default_spec(mode), (), seed=seed, **settings)
     coupled = couple(clf, spec, list(taps), decoder, g_width)
-    sources = Sources(
-        mode,
-        clf.name if not isinstance(model, (str, os.PathLike)) else os.fspath(model),
-        weights,
-        image_size,
-        channels,
-        mean,
-        std,
-        decoder,
-        g_width,
-        seed,
-    ).absolute()
+    sources = _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed)
     return export_artifacts(
         coupled,
         spec,
@@ -383,6 +361,14 @@ def export(
         log=print if progress else _quiet,
         backends=list(backends),
     )
+
+
+def _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed):
+    """What the export records it was made from (absolute paths), for `model` in any of its forms."""
+    from .export.coupled import Sources
+
+    name = clf.name if not isinstance(model, (str, os.PathLike)) else os.fspath(model)
+    return Sources(mode, name, weights, image_size, channels, mean, std, decoder, g_width, seed).absolute()
 
 
 def grid(results: list[Result], columns: int = 10, tile: int = 128):
