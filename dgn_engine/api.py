@@ -83,6 +83,7 @@ def run_job(
     progress: bool,
     layers: list[str],
     log=None,
+    shard: tuple[int, int] | None = None,
 ) -> None:
     """Check the targets and labels against D, then the resumable job writing `out`: what
     `dgn-engine run` and the functions above share once they hold a backend."""
@@ -93,7 +94,12 @@ def run_job(
     if labels is not None and len(labels) != backend.layout[OUTPUT][0]:
         raise UsageError(f"{len(labels)} labels for a classifier of {backend.layout[OUTPUT][0]} classes")
     options = JobOptions(
-        batch=batch, display=display, force=force, labels=list(labels) if labels else None, progress=progress
+        batch=batch,
+        display=display,
+        force=force,
+        labels=list(labels) if labels else None,
+        progress=progress,
+        shard=shard,
     )
     Job(backend, spec, out, options).run(log=log or (print if progress else _quiet))
 

@@ -63,6 +63,17 @@ def integer(lo: int, hi: int | None = None):
     return parse
 
 
+def shard(text: str) -> tuple[int, int]:
+    """An argparse type: I/N, the I-th (from 0) of N shards."""
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected I/N, the I-th of N shards counted from 0 (e.g. 0/4), got {text!r}")
+    index, count = int(parts[0]), int(parts[1])
+    if count < 1 or index >= count:
+        raise argparse.ArgumentTypeError(f"{text}: I counts from 0 to N-1 (the shards of 4 are 0/4 .. 3/4)")
+    return index, count
+
+
 def finite(text: str) -> float:
     """An argparse type: a finite number."""
     try:

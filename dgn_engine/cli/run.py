@@ -19,6 +19,7 @@ from .common import (
     need_torch,
     read_lines,
     set_threads,
+    shard,
     sources_from_args,
     spec_from_args,
 )
@@ -68,6 +69,14 @@ def add_parser(sub) -> None:
         help="targets optimised together (default: the artifacts' batch; 1 for --backend torch)",
     )
     add_device_option(e)
+    e.add_argument(
+        "--shard",
+        type=shard,
+        metavar="I/N",
+        help="run only the I-th of N disjoint slices of the batches (0/N .. N-1/N: a Slurm array or "
+        "Kubernetes indexed job runs one each), into its own --out or a shared one; the batches are cut "
+        "as in a whole run, so the results are the same files. dgn-engine gallery --into merges folders",
+    )
     e.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -162,6 +171,7 @@ def main(args) -> int:
         progress=not args.quiet,
         layers=layers,
         log=print,
+        shard=args.shard,
     )
     return 0
 

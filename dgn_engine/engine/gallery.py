@@ -22,17 +22,9 @@ SHEET_SIZE = 100  # targets per contact sheet, 10 x 10
 CAPTION = 14  # pixels of caption under each tile of a contact sheet
 
 
-def _records(out: str, warn) -> list[dict]:
-    """The valid results of the folder, in the run's target order; a file that is not one is named."""
+def valid_results(out: str, warn, doing: str = "left out of the gallery"):
+    """(record, JSON path, PNG path) of each valid result in the folder; a file that is not one is named."""
     folder = os.path.join(out, "targets")
-    order: list[str] = []
-    run_file = os.path.join(out, "run.json")
-    if os.path.isfile(run_file):
-        try:
-            order = list(read_record(run_file, RunRecord, "run record").spec.get("targets", []))
-        except UsageError as e:
-            warn(f"dgn-engine: warning: {e}")
-    records = {}
     for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         if not f.endswith(".json") or f.startswith("."):
             continue
@@ -40,18 +32,62 @@ def _records(out: str, warn) -> list[dict]:
         try:
             rec = read_record(path, TargetRecord, "result")
         except UsageError as e:
-            warn(f"dgn-engine: warning: left out of the gallery: {e}")
+            warn(f"dgn-engine: warning: {doing}: {e}")
             continue
         png = os.path.join(folder, rec.id + ".png")
         if not os.path.isfile(png) or sha256_file(png) != rec.png_sha256:
             warn(
-                f"dgn-engine: warning: left out of the gallery: {png!r} is missing or not the image its "
+                f"dgn-engine: warning: {doing}: {png!r} is missing or not the image its "
                 f"result {f} reports; run the same command again to recompute it"
             )
             continue
-        records[rec.target] = rec.model_dump(by_alias=True)
-    ranked = [records.pop(t) for t in order if t in records]
+        yield rec, path, png
+
+
+def _target_order(out: str, warn) -> list[str]:
+    """The job's target order, from its run record (a shard's holds the whole job's list too)."""
+    shards = sorted(f for f in os.listdir(out) if f.startswith("run-shard-") and f.endswith(".json"))
+    for name in ["run.json", *shards]:
+        run_file = os.path.join(out, name)
+        if os.path.isfile(run_file):
+            try:
+                return list(read_record(run_file, RunRecord, "run record").spec.get("targets", []))
+            except UsageError as e:
+                warn(f"dgn-engine: warning: {e}")
+    return []
+
+
+def _records(out: str, warn) -> list[dict]:
+    """The valid results of the folder, in the run's target order."""
+    records = {rec.target: rec.model_dump(by_alias=True) for rec, _, _ in valid_results(out, warn)}
+    ranked = [records.pop(t) for t in _target_order(out, warn) if t in records]
     return ranked + [records[t] for t in sorted(records)]
+
+
+def merge_results(sources: list[str], into: str, warn=None) -> int:
+    """Copy the valid results of `sources` (shards of one job) into `into`; returns how many were
+    copied. Results of other settings, weights or artifacts (another results key) are refused."""
+    warn = warn or _stderr
+    os.makedirs(os.path.join(into, "targets"), exist_ok=True)
+    seen: dict[str, str] = {}  # results key -> the folder it was first seen in
+    copied = 0
+    folders = [into] + [s for s in sources if os.path.abspath(s) != os.path.abspath(into)]
+    for i, folder in enumerate(folders):
+        for rec, js, png in valid_results(folder, warn, doing="not merged"):
+            seen.setdefault(rec.results_key, folder)
+            if len(seen) > 1:
+                first, other = list(seen.items())[:2]
+                raise UsageError(
+                    f"{first[1]!r} and {other[1]!r} hold results made otherwise (results keys {first[0]} and "
+                    f"{other[0]}); merge only the shards of one job"
+                )
+            if i == 0:  # already there
+                continue
+            for src in (png, js):  # the PNG first: a JSON never points at a missing image
+                with open(src, "rb") as f:
+                    atomic_write(os.path.join(into, "targets", os.path.basename(src)), f.read())
+            copied += 1
+    return copied
 
 
 def _stderr(message: str) -> None:

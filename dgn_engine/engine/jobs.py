@@ -35,6 +35,7 @@ class JobOptions:
     force: bool = False
     labels: list[str] | None = None
     progress: bool = True
+    shard: tuple[int, int] | None = None  # (I, N): the I-th of N disjoint slices of the batches
 
 
 def made_by(spec: RunSpec, display: str, provenance: dict) -> dict:
@@ -101,7 +102,17 @@ class _StopFlag:
 class Job:
     def __init__(self, backend: Backend, spec: RunSpec, out_dir: str, options: JobOptions):
         self.backend, self.spec, self.out, self.options = backend, spec, out_dir, options
-        self.targets = [parse_target(t) for t in spec.targets]
+        every = [parse_target(t) for t in spec.targets]
+        k = max(1, options.batch)
+        # batches are cut at the same places of the whole list whatever the shard: a target's
+        # floating-point result can depend on its row in the batch
+        batches = [every[i : i + k] for i in range(0, len(every), k)]
+        if options.shard:
+            index, count = options.shard
+            batches = batches[index::count]
+        self.batch_list, self.targets = batches, [t for b in batches for t in b]
+        self.suffix = f"-shard-{options.shard[0]}-of-{options.shard[1]}" if options.shard else ""
+        self.run_file = os.path.join(out_dir, f"run{self.suffix}.json")
         self.made_by = made_by(spec, options.display, backend.provenance())
         self.key = sha256_json(self.made_by)[:16]
         self.dir = os.path.join(out_dir, "targets")
@@ -132,14 +143,21 @@ class Job:
 
     def _prepare(self) -> None:
         """Under the lock: what a killed run was writing goes, and a folder made otherwise is refused."""
-        for folder in (self.out, self.dir):
-            for f in os.listdir(folder):
-                if f.startswith(".tmp-"):
-                    os.unlink(os.path.join(folder, f))
-        run_file = os.path.join(self.out, "run.json")
-        if os.path.lexists(run_file) and not os.path.isfile(run_file):
-            raise UsageError(f"{run_file!r} is not a file; remove it, or use another --out")
-        if os.path.isfile(run_file) and not self.options.force:
+        if not self.options.shard:  # a shard sharing the folder cannot tell its own leftovers from the others' files
+            for folder in (self.out, self.dir):
+                for f in os.listdir(folder):
+                    if f.startswith(".tmp-"):
+                        os.unlink(os.path.join(folder, f))
+        if os.path.lexists(self.run_file) and not os.path.isfile(self.run_file):
+            raise UsageError(f"{self.run_file!r} is not a file; remove it, or use another --out")
+        records = [self.run_file] + sorted(
+            os.path.join(self.out, f)
+            for f in os.listdir(self.out)
+            if f.startswith("run") and f.endswith(".json") and os.path.join(self.out, f) != self.run_file
+        )
+        for run_file in records if not self.options.force else []:
+            if not os.path.isfile(run_file):
+                continue
             old = read_record(run_file, RunRecord, "run record")
             if old.results_key != self.key:
                 settings = {k: v for k, v in old.spec.items() if k != "targets"}
@@ -155,9 +173,11 @@ class Job:
                 )
 
     def _write_run(self, done: int, seconds: float, state: str) -> None:
+        shard = {"shard": f"{self.options.shard[0]}/{self.options.shard[1]}"} if self.options.shard else {}
         write_json(
-            os.path.join(self.out, "run.json"),
+            self.run_file,
             {
+                **shard,
                 **self.made_by,
                 "spec": self.spec.to_json(),
                 "results_key": self.key,
@@ -169,13 +189,11 @@ class Job:
             },
         )
 
-    def _batches(self, k: int, finished: set[Target]) -> list[list[Target]]:
-        """The unfinished batches, always cut at the same places of the target list: a target's
-        floating-point result can depend on its row in the batch, so a resumed job regroups nothing.
-        A batch cut short by a kill while its files were being written is run again whole; only its
-        missing targets are written."""
-        batches = [self.targets[i : i + k] for i in range(0, len(self.targets), k)]
-        return [b for b in batches if not all(t in finished for t in b)]
+    def _batches(self, finished: set[Target]) -> list[list[Target]]:
+        """The unfinished batches (cut once, in __init__): a resumed job regroups nothing. A batch cut
+        short by a kill while its files were being written is run again whole; only its missing
+        targets are written."""
+        return [b for b in self.batch_list if not all(t in finished for t in b)]
 
     # -- running -------------------------------------------------------------------------------
     def run(self, log=print) -> dict:
@@ -185,7 +203,7 @@ class Job:
             raise UsageError(f"cannot create the output folder {self.out!r}: {e.strerror}") from None
         if not os.access(self.dir, os.W_OK | os.X_OK):
             raise UsageError(f"the output folder {self.out!r} is not writable; choose another --out")
-        with FolderLock(self.out):
+        with FolderLock(self.out, f".lock{self.suffix}"):
             self._prepare()
             try:
                 return self._run(log)
@@ -201,14 +219,13 @@ class Job:
         if self.damaged:
             log(f"recomputing {self.damaged} target(s) whose result files are damaged or do not match")
         if done == len(self.targets):
-            log(f"nothing to do: all {len(self.targets)} targets in {self.out!r} are finished")
+            log(f"nothing to do: all {len(self.targets)} targets{self._of_shard()} in {self.out!r} are finished")
             if self._record_is_stale():  # a --force over a damaged run.json, a deleted gallery
                 self._write_run(done, 0.0, "finished")
                 log(summary_line(build_gallery(self.out)))
             return {"computed": 0, "done": done, "total": len(self.targets), "summary": None}
         if done:
-            log(f"resuming: {done} of {len(self.targets)} targets already finished")
-        k = max(1, self.options.batch)
+            log(f"resuming: {done} of {len(self.targets)} targets{self._of_shard()} already finished")
         started = time.perf_counter()
         computed = 0
         n, steps = len(self.targets), self.spec.steps
@@ -220,7 +237,7 @@ class Job:
         self._write_run(done, 0.0, "running")
         try:
             with _StopFlag() as stop:
-                for batch in self._batches(k, finished):
+                for batch in self._batches(finished):
                     already = sum(t in finished for t in batch)  # a batch cut short by a kill: its finished rows
                     advance = len(batch) - already  # target-steps per step
                     outcomes = run_batch(
@@ -258,11 +275,14 @@ class Job:
             "summary": summary,
         }
 
+    def _of_shard(self) -> str:
+        return f" of shard {self.options.shard[0]}/{self.options.shard[1]}" if self.options.shard else ""
+
     def _record_is_stale(self) -> bool:
         if not os.path.isfile(os.path.join(self.out, "index.html")):
             return True
         try:
-            record = read_record(os.path.join(self.out, "run.json"), RunRecord, "run record")
+            record = read_record(self.run_file, RunRecord, "run record")
         except UsageError:
             return True
         return record.results_key != self.key or record.progress.state != "finished"

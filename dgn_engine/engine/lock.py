@@ -22,14 +22,14 @@ except ImportError:  # not POSIX: no lock, as before
 
 
 class FolderLock:
-    def __init__(self, folder: str):
-        self.folder = folder
+    def __init__(self, folder: str, name: str = LOCK_FILE):
+        self.folder, self.name = folder, name  # shards sharing a folder lock one name each
         self.fd: int | None = None
 
     def __enter__(self) -> "FolderLock":
         if fcntl is None:
             return self
-        path = os.path.join(self.folder, LOCK_FILE)
+        path = os.path.join(self.folder, self.name)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
