@@ -3,6 +3,8 @@ merge into the plain run's results."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -90,3 +92,57 @@ def test_bad_shards(artifacts, tmp_path, capsys, argv, fragment):
 
 def test_gallery_of_several_folders_needs_into(plain, capsys):
     assert "--into DIR" in error_line(capsys, ["gallery", str(plain), str(plain)])
+
+
+# -- the deployment examples, as written ---------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_slurm_array_runs_as_written(artifacts, plain, tmp_path):
+    """Each array task as Slurm would start it (its two variables set), then the merge step."""
+    env = {
+        **os.environ,
+        "ARTIFACTS": artifacts["pretrained"].path,
+        "OUT": str(tmp_path / "results"),
+        "DEVICE": "cpu",
+        "SLURM_ARRAY_TASK_COUNT": "3",
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+    }
+    for task in range(3):
+        script = os.path.join(ROOT, "deploy", "slurm", "array.sh")
+        done = subprocess.run(
+            ["bash", script, "--steps", "3"],
+            env={**env, "SLURM_ARRAY_TASK_ID": str(task)},
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    shards = sorted(str(p) for p in (tmp_path / "results").iterdir())
+    assert main(["gallery", *shards, "--into", str(tmp_path / "all")]) == 0
+    assert results(tmp_path / "all") == results(plain)
+
+
+def test_kubernetes_indexed_job_is_valid_and_its_command_parses():
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    import yaml
+
+    from dgn_engine.cli.main import parser
+
+    with open(os.path.join(ROOT, "deploy", "k8s", "indexed-job.yaml")) as f:
+        job = yaml.safe_load(f)
+    # the Kubernetes schemas bundled in kubernetes-validate (offline), rejecting unknown fields
+    kubernetes_validate.validate(job, "1.37.0", strict=True)
+    misspelt = json.loads(json.dumps(job))
+    misspelt["spec"]["template"]["spec"]["containers"][0]["resource"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(misspelt, "1.37.0", strict=True)
+    spec = job["spec"]
+    container = spec["template"]["spec"]["containers"][0]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    index = container["env"][0]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert index == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    for shard in range(spec["completions"]):  # the image's entrypoint is `dgn-engine run`
+        args = parser().parse_args(["run", *(a.replace("$(SHARD)", str(shard)) for a in container["args"])])
+        assert args.shard == (shard, spec["completions"]) and args.out == f"/results/shard-{shard}"
