@@ -11,10 +11,12 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -49,6 +51,19 @@ def time_backend(backend, spec, k: int, steps: int, warmup: int) -> dict:
         "min_seconds_per_step": float(np.min(times)),
         "steps_timed": len(times),
     }
+
+
+def op_shares(trace_file: str, most: int = 8) -> list[list]:
+    """[op type, share of the step's node time] from an onnxruntime profile, largest first."""
+    with open(trace_file) as f:
+        events = json.load(f)
+    per_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            per_op[op] = per_op.get(op, 0.0) + e.get("dur", 0)
+    total = sum(per_op.values()) or 1.0
+    return [[op, round(t / total, 4)] for op, t in sorted(per_op.items(), key=lambda kv: -kv[1])[:most]]
 
 
 def peak_rss_mib() -> float:
@@ -137,6 +152,11 @@ def run_row(row: dict) -> dict:
         from .engine.backends import engine_backend
 
         backend = engine_backend(row["backend"], art, row["device"], row.get("threads"), row["precision"])
+        if row.get("profile_ops") and row["backend"] == "step-graph":
+            from .engine.backends.onnx_session import session
+
+            prefix = os.path.join(tempfile.mkdtemp(prefix="dgn-profile-"), "step")
+            backend.session = session(art.graph("step"), backend.providers, row.get("threads"), prefix)
     else:
         import torch
 
@@ -151,6 +171,10 @@ def run_row(row: dict) -> dict:
         if row["backend"] == "torch-compile":
             backend.coupled.step = torch.compile(backend.coupled.step)
     result = time_backend(backend, spec, art.batch, row["steps"], row["warmup"])
+    if row.get("profile_ops") and row["backend"] == "step-graph":
+        trace = backend.session.end_profiling()
+        result["profile"] = op_shares(trace)
+        shutil.rmtree(os.path.dirname(trace), ignore_errors=True)
     result["peak_rss_mib"] = peak_rss_mib()
     if backend.describe()["device"].startswith("cuda"):
         result["gpu_memory_mib"] = gpu_memory_mib()
@@ -170,34 +194,46 @@ def _row_in_subprocess(row: dict) -> dict:
     return {"error": err[:300]}
 
 
-def bench_group(
-    art, size: str, backends, device: str, steps: int, warmup: int, threads, log, precisions=("float32",)
-) -> list[dict]:
+@dataclass(frozen=True)
+class Timing:
+    """How every row of one bench run is timed."""
+
+    device: str = "cpu"
+    steps: int = 10
+    warmup: int = 2
+    threads: int | None = None
+    precisions: tuple[str, ...] = ("float32",)
+    profile: bool = False  # onnxruntime's per-op shares for step-graph rows (its overhead is in their times)
+
+
+def bench_group(art, size: str, backends, timing: Timing, log) -> list[dict]:
     """The rows of one artifacts folder (one size, mode and K), per precision torch eager first as the base."""
-    flops = step_flops(art)
     rows = []
-    for precision in precisions:
+    for precision in timing.precisions:
         base = None
         for backend in sorted(backends, key=lambda b: b != "torch"):
-            row, base = _timed_row(art, size, backend, device, precision, steps, warmup, threads, flops, base)
+            row, base = _timed_row(art, size, backend, precision, timing, base)
             rows.append(row)
             log(format_row(row))
+            if row.get("profile"):
+                log("    " + ", ".join(f"{op} {share * 100:.1f} %" for op, share in row["profile"]))
     return rows
 
 
-def _timed_row(art, size, backend, device, precision, steps, warmup, threads, flops, base):
-    k = art.batch
+def _timed_row(art, size, backend, precision, timing: Timing, base):
+    k, flops = art.batch, step_flops(art)
     row = {
         "size": size,
         "mode": art.mode,
         "k": k,
         "backend": backend,
         "precision": precision,
-        "device": device,
-        "steps": steps,
-        "warmup": warmup,
+        "device": timing.device,
+        "steps": timing.steps,
+        "warmup": timing.warmup,
         "artifacts": art.path,
-        "threads": threads,
+        "threads": timing.threads,
+        "profile_ops": timing.profile,
     }
     row.update(_row_in_subprocess(row))
     if "seconds_per_step" in row:
@@ -211,19 +247,7 @@ def _timed_row(art, size, backend, device, precision, steps, warmup, threads, fl
     return row, base
 
 
-def bench(
-    sizes,
-    modes,
-    batches,
-    backends,
-    device: str,
-    steps: int,
-    warmup: int,
-    cache: str | None,
-    threads: int | None,
-    log=print,
-    precisions=("float32",),
-) -> dict:
+def bench(sizes, modes, batches, backends, timing: Timing, cache: str | None, log=print) -> dict:
     cache = cache or os.path.join(tempfile.gettempdir(), "dgn-engine-bench")
     os.makedirs(cache, exist_ok=True)
     rows = []
@@ -231,34 +255,25 @@ def bench(
         for mode in modes:
             for k in batches:
                 art = artifacts_for(size, mode, k, cache, backends)
-                rows += bench_group(art, size, backends, device, steps, warmup, threads, log, precisions)
-    return result(rows, device, steps, warmup)
+                rows += bench_group(art, size, backends, timing, log)
+    return result(rows, timing)
 
 
-def bench_artifacts(
-    path: str, backends, device: str, steps: int, warmup: int, threads, log=print, precisions=("float32",)
-) -> dict:
+def bench_artifacts(path: str, backends, timing: Timing, log=print) -> dict:
     from .artifacts import load_artifacts
 
     art = load_artifacts(path)
-    return result(
-        bench_group(
-            art, os.path.basename(os.path.abspath(path)), backends, device, steps, warmup, threads, log, precisions
-        ),
-        device,
-        steps,
-        warmup,
-    )
+    return result(bench_group(art, os.path.basename(os.path.abspath(path)), backends, timing, log), timing)
 
 
-def result(rows, device, steps, warmup) -> dict:
+def result(rows, timing: Timing) -> dict:
     return {
         "rows": rows,
-        "device": device,
+        "device": timing.device,
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "steps": steps,
-        "warmup": warmup,
+        "steps": timing.steps,
+        "warmup": timing.warmup,
     }
 
 

@@ -52,12 +52,19 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--threads", type=THREADS, help="CPU threads for every backend (default: all cores)")
     p.add_argument("--cache", metavar="DIR", help="where exported artifacts are kept (default: a temp folder)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="for step-graph rows, onnxruntime's profiler: each op type's share of the step's time (its "
+        "overhead is in those rows' times: read the shares, not the seconds; on CUDA it times the nodes "
+        "on the host while kernels run asynchronously, so there the shares are a lead)",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
-    from ..bench import BACKENDS, HEADER, bench, bench_artifacts, parse_list
+    from ..bench import BACKENDS, HEADER, Timing, bench, bench_artifacts, parse_list
     from ..engine.backends.onnx_session import providers
     from ..files import write_json
     from ..spec import ENGINE_PRECISIONS, MODES
@@ -68,6 +75,7 @@ def main(args) -> int:
     device = providers(args.device)[1]  # one device for every row, torch's included
     if "tf32" in precisions and device != "cuda":
         raise UsageError("--precision tf32 is a CUDA mode (the CPU computes float32): use it where CUDA is available")
+    timing = Timing(device, args.steps, args.warmup, args.threads, tuple(precisions), args.profile)
     if args.json:
         if os.path.isdir(args.json):
             raise UsageError(f"--json {args.json!r} is a folder; give a file name")
@@ -83,9 +91,7 @@ def main(args) -> int:
             )
     print(HEADER)
     if args.artifacts:
-        result = bench_artifacts(
-            args.artifacts, backends, device, args.steps, args.warmup, args.threads, precisions=precisions
-        )
+        result = bench_artifacts(args.artifacts, backends, timing)
     else:
         try:
             import torch  # noqa: F401
@@ -99,12 +105,8 @@ def main(args) -> int:
             parse_list(args.modes, MODES, what="--modes"),
             batches,
             backends,
-            device,
-            args.steps,
-            args.warmup,
+            timing,
             args.cache,
-            args.threads,
-            precisions=precisions,
         )
     if args.json:
         write_json(args.json, result)

@@ -55,9 +55,11 @@ def provider_names(provider_list: list) -> list[str]:
     return [p[0] if isinstance(p, tuple) else p for p in provider_list]
 
 
-def session(path: str, provider_list: list, threads: int | None = None):
+def session(path: str, provider_list: list, threads: int | None = None, profile_prefix: str | None = None):
     rt = ort()
     so = rt.SessionOptions()
+    if profile_prefix:  # onnxruntime's own profiler: a JSON trace of every node's time
+        so.enable_profiling, so.profile_file_prefix = True, profile_prefix
     so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
     so.inter_op_num_threads = 1
