@@ -1,0 +1,45 @@
+"""The quality benchmark on the demo (bench/quality.py) at a small step count, and its judges."""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import quality  # noqa: E402
+
+from dgn_engine import demo  # noqa: E402
+from dgn_engine.export.classifiers import load_classifier  # noqa: E402
+
+
+def test_judges_are_other_trained_classifiers():
+    """Shipped, loadable by name, of other architectures than D, and trained: their own card's test
+    accuracy, and agreement with D on D's preferred inputs is not by construction."""
+    card = json.load(open(demo.path("judges.json")))
+    d = load_classifier(demo.NAME).module
+    for name in ("resnet", "mlp"):
+        judge = load_classifier(f"dgn_engine.export.demo_judges:{name}")
+        assert judge.preprocessing == demo.PREPROCESSING
+        assert type(judge.module) is not type(d) and card[name]["test_accuracy"] > 0.85
+        assert card[name]["seed"] != 0  # D's seed
+
+
+def test_quality_table_on_the_demo(tmp_path, capsys):
+    out = tmp_path / "q.json"
+    assert quality.main(["--steps", "20", "--out", str(tmp_path / "runs"), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["mode"] for r in rows] == ["untrained", "pretrained"]
+    for r in rows:
+        assert r["targets"] == 10 and r["steps"] == 20 and r["seconds_per_target"] > 0
+        shares = [r[k] for k in r if k.endswith(("_top1", "_top5"))] + [r["d_probability"]]
+        assert len(shares) == 6 and all(0 <= s <= 1 for s in shares)
+        assert r["resnet_top1"] <= r["resnet_top5"] and r["mlp_top1"] <= r["mlp_top5"]
+    # D's top-1 share agrees with what the run recorded on the same PNGs
+    recorded = [
+        json.load(open(tmp_path / "runs" / "pretrained" / "targets" / f))["top1_is_target"]
+        for f in os.listdir(tmp_path / "runs" / "pretrained" / "targets")
+        if f.endswith(".json")
+    ]
+    assert np.isclose(rows[1]["d_top1"], np.mean(recorded))
+    assert "resnet top-1/5" in capsys.readouterr().out
