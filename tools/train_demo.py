@@ -64,7 +64,12 @@ def train_classifier(x, y, epochs: int, seed: int, log) -> torch.nn.Module:
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             torch.nn.init.zeros_(m.bias)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    return fit(model, x, y, epochs, seed, 1e-3, "classifier", log)
+
+
+def fit(model, x, y, epochs: int, seed: int, lr: float, name: str, log) -> torch.nn.Module:
+    """Adam with a cosine schedule, batches of 128, random left-right flips (clothes are symmetric)."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * (len(x) // 128))
     gen = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
@@ -74,7 +79,7 @@ def train_classifier(x, y, epochs: int, seed: int, log) -> torch.nn.Module:
         for i in range(0, len(order) - 127, 128):
             idx = np.sort(order[i : i + 128])
             batch = to_model(x[idx])
-            flip = torch.rand(len(idx), generator=gen) < 0.5  # clothes are left-right symmetric
+            flip = torch.rand(len(idx), generator=gen) < 0.5
             batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
             loss = F.cross_entropy(model(batch), torch.from_numpy(y[idx]))
             opt.zero_grad(set_to_none=True)
@@ -82,7 +87,7 @@ def train_classifier(x, y, epochs: int, seed: int, log) -> torch.nn.Module:
             opt.step()
             sched.step()
             total, seen = total + loss.item() * len(idx), seen + len(idx)
-        log(f"classifier epoch {epoch + 1}/{epochs}: loss {total / seen:.4f}")
+        log(f"{name} epoch {epoch + 1}/{epochs}: loss {total / seen:.4f}")
     return model.eval()
 
 

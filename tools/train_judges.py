@@ -14,13 +14,11 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from train_demo import accuracy, load_split, to_model  # noqa: E402
+from train_demo import accuracy, fit, load_split  # noqa: E402
 
 from dgn_engine import demo  # noqa: E402
 from dgn_engine.export.demo_judges import ARCHITECTURES, weights_file  # noqa: E402
@@ -31,27 +29,7 @@ EPOCHS = {"resnet": 4, "mlp": 8}
 
 def train(name: str, x, y, epochs: int, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = ARCHITECTURES[name]()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * (len(x) // 128))
-    gen = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=gen).numpy()
-        total, seen = 0.0, 0
-        for i in range(0, len(order) - 127, 128):
-            idx = np.sort(order[i : i + 128])
-            batch = to_model(x[idx])
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
-            loss = F.cross_entropy(model(batch), torch.from_numpy(y[idx]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, seen = total + loss.item() * len(idx), seen + len(idx)
-        print(f"{name} epoch {epoch + 1}/{epochs}: loss {total / seen:.4f}", flush=True)
-    return model.eval()
+    return fit(ARCHITECTURES[name](), x, y, epochs, seed, 2e-3, name, lambda m: print(m, flush=True))
 
 
 def main() -> int:
