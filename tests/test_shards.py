@@ -60,7 +60,11 @@ def test_shards_sharing_a_folder(artifacts, plain, tmp_path, capsys):
     art, out = artifacts["pretrained"], tmp_path / "shared"
     assert main(run_argv(art, out, "--shard", "1/2")) == 0
     assert main(run_argv(art, out, "--shard", "0/2")) == 0
-    assert sorted(f for f in os.listdir(out) if f.startswith(".lock")) == [".lock-shard-0-of-2", ".lock-shard-1-of-2"]
+    assert sorted(f for f in os.listdir(out) if f.startswith(".lock")) == [
+        ".lock",
+        ".lock-shard-0-of-2",
+        ".lock-shard-1-of-2",
+    ]
     assert results(out) == results(plain)
     capsys.readouterr()
     assert main(run_argv(art, out, "--shard", "0/2")) == 0  # resumes: its targets are there
@@ -68,6 +72,20 @@ def test_shards_sharing_a_folder(artifacts, plain, tmp_path, capsys):
     # a shard of other settings is refused by the other shard's record, as a plain run is
     err = error_line(capsys, run_argv(art, out, "--shard", "1/2", "--seed", "5"))
     assert "holds results made otherwise (seed 0 -> 5)" in err
+
+
+def test_shards_run_side_by_side_but_a_whole_run_waits_for_them(artifacts, tmp_path, capsys):
+    """While a shard holds the folder (its lock on .lock is shared), another shard starts and a whole
+    run or the gallery is refused in one line, since it would clean up the shards' files in flight."""
+    from dgn_engine.engine.lock import FolderLock
+
+    art, out = artifacts["pretrained"], tmp_path / "shared"
+    out.mkdir()
+    with FolderLock(str(out), shared=True), FolderLock(str(out), ".lock-shard-0-of-2"):  # shard 0 running
+        assert main(run_argv(art, out, "--shard", "1/2")) == 0
+        assert "is being written by another run" in error_line(capsys, run_argv(art, out))
+        assert "is being written by another run" in error_line(capsys, ["gallery", str(out)])
+        assert "is being written by another run" in error_line(capsys, run_argv(art, out, "--shard", "0/2"))
 
 
 def test_merging_other_settings_is_refused(artifacts, plain, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -203,7 +204,10 @@ class Job:
             raise UsageError(f"cannot create the output folder {self.out!r}: {e.strerror}") from None
         if not os.access(self.dir, os.W_OK | os.X_OK):
             raise UsageError(f"the output folder {self.out!r} is not writable; choose another --out")
-        with FolderLock(self.out, f".lock{self.suffix}"):
+        shard_locks = [FolderLock(self.out, shared=True), FolderLock(self.out, f".lock{self.suffix}")]
+        with contextlib.ExitStack() as held:
+            for lock in shard_locks if self.options.shard else [FolderLock(self.out)]:
+                held.enter_context(lock)
             self._prepare()
             try:
                 return self._run(log)

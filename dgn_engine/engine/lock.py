@@ -22,8 +22,10 @@ except ImportError:  # not POSIX: no lock, as before
 
 
 class FolderLock:
-    def __init__(self, folder: str, name: str = LOCK_FILE):
-        self.folder, self.name = folder, name  # shards sharing a folder lock one name each
+    def __init__(self, folder: str, name: str = LOCK_FILE, shared: bool = False):
+        # shards of one job share the folder's lock and each holds its own exclusively: they run side
+        # by side, while a whole run (or the gallery) waits for all of them
+        self.folder, self.name, self.shared = folder, name, shared
         self.fd: int | None = None
 
     def __enter__(self) -> "FolderLock":
@@ -35,7 +37,7 @@ class FolderLock:
         except OSError as e:
             raise UsageError(f"cannot create the lock file {path!r}: {e.strerror}; choose another --out") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
             holder = os.read(fd, 400).decode(errors="replace").strip() or "a process that has not said who it is"
             os.close(fd)
