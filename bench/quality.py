@@ -2,7 +2,8 @@
 the share of class targets whose written PNG is D's top-1, D's mean probability of the target on it
 (softmax of D's logits), each judge's top-1 and top-5 share, and D's seconds of compute per target.
 
-    python bench/quality.py [--modes untrained,pretrained] [--steps N] [--out DIR] [--json FILE]
+    python bench/quality.py [--modes untrained,pretrained] [--transforms none,standard] [--steps N]
+                            [--out DIR] [--json FILE]
 
 D is the embedded demo (a VGG-style Fashion-MNIST net); the judges are dgn_engine.export.demo_judges'
 ResNet and MLP (other architectures, other seeds). Steps default to each mode's (the paper's).
@@ -25,6 +26,7 @@ from dgn_engine.cli.main import main as cli  # noqa: E402
 from dgn_engine.engine.outputs import read_png  # noqa: E402
 from dgn_engine.export.classifiers import load_classifier  # noqa: E402
 from dgn_engine.export.demo_judges import JUDGES  # noqa: E402
+from dgn_engine.spec import parse_transforms  # noqa: E402
 
 
 def _logits(module, pixels: np.ndarray) -> np.ndarray:
@@ -59,24 +61,29 @@ def judge_folder(out: str, judges: dict) -> dict:
     return row
 
 
-def quality(modes, steps: int | None, out: str) -> list[dict]:
+def quality(modes, steps: int | None, out: str, transforms=("default",)) -> list[dict]:
     judges = {name: load_classifier(f"dgn_engine.export.demo_judges:{name}").module.eval() for name in JUDGES}
     rows = []
     for mode in modes:
-        folder = os.path.join(out, mode)
-        argv = ["run", "--all-classes", "--mode", mode, "--out", folder, "--quiet", "--device", "cpu"]
-        if cli(argv + (["--steps", str(steps)] if steps else [])) != 0:
-            raise SystemExit(f"the {mode} run failed")
-        rows.append({"mode": mode, "steps": steps or demo.spec(mode).steps, **judge_folder(folder, judges)})
+        for tr in transforms:
+            folder = os.path.join(out, f"{mode}-{tr}")
+            argv = ["run", "--all-classes", "--mode", mode, "--out", folder, "--quiet", "--device", "cpu"]
+            argv += ["--steps", str(steps)] if steps else []
+            argv += ["--transforms", tr] if tr != "default" else []
+            if cli(argv) != 0:
+                raise SystemExit(f"the {mode} run failed")
+            given = parse_transforms(tr) if tr != "default" else demo.spec(mode).transforms
+            row = {"mode": mode, "transforms": given.text(), "steps": steps or demo.spec(mode).steps}
+            rows.append({**row, **judge_folder(folder, judges)})
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'mode':11s} {'steps':>5s} {'D top-1':>7s} {'D p':>5s}"
+    head = f"{'mode':11s} {'transforms':10s} {'steps':>5s} {'D top-1':>7s} {'D p':>5s}"
     head += "".join(f" {j + ' top-1/5':>14s}" for j in JUDGES) + f" {'s/target':>8s}"
     lines = [head]
     for r in rows:
-        line = f"{r['mode']:11s} {r['steps']:5d} {r['d_top1']:7.0%} {r['d_probability']:5.2f}"
+        line = f"{r['mode']:11s} {r['transforms']:10s} {r['steps']:5d} {r['d_top1']:7.0%} {r['d_probability']:5.2f}"
         line += "".join(f" {r[j + '_top1']:6.0%} / {r[j + '_top5']:4.0%}" for j in JUDGES)
         lines.append(line + f" {r['seconds_per_target']:8.2f}")
     return "\n".join(lines)
@@ -88,9 +95,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, help="steps per target (default: each mode's)")
     p.add_argument("--out", help="where the runs' results stay (default: a temporary folder)")
     p.add_argument("--json", help="also write the rows as JSON")
+    p.add_argument(
+        "--transforms", default="default", help="comma list: none, standard, default (the demo's; default: default)"
+    )
     args = p.parse_args(argv)
     out = args.out or tempfile.mkdtemp(prefix="dgn-quality-")
-    rows = quality(args.modes.split(","), args.steps, out)
+    rows = quality(args.modes.split(","), args.steps, out, args.transforms.split(","))
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:

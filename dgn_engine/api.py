@@ -200,7 +200,7 @@ def export_key(coupled, spec, batch: int, backends) -> str:
             "made_of": made_of(coupled),
             "batch": batch,
             "backends": sorted(backends),
-            "structure": [spec.mode, spec.optimizer.name, spec.noise.kind, spec.regularizer.kind, spec.image_range],
+            "structure": spec.structure(),
             "format": FORMAT_VERSION,
             "dgn_engine": __version__,
         }

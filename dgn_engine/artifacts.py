@@ -114,17 +114,11 @@ class Artifacts:
 
     def check_spec(self, spec: RunSpec) -> None:
         """The numbers of a spec are graph inputs; its structure is baked into the graphs."""
-        fixed = self.spec
-        for what, ours, theirs in (
-            ("mode", spec.mode, fixed.mode),
-            ("optimizer", spec.optimizer.name, fixed.optimizer.name),
-            ("noise kind", spec.noise.kind, fixed.noise.kind),
-            ("regularizer", spec.regularizer.kind, fixed.regularizer.kind),
-            ("image range", spec.image_range, fixed.image_range),
-        ):
-            if ours != theirs:
+        fixed = self.spec.structure()
+        for what, ours in spec.structure().items():
+            if ours != fixed[what]:
                 raise UsageError(
-                    f"the artifacts in {self.path!r} were exported with {what} {theirs}, "
+                    f"the artifacts in {self.path!r} were exported with {what} {fixed[what]}, "
                     f"not {ours}; export again with the settings you want"
                 )
 

@@ -34,14 +34,18 @@ def _targets(k: int, n_classes: int):
 
 def time_backend(backend, spec, k: int, steps: int, warmup: int) -> dict:
     """Median seconds per step of `backend` over `steps` steps after `warmup` (loss read each step)."""
+    from .engine.loop import transform_streams
+
     rng = np.random.default_rng(0)
     targets = _targets(k, backend.layout["output"][0])
     backend.start(targets, spec)
+    transforms = transform_streams(backend, spec, targets)
     times = []
     for i in range(warmup + steps):
         noise = rng.standard_normal((k, backend.features))
+        transform = transforms.next() if transforms else None
         t0 = time.perf_counter()
-        out = backend.step(noise, read=True, image=False)
+        out = backend.step(noise, read=True, image=False, transform=transform)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     if not np.all(np.isfinite(out.loss)):

@@ -11,9 +11,11 @@ import math
 import numpy as np
 
 from .plan import GeneratorPlan
+from .spec import Transforms
 from .targets import Target
+from .transforms import PARAMETERS, parameters
 
-_INIT, _NOISE = 0, 1
+_INIT, _NOISE, _TRANSFORM = 0, 1, 2
 
 
 def _generator(seed: int, target: Target, purpose: int) -> np.random.Generator:
@@ -29,6 +31,18 @@ class NoiseStreams:
 
     def next(self) -> np.ndarray:
         return np.stack([rng.standard_normal(self.features) for rng in self._rngs])
+
+
+class TransformStreams:
+    """The transforms' parameters [K, 4], one row per target and step (see transforms.parameters)."""
+
+    def __init__(self, seed: int, targets: list[Target], transforms: Transforms, height: int, width: int):
+        self._rngs = [_generator(seed, t, _TRANSFORM) for t in targets]
+        self.transforms, self.height, self.width = transforms, height, width
+
+    def next(self) -> np.ndarray:
+        uniform = np.stack([rng.random(PARAMETERS) for rng in self._rngs])
+        return parameters(uniform, self.transforms, self.height, self.width)
 
 
 def init_generator(plan: GeneratorPlan, seed: int, target: Target) -> dict[str, np.ndarray]:

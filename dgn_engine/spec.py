@@ -90,6 +90,52 @@ class Regularizer:
 
 
 @dataclass(frozen=True)
+class Transforms:
+    """Transformation robustness: each step D sees G's image shifted by up to `jitter` of its side,
+    scaled by a factor in [1 - scale, 1 + scale] and rotated by up to `rotate` degrees, drawn per target
+    and step by the seeded streams. All zero is the paper's literal method (no transforms)."""
+
+    jitter: float = 0.0
+    scale: float = 0.0
+    rotate: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.jitter or self.scale or self.rotate)
+
+    def numbers(self) -> str:
+        return f"jitter={self.jitter:g},scale={self.scale:g},rotate={self.rotate:g}"
+
+    def text(self) -> str:
+        """The preset's name, or the numbers."""
+        return next((name for name, preset in TRANSFORM_PRESETS.items() if preset == self), self.numbers())
+
+
+# standard: about what classic feature visualisation uses at 224 px (lucid/lucent: jitter 8 + 4 px after
+# a 12 px pad, scale 0.9..1.1, rotation -10..10 degrees)
+TRANSFORM_PRESETS = {"none": Transforms(), "standard": Transforms(jitter=0.05, scale=0.1, rotate=10.0)}
+
+
+def parse_transforms(text) -> Transforms:
+    """ "none", "standard", or "jitter=J,scale=S,rotate=DEG" (parts left out are 0)."""
+    if isinstance(text, Transforms):
+        return text
+    if text in TRANSFORM_PRESETS:
+        return TRANSFORM_PRESETS[text]
+    values = {}
+    for part in str(text).split(","):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in ("jitter", "scale", "rotate") or name in values:
+            raise UsageError(f"transforms must be none, standard or jitter=J,scale=S,rotate=DEGREES, got {text!r}")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            raise UsageError(f"transforms: {name} must be a number, got {value!r}") from None
+    return Transforms(**values)
+
+
+@dataclass(frozen=True)
 class Snapshots:
     count: int = 30  # snapshots spread over the run (the original took 30)
     keep: int = 10  # the final image is the per-pixel median of the last `keep`
@@ -119,6 +165,7 @@ class RunSpec:
     snapshots: Snapshots = field(default_factory=Snapshots)
     seed: int = 0
     image_range: str = "bounded"
+    transforms: Transforms = field(default_factory=Transforms)
 
     def validated(self) -> "RunSpec":
         _require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
@@ -150,7 +197,23 @@ class RunSpec:
         _require(s.count >= 1 and 1 <= s.keep <= s.count, "snapshots: need count >= 1 and 1 <= keep <= count")
         _require(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed must be an integer >= 0")
         _require(self.image_range in IMAGE_RANGES, f"image range must be one of {', '.join(IMAGE_RANGES)}")
+        tr = self.transforms
+        _require(all(math.isfinite(v) for v in (tr.jitter, tr.scale, tr.rotate)), "transforms must be finite numbers")
+        _require(0 <= tr.jitter <= 0.5, f"transforms: jitter is a share of the image side in [0, 0.5], got {tr.jitter}")
+        _require(0 <= tr.scale < 1, f"transforms: scale must lie in [0, 1), got {tr.scale}")
+        _require(0 <= tr.rotate <= 180, f"transforms: rotate is in degrees, 0..180, got {tr.rotate}")
         return replace(self, targets=targets)
+
+    def structure(self) -> dict:
+        """The choices baked into the exported graphs (the numbers are graph inputs)."""
+        return {
+            "mode": self.mode,
+            "optimizer": self.optimizer.name,
+            "noise kind": self.noise.kind,
+            "regularizer": self.regularizer.kind,
+            "image range": self.image_range,
+            "transforms": "on" if self.transforms.enabled else "none",
+        }
 
     def hyper(self) -> Hyper:
         o = self.optimizer
@@ -170,7 +233,13 @@ class RunSpec:
     def from_json(d: dict) -> "RunSpec":
         d = dict(d)
         try:
-            parts = {"optimizer": Optimizer, "noise": Noise, "regularizer": Regularizer, "snapshots": Snapshots}
+            parts = {
+                "optimizer": Optimizer,
+                "noise": Noise,
+                "regularizer": Regularizer,
+                "snapshots": Snapshots,
+                "transforms": Transforms,
+            }
             for key, cls in parts.items():
                 if key in d:
                     d[key] = cls(**d[key])
@@ -222,6 +291,7 @@ SETTINGS = (
     "lam",
     "target_leak",
     "image_range",
+    "transforms",
     "snapshots",
     "keep",
 )
@@ -270,6 +340,7 @@ def with_settings(base: RunSpec, targets=(), **settings) -> RunSpec:
         steps=given.get("steps", base.steps),
         seed=given.get("seed", base.seed),
         image_range=given.get("image_range", base.image_range),
+        transforms=parse_transforms(given["transforms"]) if "transforms" in given else base.transforms,
         snapshots=snapshots,
     ).validated()
 

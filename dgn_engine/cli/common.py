@@ -17,6 +17,7 @@ from ..spec import (
     MODES,
     OPTIMIZERS,
     REGULARIZERS,
+    TRANSFORM_PRESETS,
     default_spec,
     with_settings,
 )
@@ -240,6 +241,15 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         f"default: {pre.image_range})",
     )
     g.add_argument(
+        "--transforms",
+        metavar="none|standard|jitter=J,scale=S,rotate=DEG",
+        help="transformation robustness: each step D sees G's image shifted by up to J of its side, scaled "
+        "by 1 +- S and rotated by up to DEG degrees, drawn per target and step from the seed; the image "
+        f"written is G's own. standard = {TRANSFORM_PRESETS['standard'].numbers()}; "
+        "none is the paper's literal method. On or none is fixed at export, the strengths are not "
+        f"(default: {pre.transforms.text()})",
+    )
+    g.add_argument(
         "--snapshots",
         type=integer(1, MAX_STEPS),
         default=pre.snapshots.count,
@@ -270,6 +280,7 @@ def spec_from_args(args, targets, base=None):
             "lam": args.lam,
             "target_leak": args.target_leak,
             "image_range": args.image_range,
+            "transforms": args.transforms,
             "snapshots": args.snapshots,
             "keep": args.keep,
         },

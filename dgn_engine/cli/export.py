@@ -74,9 +74,12 @@ def main(args) -> int:
     need_torch("export")
     from ..export.coupled import build_coupled
     from ..export.manifest import export_artifacts, prepare_out
+    from ..export.step_graph import check_backends
     from ..targets import parse_target
 
     backends = args.backend or ["step-graph"]
+    spec = spec_from_args(args, [])
+    check_backends(spec, backends)
     if "training-api" in backends:
         from ..export.training_api import training_api
 
@@ -85,7 +88,6 @@ def main(args) -> int:
     set_threads(args.threads)
     targets = list(args.target) + (read_lines(args.targets_file, "targets file") if args.targets_file else [])
     taps = list(dict.fromkeys(args.taps + sorted({layer for t in targets for layer in parse_target(t).layers})))
-    spec = spec_from_args(args, [])
     coupled = build_coupled(sources_from_args(args), spec, taps)
     export_artifacts(coupled, spec, sources_from_args(args), args.batch, args.out, args.force, backends=backends)
     return 0

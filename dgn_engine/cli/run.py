@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+from dataclasses import replace
 
 from .. import demo
 from ..errors import UsageError
-from ..spec import PRECISIONS
+from ..spec import PRECISIONS, parse_transforms
 from .common import (
     THREADS,
     add_classifier_options,
@@ -134,7 +135,7 @@ def main(args) -> int:
     elif args.classifier is None and args.weights is None:  # the embedded demo
         args = resolved(args, backend=args.backend or "step-graph")
         if args.backend != "torch":
-            art = demo_artifacts(args.mode or "pretrained", args.backend)
+            art = demo_artifacts(args.mode or "pretrained", args.backend, args.transforms)
         else:
             args = resolved(args, classifier=demo.NAME)
     elif args.backend != "torch":
@@ -176,33 +177,41 @@ def main(args) -> int:
     return 0
 
 
-def demo_artifacts(mode: str, backend: str):
+def demo_artifacts(mode: str, backend: str, transforms: str | None = None):
     """The demo's artifacts: exported once into the cache where torch is installed (a fresh export of
-    the shipped weights), else the prebuilt step-graph ones shipped in the package."""
+    the shipped weights), else the prebuilt step-graph ones shipped in the package. `transforms` (an
+    option's text) exports them with or without transforms where that differs from the demo's default."""
     from ..artifacts import FORMAT_VERSION, MANIFEST, load_artifacts
+
+    spec = demo.spec(mode)
+    if transforms is not None:
+        spec = replace(spec, transforms=parse_transforms(transforms)).validated()
+    shipped = spec.structure() == demo.spec(mode).structure()
 
     try:
         import torch  # noqa: F401
     except ImportError:
-        if backend != "step-graph":
+        if backend != "step-graph" or not shipped:
+            what = f"the {backend} backend" if backend != "step-graph" else f"--transforms {spec.transforms.text()}"
             raise UsageError(
-                f"the package ships the demo for the step-graph backend only; the {backend} backend "
-                "needs it exported, which needs torch: pip install 'dgn-engine[export]'"
+                f"the package ships the demo for the step-graph backend with transforms "
+                f"{demo.spec(mode).transforms.text()} only; {what} needs it exported, which needs torch: "
+                "pip install 'dgn-engine[export]'"
             ) from None
         return load_artifacts(demo.shipped_artifacts(mode))
     from .. import __version__
     from ..export.manifest import export_demo
 
-    settings = hashlib.sha256(demo.spec(mode).dumps().encode()).hexdigest()[:8]  # the structure the graph fixes
+    settings = hashlib.sha256(spec.dumps().encode()).hexdigest()[:8]  # the structure the graph fixes
     name = f"demo-{mode}-{backend}-{demo.fingerprint()}-{settings}-v{FORMAT_VERSION}-{__version__}"
     out = os.path.join(demo.cache_dir(), name)
     if not os.path.isfile(os.path.join(out, MANIFEST)):
         try:
             os.makedirs(demo.cache_dir(), exist_ok=True)
             print(f"exporting the embedded demo ({mode} mode, {backend} backend) into {out} (once)")
-            return export_demo(mode, out, backends=(backend,))
+            return export_demo(mode, out, backends=(backend,), spec=spec)
         except OSError:  # an unwritable cache: the shipped artifacts are the same export
-            if backend != "step-graph":
+            if backend != "step-graph" or not shipped:
                 raise UsageError(
                     f"cannot write the demo's {backend} artifacts into {demo.cache_dir()!r}; "
                     "set DGN_ENGINE_CACHE to a writable folder"

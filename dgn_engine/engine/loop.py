@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..rng import NoiseStreams
+from ..rng import NoiseStreams, TransformStreams
 from ..spec import RunSpec
 from ..targets import Target
 from .backends.protocol import Backend
@@ -36,6 +36,14 @@ class Outcome:
     seconds: float = 0.0
 
 
+def transform_streams(backend: Backend, spec: RunSpec, targets: list[Target]) -> TransformStreams | None:
+    """The transforms' parameters for these targets, where the backend's step takes them."""
+    if not backend.transforms:
+        return None
+    size = backend.preprocessing.image_size
+    return TransformStreams(spec.seed, targets, spec.transforms, size, size)
+
+
 def run_batch(
     backend: Backend,
     targets: list[Target],
@@ -46,6 +54,7 @@ def run_batch(
     started = time.perf_counter()
     backend.start(targets, spec)
     noise = NoiseStreams(spec.seed, targets, backend.features)
+    transforms = transform_streams(backend, spec, targets)
     keep = set(spec.snapshots.steps(spec.steps))
     read_every = max(1, spec.steps // CURVE_POINTS)
     outcomes = [Outcome(t, None) for t in targets]
@@ -55,7 +64,8 @@ def run_batch(
             raise Interrupted()
         last = step == spec.steps - 1
         read = step == 0 or (step + 1) % read_every == 0 or last
-        out = backend.step(noise.next(), read=read, image=step in keep or last)
+        params = transforms.next() if transforms else None
+        out = backend.step(noise.next(), read=read, image=step in keep or last, transform=params)
         if step in keep:
             snapshots.append(out.image)
         if last:

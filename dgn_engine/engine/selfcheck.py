@@ -8,7 +8,8 @@ that loss measure (read from the optimiser's first-step slots: Nesterov v = -lr 
 m = (1 - beta1) g), along the gradient itself and along random directions (the error of a
 directional derivative is taken relative to |g| |d|: a random direction's derivative is a sum of
 terms of both signs). The target term is checked with the paper's plain ReLU
-(leak 0), so D's ReLU'd outputs give the loss exactly.
+(leak 0), so D's ReLU'd outputs give the loss exactly. With transforms, D's view is the rendered image
+resampled by transforms.resample (numpy) with the step's parameters.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import numpy as np
 
 from ..rng import NoiseStreams
 from ..targets import Target, Term, objective_loss, objective_weights, parse_target
+from ..transforms import resample
 from .backends.onnx_session import session
+from .loop import transform_streams
 
 IMAGE_TOL = 1e-4  # relative; the same float32 ops in two graphs, maybe fused differently
 LOSS_TOL = 1e-4
@@ -44,20 +47,24 @@ def _rel(a, b) -> float:
 class _GraphLoss:
     """The loss of every target from the trainables, through render.onnx and classifier.onnx."""
 
-    def __init__(self, art, backend, spec, targets, noise):
+    def __init__(self, art, backend, spec, targets, noise, transform=None):
         self.render = session(art.graph("render"), backend.providers)
         self.trainables = [i.name for i in self.render.get_inputs() if i.name not in ("noise", "hyper")]
         self.backend, self.spec, self.noise = backend, spec, noise.astype(np.float32)
         self.hyper = np.array(spec.hyper(), np.float32)
         self.weights, self.penalty = objective_weights(targets, art.layout, spec.lam)
         self.last_bn = art.plan.last_bn()
+        self.transform = transform
 
     def image(self, params: dict) -> np.ndarray:
         feeds = {n: params[n].astype(np.float32) for n in self.trainables}
         return self.render.run(None, {**feeds, "noise": self.noise, "hyper": self.hyper})[0]
 
     def __call__(self, params: dict) -> np.ndarray:
-        loss = objective_loss(self.weights, self.penalty, self.backend.classify(self.image(params)))
+        image = self.image(params)
+        if self.transform is not None:
+            image = resample(image, self.transform).astype(np.float32)
+        loss = objective_loss(self.weights, self.penalty, self.backend.classify(image))
         reg, alpha = self.spec.regularizer, params["alpha"].astype(np.float64)
         if reg.kind == "l2-alpha":
             loss = loss + reg.weight * np.sqrt((alpha**2).sum(1))
@@ -77,9 +84,11 @@ def selfcheck(art, device: str = "cpu", directions: int = 3, log=print, backend:
     backend.start(targets, spec)
     before = backend.state_arrays()
     noise = NoiseStreams(spec.seed, targets, backend.features).next()
-    out = backend.step(noise, read=True, image=True)
+    transforms = transform_streams(backend, spec, targets)
+    transform = transforms.next() if transforms else None
+    out = backend.step(noise, read=True, image=True, transform=transform)
     after = backend.state_arrays()
-    graph_loss = _GraphLoss(art, backend, spec, targets, noise)
+    graph_loss = _GraphLoss(art, backend, spec, targets, noise, transform)
     params = {n: before[n].astype(np.float64) for n in graph_loss.trainables}
     image_err = _rel(out.image, graph_loss.image(params))
     loss_err = float(np.abs(graph_loss(params) - out.loss).max() / max(np.abs(out.loss).max(), 1e-12))

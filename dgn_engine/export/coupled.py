@@ -16,6 +16,7 @@ from .. import demo
 from ..errors import UsageError
 from ..kernels.layers import soft_pixel_range
 from ..kernels.objective import objective, regularizer
+from ..kernels.transforms import transform
 from ..plan import GeneratorPlan, generator_plan
 from ..spec import Hyper, RunSpec
 from ..state import STEP_COUNT, trainable_shapes
@@ -45,6 +46,7 @@ class CoupledStep:
         self.classifier, self.plan, self.mode = classifier, plan, spec.mode
         self.noise_kind, self.reg_kind, self.optimizer = spec.noise.kind, spec.regularizer.kind, spec.optimizer.name
         self.image_range = spec.image_range
+        self.transforms = spec.transforms.enabled  # the step then takes the transforms' parameters
         self.taps = list(taps)
         self.tapped = Tapped(classifier, self.taps)
         self.layout = classifier.layout(self.taps)
@@ -92,15 +94,20 @@ class CoupledStep:
         weights: dict[str, torch.Tensor],
         penalty: torch.Tensor,
         hyper: torch.Tensor,
+        transform_params: torch.Tensor | None = None,
     ):
         """One step for K targets -> (new state, loss [K], target activation [K], image [K,C,H,W]).
 
-        The image and activation are those of the forward pass before the update."""
+        The image and activation are those of the forward pass before the update; with transforms, D
+        sees the image transformed by `transform_params` [K, 4] and the image returned is G's own."""
+        if self.transforms != (transform_params is not None):
+            raise ValueError("transform parameters are needed exactly when the spec has transforms")
         lr, b1, b2, eps, mu, sigma, reg_weight, leak = Hyper.of(hyper)
         with torch.enable_grad():
             params = {n: state[n].detach().requires_grad_(True) for n in self.trainables}
             image = self.generate(params, noise, sigma)
-            activation, pen = objective(self.logits(image), weights, penalty, leak)
+            seen = image if transform_params is None else transform(image, transform_params)
+            activation, pen = objective(self.logits(seen), weights, penalty, leak)
             final_gamma = params.get(f"{self.plan.last_bn()}.weight")
             loss = -activation + pen + regularizer(self.reg_kind, reg_weight, params["alpha"], final_gamma)
             grads = torch.autograd.grad(loss.sum(), [params[n] for n in self.trainables])

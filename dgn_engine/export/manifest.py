@@ -155,8 +155,9 @@ def export_artifacts(
     return load_artifacts(out)
 
 
-def export_demo(mode: str, out: str, log=print, backends=("step-graph",)):
-    """The embedded demo's artifacts: what the package ships and what `run` caches."""
-    spec, sources = demo.spec(mode), Sources(mode, demo.NAME)
+def export_demo(mode: str, out: str, log=print, backends=("step-graph",), spec=None):
+    """The embedded demo's artifacts: what the package ships and what `run` caches (`spec`: the demo's
+    settings, or those with other structural choices)."""
+    spec, sources = spec or demo.spec(mode), Sources(mode, demo.NAME)
     coupled = build_coupled(sources, spec, list(demo.TAPS))
     return export_artifacts(coupled, spec, sources, demo.BATCH, out, force=True, log=log, backends=backends)

@@ -15,6 +15,7 @@ from ..errors import UsageError
 from ..spec import Hyper, RunSpec
 from ..state import initial_state, state_shapes, trainable_shapes
 from ..targets import OUTPUT, Target, Term, objective_weights
+from ..transforms import parameters
 from .coupled import CoupledStep
 from .tracing import UntranslatableOp, trace_onnx, untranslatable
 
@@ -24,7 +25,8 @@ def _example_targets(k: int, n_classes: int) -> list[Target]:
 
 
 def example_inputs(coupled: CoupledStep, spec: RunSpec, k: int) -> list[torch.Tensor]:
-    """Step inputs for k example targets: state, noise, weights per layout entry, penalty, hyper."""
+    """Step inputs for k example targets: state, noise, the transforms' parameters (where the spec has
+    transforms), weights per layout entry, penalty, hyper."""
     layout = coupled.layout
     targets = _example_targets(k, layout[OUTPUT][0])
     state = [
@@ -32,14 +34,26 @@ def example_inputs(coupled: CoupledStep, spec: RunSpec, k: int) -> list[torch.Te
         for v in initial_state(coupled.mode, coupled.plan, coupled.optimizer, spec.seed, targets).values()
     ]
     weights, penalty = objective_weights(targets, layout, spec.lam)
-    noise = torch.from_numpy(np.random.default_rng(0).standard_normal((k, coupled.plan.features)).astype(np.float32))
+    rng = np.random.default_rng(0)
+    noise = torch.from_numpy(rng.standard_normal((k, coupled.plan.features)).astype(np.float32))
+    size = coupled.classifier.preprocessing.image_size
+    transform = [torch.from_numpy(parameters(rng.random((k, 4)), spec.transforms, size, size))] * coupled.transforms
     return [
         *state,
         noise,
+        *transform,
         *(torch.from_numpy(weights[n]) for n in layout),
         torch.from_numpy(penalty),
         torch.tensor(spec.hyper(), dtype=torch.float32),
     ]
+
+
+def check_backends(spec: RunSpec, backends) -> None:
+    if "training-api" in backends and spec.transforms.enabled:
+        raise UsageError(
+            "--transforms: the training-api backend has no transforms; export it with --transforms none, "
+            "or use the step-graph backend"
+        )
 
 
 def trace_graphs(
@@ -47,16 +61,18 @@ def trace_graphs(
 ) -> tuple[dict[str, onnx.ModelProto], dict, dict[str, bytes]]:
     """The graphs for batch k (the step graph and/or the training-API backend's training model, and G
     and D alone), their input/output names and shapes for the manifest, and other files to write."""
+    check_backends(spec, backends)
     state_names = list(state_shapes(coupled.mode, coupled.plan, coupled.optimizer))
     trainables = list(trainable_shapes(coupled.mode, coupled.plan))
     layout = coupled.layout
     weight_names = [f"weight.{n}" for n in layout]
-    n_state, n_w = len(state_names), len(layout)
+    n_state, n_w, n_t = len(state_names), len(layout), int(coupled.transforms)
 
     def step(*args):
         st = dict(zip(state_names, args[:n_state]))
-        w = dict(zip(layout, args[n_state + 1 : n_state + 1 + n_w]))
-        new, loss, act, image = coupled.step(st, args[n_state], w, args[-2], args[-1])
+        transform = args[n_state + 1] if n_t else None
+        w = dict(zip(layout, args[n_state + 1 + n_t : n_state + 1 + n_t + n_w]))
+        new, loss, act, image = coupled.step(st, args[n_state], w, args[-2], args[-1], transform)
         return (*new.values(), loss, act, image)
 
     def render(*args):
@@ -66,7 +82,7 @@ def trace_graphs(
     def classify(image):
         return tuple(coupled.classify(image).values())
 
-    step_in = [*state_names, "noise", *weight_names, "penalty", "hyper"]
+    step_in = [*state_names, "noise", *["transform"] * n_t, *weight_names, "penalty", "hyper"]
     step_out = [*(f"new.{n}" for n in state_names), "loss", "activation", "image"]
     step_args = example_inputs(coupled, spec, k)
     render_args = [*step_args[: len(trainables)], step_args[n_state], step_args[-1]]

@@ -4,8 +4,9 @@ The same targets, initial state and noise go through every path for N steps. Eac
 path starts from float64's state before that step, so what is measured is the error of one step's
 computation, not chaos compounded over steps (AdaMax turns any gradient near zero into a full
 lr-sized move of either sign). Per step and path we compare the change of the state, part by part
-(the trainables, then each optimiser slot, each part as one vector: ||da - db|| / ||db||), and the
-loss (max |a - b| over targets, over max |b|); the worst over the steps is reported.
+(the trainables, then each optimiser slot, each part as one vector: ||da - db|| / ||db||) for each
+target, and the loss (max |a - b| over targets, over max |b|). The state is judged at the error that
+90% of the target-steps are within (see AGREEING), the loss at its worst; both worsts are reported.
 
 With AdaMax the trainables' change m / (u + eps) is ill-conditioned where a gradient is near 0: a
 rounding difference there (or a ReLU input within rounding of 0) moves an entry by up to lr. So the
@@ -21,6 +22,7 @@ import numpy as np
 
 from .. import demo
 from ..engine.backends.torch_reference import TorchBackend
+from ..engine.loop import transform_streams
 from ..engine.selfcheck import verify_targets
 from ..errors import UsageError
 from ..rng import NoiseStreams
@@ -34,6 +36,13 @@ from .weights import sha256_file
 # sums of thousands of products carry relative errors of ~1e-6; 1e-4 leaves room for the order).
 RELATIVE_TO_FLOAT32 = 5.0
 FLOOR = 1e-4
+# The state's error is judged per target and step, at the share AGREEING of them. The step's gradient
+# jumps where D's max-pooling switches between two near-equal inputs (or a ReLU input crosses 0), and
+# float32 rounding puts such a near-tie on either side: then one target's gradient differs by ~1% at
+# that step (untrained demo with transforms, 20 steps x 4 targets: 5 of 80 for the step graph, 4 of 80
+# for torch float32 itself; without transforms too, less often). A wrong graph is wrong for every
+# target and step; the loss, which is continuous, is judged at its worst.
+AGREEING = 0.9
 
 
 def _parts(names) -> dict[str, list[str]]:
@@ -74,10 +83,14 @@ def loss_error(loss: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(loss - ref).max() / max(np.abs(ref).max(), 1e-12))
 
 
+def _row(arrays: dict, row: int) -> dict:
+    return {n: v if n == STEP_COUNT else v[row : row + 1] for n, v in arrays.items()}
+
+
 def verify(art, steps: int, device: str, log=print, engine_backends=()) -> tuple[bool, dict]:
     """Run every available path; print their errors and tolerances.
 
-    Returns (all passed, {path: {"state", "loss", "state_tolerance", "loss_tolerance"}})."""
+    Returns (all passed, {path: {"state", "state_worst", "loss", "state_tolerance", "loss_tolerance"}})."""
     sources = Sources.from_json(art.manifest["sources"])
     spec, targets = art.spec, verify_targets(art)
     taps = art.manifest["taps"]
@@ -87,43 +100,52 @@ def verify(art, steps: int, device: str, log=print, engine_backends=()) -> tuple
     for backend in (reference, *paths):
         backend.start(targets, spec)
     noise = NoiseStreams(spec.seed, targets, reference.features)
-    errors = {n: [0.0, "", 0.0] for n in names}
+    transforms = transform_streams(reference, spec, targets)
+    state_errors = {n: [] for n in names}  # (error, part) per target and step
+    loss_errors = {n: 0.0 for n in names}
     for _ in range(steps):
-        n = noise.next()
+        n, t = noise.next(), transforms.next() if transforms else None
         before = {k: v.astype(np.float64) for k, v in reference.state_arrays().items()}
-        ref_loss = reference.step(n, read=True, image=False).loss.astype(np.float64)
+        ref_loss = reference.step(n, read=True, image=False, transform=t).loss.astype(np.float64)
         ref_after = reference.state_arrays()
         for name, backend in zip(names, paths):
             backend.load_state(before)
-            loss = backend.step(n, read=True, image=False).loss.astype(np.float64)
-            s_err, where = step_error(
-                {k: v.astype(np.float64) for k, v in backend.state_arrays().items()}, ref_after, before, spec
-            )
-            e = errors[name]
-            if s_err >= e[0]:
-                e[0], e[1] = s_err, where
-            e[2] = max(e[2], loss_error(loss, ref_loss))
+            loss = backend.step(n, read=True, image=False, transform=t).loss.astype(np.float64)
+            after = {k: v.astype(np.float64) for k, v in backend.state_arrays().items()}
+            for row in range(len(targets)):
+                state_errors[name].append(step_error(_row(after, row), _row(ref_after, row), _row(before, row), spec))
+            loss_errors[name] = max(loss_errors[name], loss_error(loss, ref_loss))
     log(
         f"{steps} steps, {len(targets)} targets ({', '.join(t.text for t in targets)}); "
-        "error of each step against torch float64:"
+        "error of each target's step against torch float64:"
     )
-    base_state, _, base_loss = errors["torch-float32"]
     ok, report = True, {}
     for name in names:
-        s_err, where, l_err = errors[name]
-        report[name] = {"state": s_err, "loss": l_err}
+        errs = sorted(state_errors[name])
+        typical, (worst, where), l_err = _quantile(errs), errs[-1], loss_errors[name]
+        report[name] = {"state": typical, "state_worst": worst, "loss": l_err}
         if name == "torch-float32":
-            log(f"  {name:14s} state {s_err:.2e} (worst part: {where})  loss {l_err:.2e}  (the float32 baseline)")
+            base_state, base_loss = typical, l_err
+            log(
+                f"  {name:14s} state {typical:.2e} (worst {worst:.2e}: {where})  loss {l_err:.2e}  "
+                "(the float32 baseline)"
+            )
             continue
         s_tol, l_tol = max(RELATIVE_TO_FLOAT32 * base_state, FLOOR), max(RELATIVE_TO_FLOAT32 * base_loss, FLOOR)
-        passed = s_err <= s_tol and l_err <= l_tol
+        passed = typical <= s_tol and l_err <= l_tol
         ok &= passed
         report[name].update(state_tolerance=s_tol, loss_tolerance=l_tol)
         log(
-            f"  {name:14s} state {s_err:.2e} (worst part: {where}, tolerance {s_tol:.2e})  "
+            f"  {name:14s} state {typical:.2e} (worst {worst:.2e}: {where}; tolerance {s_tol:.2e})  "
             f"loss {l_err:.2e} (tolerance {l_tol:.2e})  {'ok' if passed else 'FAILED'}"
         )
     return ok, report
+
+
+def _quantile(sorted_errors: list) -> float:
+    """The error that AGREEING of the target-steps are within (nearest rank)."""
+    rank = max(0, int(np.ceil(AGREEING * len(sorted_errors))) - 1)
+    return sorted_errors[rank][0]
 
 
 def check_sources(art) -> None:

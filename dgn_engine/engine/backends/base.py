@@ -30,6 +30,7 @@ class ArtifactsBackend:
         self.preprocessing, self.layout, self.labels = art.preprocessing, art.layout, art.labels
         self.plan = art.plan
         self.features = self.plan.features
+        self.transforms = art.spec.transforms.enabled
         self.providers, self.device_type = providers(device, precision)
         self.precision = precision if self.device_type == "cuda" else "float32"  # what really runs
         self._classifier = None

@@ -29,13 +29,15 @@ class Backend(Protocol):
     preprocessing: Preprocessing
     layout: dict[str, tuple[int, ...]]  # objective layout: class outputs and tapped layers
     features: int  # length of the feature vector (noise per target and step)
+    transforms: bool  # the step takes the transforms' parameters [K, 4] (rng.TransformStreams)
     labels: list[str] | None
 
     def start(self, targets: list[Target], spec: RunSpec) -> None:
         """Load the initial state and objective weights for these targets (one batch)."""
 
-    def step(self, noise: np.ndarray, read: bool, image: bool) -> StepReadout:
-        """Advance every target one step; return loss/activation when `read`, the image when `image`."""
+    def step(self, noise: np.ndarray, read: bool, image: bool, transform: np.ndarray | None = None) -> StepReadout:
+        """Advance every target one step; return loss/activation when `read`, the image when `image`.
+        `transform`: the parameters D's view of the image is transformed with, where `transforms`."""
 
     def classify(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """D on model-space images [N, C, H, W]: class outputs (after ReLU) and tapped layers."""

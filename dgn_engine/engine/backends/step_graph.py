@@ -61,13 +61,16 @@ class StepGraphBackend(ArtifactsBackend):
                 )
                 self.binding.bind_ortvalue_output(o.name, self.readouts[o.name])
 
-    def step(self, noise: np.ndarray, read: bool, image: bool) -> StepReadout:
+    def step(self, noise: np.ndarray, read: bool, image: bool, transform: np.ndarray | None = None) -> StepReadout:
         b = self.binding
         for name, current, spare in zip(self.state_names, self.state, self.spare):
             b.bind_ortvalue_input(name, current)
             b.bind_ortvalue_output(f"new.{name}", spare)
         self.inputs["noise"] = self._value(pad_rows(noise, self.k))
         b.bind_ortvalue_input("noise", self.inputs["noise"])
+        if self.transforms:
+            self.inputs["transform"] = self._value(pad_rows(transform, self.k))
+            b.bind_ortvalue_input("transform", self.inputs["transform"])
         self.session.run_with_iobinding(b)
         self.state, self.spare = self.spare, self.state
         result = StepReadout()

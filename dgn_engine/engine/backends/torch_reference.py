@@ -44,6 +44,7 @@ class TorchBackend:
         self.preprocessing = coupled.classifier.preprocessing
         self.layout = coupled.layout
         self.features = coupled.plan.features
+        self.transforms = coupled.transforms
         self.labels = labels or coupled.classifier.labels
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
@@ -64,10 +65,11 @@ class TorchBackend:
             tf32 = self.precision == "tf32"
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
 
-    def step(self, noise: np.ndarray, read: bool, image: bool) -> StepReadout:
+    def step(self, noise: np.ndarray, read: bool, image: bool, transform: np.ndarray | None = None) -> StepReadout:
         self._math_mode()
+        params = self._tensor(transform) if self.transforms else None
         self.state, loss, act, img = self.coupled.step(
-            self.state, self._tensor(noise), self.weights, self.penalty, self.hyper
+            self.state, self._tensor(noise), self.weights, self.penalty, self.hyper, params
         )
         out = StepReadout()
         if read:

@@ -102,7 +102,7 @@ class TrainingApiBackend(ArtifactsBackend):
         self.feeds = {f"weight.{n}": np.ascontiguousarray(w, np.float32) for n, w in weights.items()}
         self.feeds.update(penalty=penalty.astype(np.float32), hyper=self.hyper)
 
-    def step(self, noise: np.ndarray, read: bool, image: bool) -> StepReadout:
+    def step(self, noise: np.ndarray, read: bool, image: bool, transform: np.ndarray | None = None) -> StepReadout:
         self.feeds["noise"] = np.ascontiguousarray(pad_rows(noise, self.k), np.float32)
         fetches = self.C.OrtValueVector()
         self.module.lazy_reset_grad()
