@@ -183,3 +183,14 @@ def generator_plan(kind: str, out_size: int = 224, out_channels: int = 3, width:
     )
     assert plan.spatial_sizes()[-1] == plan.grown_size, plan.spatial_sizes()
     return plan
+
+
+def pixel_plan(size: int, channels: int) -> GeneratorPlan:
+    """Pixel mode's "generator": no feature vector and no layers, only the image's size and channels."""
+    return GeneratorPlan(0, 0, (), channels, size, has_alpha=False, name="pixel")
+
+
+def spectrum_shape(channels: int, size: int) -> tuple[int, ...]:
+    """Pixel mode's trainable per target: [channels, rows (all frequencies), columns (the
+    non-negative half), real and imaginary part]."""
+    return (channels, size, size // 2 + 1, 2)

@@ -45,6 +45,12 @@ class TransformStreams:
         return parameters(uniform, self.transforms, self.height, self.width)
 
 
+def init_spectrum(shape: tuple[int, ...], seed: int, target: Target) -> np.ndarray:
+    """Pixel mode's start: a spectrum of N(0, 0.01) values (a faint grey image, as classic feature
+    visualisation starts)."""
+    return (0.01 * _generator(seed, target, _INIT).standard_normal(shape)).astype(np.float32)
+
+
 def init_generator(plan: GeneratorPlan, seed: int, target: Target) -> dict[str, np.ndarray]:
     """A fresh untrained G for one target, as Keras initialises it: Glorot-uniform kernels, zero
     biases, BatchNorm gamma 1 and beta 0; alpha (the 1x1 locally connected layer) starts at 1."""

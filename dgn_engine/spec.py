@@ -13,9 +13,11 @@ from typing import Any, NamedTuple
 from .errors import UsageError
 from .targets import parse_target
 
-MODES = ("untrained", "pretrained")
-OPTIMIZERS = ("adamax", "nesterov")
-NOISE_KINDS = ("additive", "multiplicative")
+# pixel: the classic baseline, no generator (the image itself, Fourier-parameterised, kernels/pixel.py)
+MODES = ("untrained", "pretrained", "pixel")
+GENERATOR_MODES = ("untrained", "pretrained")
+OPTIMIZERS = ("adamax", "nesterov", "adam")
+NOISE_KINDS = ("additive", "multiplicative", "none")
 REGULARIZERS = ("l1-final-gamma", "l2-alpha", "l2sq-alpha", "none")
 # bounded (the default, not the paper's): G's image is soft-clipped into the pixel range, so the PNG
 # holds what D scored; free: the paper's G, whose image D may score far outside the range a PNG holds
@@ -180,6 +182,13 @@ class RunSpec:
         _require(o.eps > 0, "AdaMax eps must be > 0")
         _require(0 <= o.momentum < 1, f"momentum must lie in [0, 1), got {o.momentum}")
         _require(self.noise.kind in NOISE_KINDS, f"noise must be one of {', '.join(NOISE_KINDS)}")
+        pixel = self.mode == "pixel"
+        _require(
+            (self.noise.kind == "none") == pixel,
+            "pixel mode has no feature vector to put noise on (noise none)"
+            if pixel
+            else "noise none is pixel mode's; the generator modes perturb their feature vector",
+        )
         _require(self.noise.sigma >= 0, f"noise sigma must be >= 0, got {self.noise.sigma}")
         r = self.regularizer
         _require(r.kind in REGULARIZERS, f"regulariser must be one of {', '.join(REGULARIZERS)}")
@@ -187,6 +196,10 @@ class RunSpec:
         _require(
             not (r.kind == "l1-final-gamma" and self.mode == "pretrained"),
             "the l1-final-gamma regulariser needs --mode untrained (pretrained mode trains only alpha)",
+        )
+        _require(
+            not (pixel and r.kind != "none"),
+            f"the {r.kind} regulariser acts on G; pixel mode has none: use --regularizer none",
         )
         _require(
             isinstance(self.steps, int) and 1 <= self.steps <= MAX_STEPS,
@@ -197,6 +210,10 @@ class RunSpec:
         _require(s.count >= 1 and 1 <= s.keep <= s.count, "snapshots: need count >= 1 and 1 <= keep <= count")
         _require(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed must be an integer >= 0")
         _require(self.image_range in IMAGE_RANGES, f"image range must be one of {', '.join(IMAGE_RANGES)}")
+        _require(
+            not (pixel and self.image_range == "free"),
+            "pixel mode's image always lies in the pixel range (a sigmoid); --image-range free is for G",
+        )
         tr = self.transforms
         _require(all(math.isfinite(v) for v in (tr.jitter, tr.scale, tr.rotate)), "transforms must be finite numbers")
         _require(0 <= tr.jitter <= 0.5, f"transforms: jitter is a share of the image side in [0, 0.5], got {tr.jitter}")
@@ -274,6 +291,15 @@ def default_spec(mode: str, **overrides) -> RunSpec:
             regularizer=Regularizer("l2-alpha", 0.1),
             steps=1200,
         )
+    elif mode == "pixel":  # classic feature visualisation's settings (lucid / lucent): Adam 0.05, 512 steps
+        spec = RunSpec(
+            mode,
+            optimizer=Optimizer("adam", 0.05, 0.9, 0.999, 1e-8),
+            noise=Noise("none", 0.0),
+            regularizer=Regularizer("none", 0.0),
+            steps=512,
+            transforms=TRANSFORM_PRESETS["standard"],
+        )
     else:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     return replace(spec, **overrides).validated()
@@ -310,7 +336,8 @@ def with_settings(base: RunSpec, targets=(), **settings) -> RunSpec:
     if "optimizer" in given and given["optimizer"] != opt.name:
         if given["optimizer"] not in OPTIMIZERS:
             raise UsageError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {given['optimizer']!r}")
-        opt = default_spec("untrained" if given["optimizer"] == "adamax" else "pretrained").optimizer
+        home = {"adamax": "untrained", "nesterov": "pretrained", "adam": "pixel"}[given["optimizer"]]
+        opt = default_spec(home).optimizer
     if "lr" in given:
         opt = replace(opt, lr=float(given["lr"]))
     if "momentum" in given:

@@ -1,25 +1,28 @@
 """What one optimisation carries from step to step (numpy only, shared by every backend).
 
 State = the trainable tensors (untrained mode: all of G, alpha included; pretrained mode: alpha
-only), one optimiser slot per trainable tensor and slot kind ("m."/"u." for AdaMax, "v." for
-Nesterov), and the step count "t". Every tensor except t has a leading target axis K.
+only; pixel mode: the image's spectrum), one optimiser slot per trainable tensor and slot kind
+("m."/"u." for AdaMax, "v." for Nesterov, "m."/"v." for Adam), and the step count "t". Every
+tensor except t has a leading target axis K.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .plan import GeneratorPlan
-from .rng import init_generator
+from .plan import GeneratorPlan, spectrum_shape
+from .rng import init_generator, init_spectrum
 from .targets import Target
 
-SLOTS = {"adamax": ("m", "u"), "nesterov": ("v",)}
+SLOTS = {"adamax": ("m", "u"), "nesterov": ("v",), "adam": ("m", "v")}
 STEP_COUNT = "t"
 
 
 def trainable_shapes(mode: str, plan: GeneratorPlan) -> dict[str, tuple[int, ...]]:
     if mode == "untrained":
         return plan.param_shapes()
+    if mode == "pixel":
+        return {"spectrum": spectrum_shape(plan.out_channels, plan.out_size)}
     return {"alpha": (plan.features,)}
 
 
@@ -36,11 +39,15 @@ def state_shapes(mode: str, plan: GeneratorPlan, optimizer: str) -> dict[str, tu
 def initial_state(
     mode: str, plan: GeneratorPlan, optimizer: str, seed: int, targets: list[Target]
 ) -> dict[str, np.ndarray]:
-    """Untrained mode: a fresh G per target (seeded by seed and target); pretrained: alpha = 1."""
+    """Untrained mode: a fresh G per target (seeded by seed and target); pretrained: alpha = 1; pixel: a
+    small random spectrum per target (seeded likewise)."""
     k = len(targets)
     if mode == "untrained":
         gens = [init_generator(plan, seed, t) for t in targets]
         state = {n: np.stack([g[n] for g in gens]) for n in plan.param_shapes()}
+    elif mode == "pixel":
+        shape = spectrum_shape(plan.out_channels, plan.out_size)
+        state = {"spectrum": np.stack([init_spectrum(shape, seed, t) for t in targets])}
     else:
         state = {"alpha": np.ones((k, plan.features), np.float32)}
     for name, shape in state_shapes(mode, plan, optimizer).items():

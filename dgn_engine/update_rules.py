@@ -29,3 +29,16 @@ def nesterov(p, g, v, lr, mu):
     """SGD with Nesterov momentum: v <- mu*v - lr*g ; p <- p + mu*v - lr*g."""
     v = mu * v - lr * g
     return p + mu * v - lr * g, v
+
+
+def adam(p, g, m, v, t, lr, b1, b2, eps, sqrt):
+    """Adam (Kingma & Ba, algorithm 1, with eps added to the bias-corrected root as torch does);
+    `sqrt` is the elementwise root of the array library in use."""
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    return adam_move(p, m, v, t, lr, b1, b2, eps, sqrt), m, v
+
+
+def adam_move(p, m, v, t, lr, b1, b2, eps, sqrt):
+    """The parameters after Adam's step t (1-based), from the new moments."""
+    return p - (lr / (1 - b1**t)) * m / (sqrt(v / (1 - b2**t)) + eps)

@@ -165,8 +165,9 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         "--mode",
         choices=MODES,
         help="pretrained: G is a trained decoder and only alpha (3,200 values at 224 px) is "
-        "optimised (needs --decoder); untrained: all of G is optimised from a random start "
-        "(default: pretrained, or the artifacts' mode)",
+        "optimised (needs --decoder); untrained: all of G is optimised from a random start; pixel: no G, "
+        "the classic baseline (the image itself, Fourier-parameterised with decorrelated colours, Adam, "
+        "transforms on) (default: pretrained, or the artifacts' mode)",
     )
     g.add_argument("--decoder", metavar="FILE", help="the pretrained G (made by dgn-engine train-decoder)")
     g.add_argument(
@@ -290,13 +291,17 @@ def spec_from_args(args, targets, base=None):
 def sources_from_args(args):
     from ..export.coupled import Sources
 
+    if args.decoder and args.mode == "pixel":
+        raise UsageError("--decoder is the pretrained G; pixel mode has no G: leave out --decoder")
     if args.decoder and args.mode == "untrained":
         raise UsageError(
             "--decoder is the pretrained G and untrained mode builds a fresh one; leave out "
             "--decoder, or use --mode pretrained"
         )
-    if getattr(args, "g_width", None) and (args.mode or "pretrained") == "pretrained":
-        raise UsageError("--g-width scales the untrained G; in pretrained mode the decoder fixes G's widths")
+    if getattr(args, "g_width", None) and (args.mode or "pretrained") != "untrained":
+        raise UsageError(
+            "--g-width scales the untrained G; in pretrained mode the decoder fixes G's widths, pixel mode has no G"
+        )
     return Sources(
         args.mode or "pretrained",
         args.classifier or "vgg16",

@@ -58,14 +58,17 @@ class _GraphLoss:
 
     def image(self, params: dict) -> np.ndarray:
         feeds = {n: params[n].astype(np.float32) for n in self.trainables}
-        return self.render.run(None, {**feeds, "noise": self.noise, "hyper": self.hyper})[0]
+        if self.backend.features:  # pixel mode's render graph takes no noise
+            feeds.update(noise=self.noise, hyper=self.hyper)
+        return self.render.run(None, feeds)[0]
 
     def __call__(self, params: dict) -> np.ndarray:
         image = self.image(params)
         if self.transform is not None:
             image = resample(image, self.transform).astype(np.float32)
         loss = objective_loss(self.weights, self.penalty, self.backend.classify(image))
-        reg, alpha = self.spec.regularizer, params["alpha"].astype(np.float64)
+        reg = self.spec.regularizer
+        alpha = params["alpha"].astype(np.float64) if "alpha" in params else None
         if reg.kind == "l2-alpha":
             loss = loss + reg.weight * np.sqrt((alpha**2).sum(1))
         elif reg.kind == "l2sq-alpha":

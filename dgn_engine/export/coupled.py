@@ -16,12 +16,13 @@ from .. import demo
 from ..errors import UsageError
 from ..kernels.layers import soft_pixel_range
 from ..kernels.objective import objective, regularizer
+from ..kernels.pixel import pixel_image
 from ..kernels.transforms import transform
-from ..plan import GeneratorPlan, generator_plan
+from ..plan import GeneratorPlan, generator_plan, pixel_plan
 from ..spec import Hyper, RunSpec
 from ..state import STEP_COUNT, trainable_shapes
 from ..targets import OUTPUT
-from ..update_rules import adamax, adamax_step_size, nesterov
+from ..update_rules import adam, adamax, adamax_step_size, nesterov
 from .autoencoder import load_decoder
 from .classifiers import Classifier, Tapped, load_classifier
 from .generator import frozen_generator, generator_forward, stacked_generator
@@ -66,7 +67,12 @@ class CoupledStep:
         f = alpha * eps
         return F.relu(f) if self.mode == "pretrained" else f
 
-    def generate(self, params: dict[str, torch.Tensor], noise: torch.Tensor, sigma) -> torch.Tensor:
+    def generate(self, params: dict[str, torch.Tensor], noise: torch.Tensor | None, sigma) -> torch.Tensor:
+        pp = self.classifier.preprocessing
+        if self.mode == "pixel":
+            pixels = pixel_image(params["spectrum"], pp.order)
+            mean, std = pixels.new_tensor(pp.mean)[None, :, None, None], pixels.new_tensor(pp.std)[None, :, None, None]
+            return (pixels - mean) / std
         f = self.features(params["alpha"], noise, sigma)
         if self.mode == "untrained":
             image = generator_forward(self.plan, f, *stacked_generator(self.plan, params), groups=f.shape[0])
@@ -74,7 +80,6 @@ class CoupledStep:
             image = generator_forward(self.plan, f, *frozen_generator(self.decoder))
         if self.image_range == "free":
             return image
-        pp = self.classifier.preprocessing
         return soft_pixel_range(image, pp.mean, pp.std)
 
     def logits(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -109,7 +114,9 @@ class CoupledStep:
             seen = image if transform_params is None else transform(image, transform_params)
             activation, pen = objective(self.logits(seen), weights, penalty, leak)
             final_gamma = params.get(f"{self.plan.last_bn()}.weight")
-            loss = -activation + pen + regularizer(self.reg_kind, reg_weight, params["alpha"], final_gamma)
+            loss = -activation + pen
+            if "alpha" in params:  # pixel mode has no G to regularise
+                loss = loss + regularizer(self.reg_kind, reg_weight, params["alpha"], final_gamma)
             grads = torch.autograd.grad(loss.sum(), [params[n] for n in self.trainables])
         new = {}
         t = state[STEP_COUNT] + 1
@@ -119,6 +126,10 @@ class CoupledStep:
             if self.optimizer == "adamax":
                 new[name], new[f"m.{name}"], new[f"u.{name}"] = adamax(
                     p, g, state[f"m.{name}"], state[f"u.{name}"], step_size, b1, b2, eps, torch.maximum
+                )
+            elif self.optimizer == "adam":
+                new[name], new[f"m.{name}"], new[f"v.{name}"] = adam(
+                    p, g, state[f"m.{name}"], state[f"v.{name}"], t, lr, b1, b2, eps, torch.sqrt
                 )
             else:
                 new[name], new[f"v.{name}"] = nesterov(p, g, state[f"v.{name}"], lr, mu)
@@ -189,7 +200,11 @@ def couple(
     its own) coupled to it."""
     pp = classifier.preprocessing
     is_demo = classifier.name == demo.NAME
-    if spec.mode == "pretrained":
+    if spec.mode == "pixel":
+        if decoder or g_width:
+            raise UsageError("pixel mode optimises the image itself: leave out --decoder and --g-width")
+        plan, tensors = pixel_plan(pp.image_size, pp.channels), None
+    elif spec.mode == "pretrained":
         path = decoder or (demo.decoder_weights() if is_demo else None)
         if not path:
             raise UsageError(

@@ -4,6 +4,7 @@ the manifest recording what they are and what they came from, all moved in at on
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import tempfile
@@ -18,7 +19,7 @@ from ..digests import sha256_file
 from ..errors import UsageError
 from ..files import write_json
 from ..spec import HYPER, RunSpec
-from ..state import state_shapes
+from ..state import state_shapes, trainable_shapes
 from ..targets import OUTPUT
 from .coupled import CoupledStep, Sources, build_coupled
 from .step_graph import trace_graphs
@@ -121,9 +122,7 @@ def export_artifacts(
             "labels": clf.labels,
             "taps": coupled.taps,
             "layout": {n: list(s) for n, s in layout.items()},
-            "trainable_per_target": coupled.plan.trainable_count()
-            if coupled.mode == "untrained"
-            else coupled.plan.features,
+            "trainable_per_target": sum(math.prod(s) for s in trainable_shapes(coupled.mode, coupled.plan).values()),
             "state": [
                 {"name": n, "shape": list(s)}
                 for n, s in state_shapes(coupled.mode, coupled.plan, coupled.optimizer).items()

@@ -25,8 +25,8 @@ def _example_targets(k: int, n_classes: int) -> list[Target]:
 
 
 def example_inputs(coupled: CoupledStep, spec: RunSpec, k: int) -> list[torch.Tensor]:
-    """Step inputs for k example targets: state, noise, the transforms' parameters (where the spec has
-    transforms), weights per layout entry, penalty, hyper."""
+    """Step inputs for k example targets: state, noise (where G has a feature vector), the transforms'
+    parameters (where the spec has transforms), weights per layout entry, penalty, hyper."""
     layout = coupled.layout
     targets = _example_targets(k, layout[OUTPUT][0])
     state = [
@@ -35,12 +35,13 @@ def example_inputs(coupled: CoupledStep, spec: RunSpec, k: int) -> list[torch.Te
     ]
     weights, penalty = objective_weights(targets, layout, spec.lam)
     rng = np.random.default_rng(0)
-    noise = torch.from_numpy(rng.standard_normal((k, coupled.plan.features)).astype(np.float32))
+    noise = [torch.from_numpy(rng.standard_normal((k, coupled.plan.features)).astype(np.float32))]
+    noise *= coupled.plan.features > 0
     size = coupled.classifier.preprocessing.image_size
     transform = [torch.from_numpy(parameters(rng.random((k, 4)), spec.transforms, size, size))] * coupled.transforms
     return [
         *state,
-        noise,
+        *noise,
         *transform,
         *(torch.from_numpy(weights[n]) for n in layout),
         torch.from_numpy(penalty),
@@ -49,6 +50,8 @@ def example_inputs(coupled: CoupledStep, spec: RunSpec, k: int) -> list[torch.Te
 
 
 def check_backends(spec: RunSpec, backends) -> None:
+    if "training-api" in backends and spec.mode == "pixel":
+        raise UsageError("the training-api backend has no pixel mode; use the step-graph backend")
     if "training-api" in backends and spec.transforms.enabled:
         raise UsageError(
             "--transforms: the training-api backend has no transforms; export it with --transforms none, "
@@ -66,26 +69,32 @@ def trace_graphs(
     trainables = list(trainable_shapes(coupled.mode, coupled.plan))
     layout = coupled.layout
     weight_names = [f"weight.{n}" for n in layout]
-    n_state, n_w, n_t = len(state_names), len(layout), int(coupled.transforms)
+    n_state, n_w = len(state_names), len(layout)
+    n_noise, n_t = int(coupled.plan.features > 0), int(coupled.transforms)  # pixel mode has no noise
 
     def step(*args):
         st = dict(zip(state_names, args[:n_state]))
-        transform = args[n_state + 1] if n_t else None
-        w = dict(zip(layout, args[n_state + 1 + n_t : n_state + 1 + n_t + n_w]))
-        new, loss, act, image = coupled.step(st, args[n_state], w, args[-2], args[-1], transform)
+        noise = args[n_state] if n_noise else None
+        transform = args[n_state + n_noise] if n_t else None
+        first_w = n_state + n_noise + n_t
+        w = dict(zip(layout, args[first_w : first_w + n_w]))
+        new, loss, act, image = coupled.step(st, noise, w, args[-2], args[-1], transform)
         return (*new.values(), loss, act, image)
 
     def render(*args):
         params = dict(zip(trainables, args[: len(trainables)]))
+        if not n_noise:
+            return coupled.generate(params, None, None)
         return coupled.generate(params, args[-2], Hyper.entry(args[-1], "sigma"))
 
     def classify(image):
         return tuple(coupled.classify(image).values())
 
-    step_in = [*state_names, "noise", *["transform"] * n_t, *weight_names, "penalty", "hyper"]
+    step_in = [*state_names, *["noise"] * n_noise, *["transform"] * n_t, *weight_names, "penalty", "hyper"]
     step_out = [*(f"new.{n}" for n in state_names), "loss", "activation", "image"]
     step_args = example_inputs(coupled, spec, k)
-    render_args = [*step_args[: len(trainables)], step_args[n_state], step_args[-1]]
+    render_in = [*trainables, *["noise", "hyper"] * n_noise]
+    render_args = [*step_args[: len(trainables)], *[step_args[n_state], step_args[-1]] * n_noise]
     with torch.no_grad():
         image = render(*render_args)
     classify_out = [OUTPUT, *(n for n in layout if n != OUTPUT)]
@@ -100,7 +109,7 @@ def trace_graphs(
             from .training_api import training_graphs
 
             models["training"], files["checkpoint"] = training_graphs(coupled, step_args)
-        models["render"] = trace_onnx(render, render_args, [*trainables, "noise", "hyper"], ["image"])
+        models["render"] = trace_onnx(render, render_args, render_in, ["image"])
         models["classifier"] = trace_onnx(classify, [image], ["image"], classify_out)
     except UntranslatableOp as e:
         raise UsageError(untranslatable(coupled, image, e)) from None

@@ -8,7 +8,7 @@ lr-sized move of either sign). Per step and path we compare the change of the st
 target, and the loss (max |a - b| over targets, over max |b|). The state is judged at the error that
 90% of the target-steps are within (see AGREEING), the loss at its worst; both worsts are reported.
 
-With AdaMax the trainables' change m / (u + eps) is ill-conditioned where a gradient is near 0: a
+With AdaMax (and Adam) the trainables' change m / (u + eps) is ill-conditioned where a gradient is near 0: a
 rounding difference there (or a ReLU input within rounding of 0) moves an entry by up to lr. So the
 gradient is compared through the slots m and u, which are linear in it, and the trainables through
 the update of the path's own slots (the same rule every path applies), which is well-conditioned.
@@ -27,7 +27,7 @@ from ..engine.selfcheck import verify_targets
 from ..errors import UsageError
 from ..rng import NoiseStreams
 from ..state import STEP_COUNT
-from ..update_rules import adamax_move, adamax_step_size
+from ..update_rules import adam_move, adamax_move, adamax_step_size
 from .coupled import Sources, build_coupled
 from .weights import sha256_file
 
@@ -55,19 +55,22 @@ def _parts(names) -> dict[str, list[str]]:
 
 
 def _own_update(after: dict, before: dict, spec) -> dict:
-    """AdaMax's new trainables from a path's own new slots: what its trainables must be."""
-    o = spec.optimizer
-    step_size = adamax_step_size(after[STEP_COUNT], o.lr, o.beta1)
-    return {
-        n: adamax_move(before[n], after[f"m.{n}"], after[f"u.{n}"], step_size, o.eps) if f"m.{n}" in after else value
-        for n, value in after.items()
-    }
+    """AdaMax's or Adam's new trainables from a path's own new slots: what its trainables must be."""
+    o, t = spec.optimizer, after[STEP_COUNT]
+
+    def move(n):
+        if o.name == "adam":
+            return adam_move(before[n], after[f"m.{n}"], after[f"v.{n}"], t, o.lr, o.beta1, o.beta2, o.eps, np.sqrt)
+        step_size = adamax_step_size(t, o.lr, o.beta1)
+        return adamax_move(before[n], after[f"m.{n}"], after[f"u.{n}"], step_size, o.eps)
+
+    return {n: move(n) if f"m.{n}" in after else value for n, value in after.items()}
 
 
 def step_error(after: dict, ref_after: dict, before: dict, spec) -> tuple[float, str]:
     """Worst relative L2 error of one step's change of the state, over the state's parts."""
     worst, where = 0.0, ""
-    own = _own_update(after, before, spec) if spec.optimizer.name == "adamax" else None
+    own = _own_update(after, before, spec) if spec.optimizer.name in ("adamax", "adam") else None
     for part, names in _parts(ref_after).items():
         delta = np.concatenate([np.ravel(after[n] - before[n]) for n in names])
         target = own if own is not None and part == "trainables" else ref_after

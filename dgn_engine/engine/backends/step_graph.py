@@ -66,8 +66,9 @@ class StepGraphBackend(ArtifactsBackend):
         for name, current, spare in zip(self.state_names, self.state, self.spare):
             b.bind_ortvalue_input(name, current)
             b.bind_ortvalue_output(f"new.{name}", spare)
-        self.inputs["noise"] = self._value(pad_rows(noise, self.k))
-        b.bind_ortvalue_input("noise", self.inputs["noise"])
+        if self.features:  # pixel mode's graph takes no noise
+            self.inputs["noise"] = self._value(pad_rows(noise, self.k))
+            b.bind_ortvalue_input("noise", self.inputs["noise"])
         if self.transforms:
             self.inputs["transform"] = self._value(pad_rows(transform, self.k))
             b.bind_ortvalue_input("transform", self.inputs["transform"])
