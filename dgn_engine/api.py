@@ -182,6 +182,13 @@ def _classifier(model, weights, image_size, channels, mean, std, labels, seed):
     )
 
 
+def mode_spec(clf, mode: str):
+    """A mode's defaults for this classifier: the paper's, or the embedded demo's own (as `run` has them)."""
+    from . import demo
+
+    return demo.spec(mode) if clf.name == demo.NAME else default_spec(mode)
+
+
 def _is_artifacts(model) -> bool:
     from .artifacts import MANIFEST
 
@@ -292,7 +299,7 @@ def synthesize(
     from .export.coupled import couple
 
     clf = _classifier(model, weights, image_size, channels, mean, std, labels, seed)
-    spec = with_settings(default_spec(mode), texts, steps=steps, seed=seed, **settings)
+    spec = with_settings(mode_spec(clf, mode), texts, steps=steps, seed=seed, **settings)
     taps = sorted({layer for t in found for layer in t.layers})
     if decoder is not None and mode != "pretrained":
         raise UsageError("decoder= is the pretrained G; use mode='pretrained' or leave it out")
@@ -308,7 +315,7 @@ def synthesize(
     else:
         from .engine.backends import engine_backend as make_backend
 
-        k = batch or min(8, len(found))
+        k = batch or -(-len(found) // -(-len(found) // 8))  # at most 8, in batches of equal size
         sources = _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed)
         art = _cached_export(coupled, spec, sources, k, [backend], progress)
         engine_backend = make_backend(backend, art, device, precision=precision)

@@ -11,6 +11,7 @@ import quality  # noqa: E402
 
 from dgn_engine import demo  # noqa: E402
 from dgn_engine.export.classifiers import load_classifier  # noqa: E402
+from tests.conftest import error_line  # noqa: E402
 
 
 def test_judges_are_other_trained_classifiers():
@@ -27,19 +28,27 @@ def test_judges_are_other_trained_classifiers():
 
 def test_quality_table_on_the_demo(tmp_path, capsys):
     out = tmp_path / "q.json"
-    assert quality.main(["--steps", "20", "--out", str(tmp_path / "runs"), "--json", str(out)]) == 0
+    argv = ["--modes", "pretrained,pixel", "--classes", "4", "--steps", "20", "--out", str(tmp_path / "runs")]
+    assert quality.main([*argv, "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [r["mode"] for r in rows] == ["untrained", "pretrained"]
+    assert [(r["mode"], r["transforms"]) for r in rows] == [("pretrained", "none"), ("pixel", "standard")]
     for r in rows:
-        assert r["targets"] == 10 and r["steps"] == 20 and r["seconds_per_target"] > 0
+        assert r["targets"] == 4 and r["steps"] == 20 and r["seconds_per_target"] > 0
         shares = [r[k] for k in r if k.endswith(("_top1", "_top5"))] + [r["d_probability"]]
         assert len(shares) == 6 and all(0 <= s <= 1 for s in shares)
         assert r["resnet_top1"] <= r["resnet_top5"] and r["mlp_top1"] <= r["mlp_top5"]
-    # D's top-1 share agrees with what the run recorded on the same PNGs
-    recorded = [
-        json.load(open(tmp_path / "runs" / "pretrained" / "targets" / f))["top1_is_target"]
-        for f in os.listdir(tmp_path / "runs" / "pretrained" / "targets")
-        if f.endswith(".json")
-    ]
-    assert np.isclose(rows[1]["d_top1"], np.mean(recorded))
+    # the classes are spread over D's, and D's top-1 share agrees with what the run recorded on the PNGs
+    folder = tmp_path / "runs" / "pretrained-default-seed0" / "targets"
+    records = [json.load(open(folder / f)) for f in sorted(os.listdir(folder)) if f.endswith(".json")]
+    assert sorted(r["target"] for r in records) == ["class:0", "class:3", "class:6", "class:9"]
+    assert np.isclose(rows[0]["d_top1"], np.mean([r["top1_is_target"] for r in records]))
     assert "resnet top-1/5" in capsys.readouterr().out
+
+
+def test_quality_bad_input(tmp_path, capsys):
+    base = ["bench", "--quality", "--out", str(tmp_path / "q")]
+    assert "--seeds" in error_line(capsys, [*base, "--seeds", "a,1"])
+    assert "transforms must be none, standard" in error_line(capsys, [*base, "--transforms", "none,sideways"])
+    assert "unknown value 'dream'" in error_line(capsys, [*base, "--modes", "dream"])
+    err = error_line(capsys, [*base, "--judge", "tests.small_models:tiny_rgb"])
+    assert err.endswith("judge 'tests.small_models:tiny_rgb' takes RGB images, D makes L")

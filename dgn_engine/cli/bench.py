@@ -18,7 +18,13 @@ Sizes: demo (the embedded demo), full (VGG-16 + the paper's G, random weights: t
 depend on the values), or any --classifier name (module:factory, a TorchScript or ONNX file) with a G
 of its input size (a random decoder in pretrained mode). Artifacts are exported once into --cache.
 With --artifacts DIR only that folder is timed (no torch needed for --backends step-graph). The
-training-api backend runs where onnxruntime-training is installed (its own environment)."""
+training-api backend runs where onnxruntime-training is installed (its own environment).
+
+With --quality it measures what the images are worth instead: for classifier D (--classifier,
+default the demo) it synthesises --classes class targets spread over D's classes per mode and
+--transforms setting, and scores the written PNGs with D (top-1 share, mean probability of the
+target) and with each --judge, classifiers that never saw the search (top-1 and top-5 shares),
+plus D's seconds per target. The demo brings two judges (a small ResNet and an MLP)."""
 
 
 def add_parser(sub) -> None:
@@ -31,7 +37,11 @@ def add_parser(sub) -> None:
         default="demo",
         help="comma-separated: demo, full, or classifier names as --classifier takes them (default: %(default)s)",
     )
-    p.add_argument("--modes", default="pretrained,untrained", help="(default: %(default)s)")
+    p.add_argument(
+        "--modes",
+        help="comma-separated modes (default: pretrained,untrained; with --quality untrained,pixel, and "
+        "pretrained too for the demo or with --decoder)",
+    )
     p.add_argument(
         "--batch",
         help="comma-separated batch sizes K (default: 1; with --artifacts their batch, the only one its graphs run)",
@@ -42,7 +52,11 @@ def add_parser(sub) -> None:
         help="comma-separated: step-graph, training-api, torch, torch-compile (default: %(default)s)",
     )
     p.add_argument("--artifacts", metavar="DIR", help="time this artifacts folder only")
-    p.add_argument("--steps", type=integer(1, 100_000), default=10, help="timed steps per row (default: %(default)s)")
+    p.add_argument(
+        "--steps",
+        type=integer(1, 1_000_000),
+        help="timed steps per row (default: 10); with --quality steps per target (default: each mode's)",
+    )
     p.add_argument("--warmup", type=integer(0, 100_000), default=2, help="untimed steps first (default: %(default)s)")
     p.add_argument(
         "--precision",
@@ -60,14 +74,100 @@ def add_parser(sub) -> None:
         "on the host while kernels run asynchronously, so there the shares are a lead)",
     )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    q = p.add_argument_group("--quality")
+    q.add_argument("--quality", action="store_true", help="measure the images' quality instead of the speed")
+    q.add_argument("--classifier", default="demo", help="D, as run takes it (default: %(default)s)")
+    q.add_argument("--weights", metavar="FILE", help="D's weights, where --classifier needs them")
+    q.add_argument("--decoder", metavar="FILE", help="the pretrained G, for pretrained mode")
+    q.add_argument(
+        "--judge",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a judge classifier with D's classes (module:factory, a TorchScript or ONNX file); repeat "
+        "for several (default for the demo: its ResNet and MLP judges)",
+    )
+    q.add_argument(
+        "--classes", type=integer(1, 100_000), default=10, help="class targets, spread over D's (default: %(default)s)"
+    )
+    q.add_argument("--seeds", default="0", help="comma-separated seeds; shares are over all (default: %(default)s)")
+    q.add_argument(
+        "--transforms",
+        default="default",
+        help="comma-separated: default (each mode's), none, standard; settings with numbers "
+        "(jitter=J,scale=S,rotate=DEG) are separated by ';' (default: %(default)s)",
+    )
+    q.add_argument("--out", metavar="DIR", help="keep the runs here (default: a temporary folder)")
     p.set_defaults(func=main)
+
+
+def quality_main(args) -> int:
+    from ..files import write_json
+    from ..quality import quality
+
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UsageError("bench --quality runs the judges in torch: pip install 'dgn-engine[export]'") from None
+    if args.modes:
+        modes = parse_modes(args.modes)
+    else:
+        with_decoder = args.classifier == "demo" or args.decoder
+        modes = ["untrained", *(["pretrained"] * bool(with_decoder)), "pixel"]
+    transforms = parse_transform_settings(args.transforms)
+    if args.out:
+        ensure_writable_dir(args.out)
+    rows = quality(
+        args.classifier,
+        args.judge,
+        modes,
+        transforms,
+        args.classes,
+        args.steps,
+        parse_seeds(args.seeds),
+        args.out,
+        args.decoder,
+        args.weights,
+        args.device,
+    )
+    if args.json:
+        write_json(args.json, rows)
+    return 0
+
+
+def parse_modes(text: str) -> list[str]:
+    from ..bench import parse_list
+    from ..spec import MODES
+
+    return parse_list(text, MODES, what="--modes")
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds: expected comma-separated integers >= 0, got {text!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise UsageError(f"--seeds: expected comma-separated integers >= 0, got {text!r}")
+    return seeds
+
+
+def parse_transform_settings(text: str) -> list[str]:
+    """Settings separated by ',' (names), or by ';' where a setting has numbers (jitter=J,...)."""
+    from ..spec import parse_transforms
+
+    settings = [t.strip() for t in text.split(";" if "=" in text else ",") if t.strip()]
+    for t in settings:
+        if t != "default":
+            parse_transforms(t)  # one line now, not after the first runs
+    return settings
 
 
 def main(args) -> int:
     from ..bench import BACKENDS, HEADER, Timing, bench, bench_artifacts, parse_list
     from ..engine.backends.onnx_session import providers
     from ..files import write_json
-    from ..spec import ENGINE_PRECISIONS, MODES
+    from ..spec import ENGINE_PRECISIONS
 
     backends = parse_list(args.backends, BACKENDS, what="--backends")
     batches = parse_list(args.batch or "1", kind=int, what="--batch")
@@ -75,11 +175,13 @@ def main(args) -> int:
     device = providers(args.device)[1]  # one device for every row, torch's included
     if "tf32" in precisions and device != "cuda":
         raise UsageError("--precision tf32 is a CUDA mode (the CPU computes float32): use it where CUDA is available")
-    timing = Timing(device, args.steps, args.warmup, args.threads, tuple(precisions), args.profile)
     if args.json:
         if os.path.isdir(args.json):
             raise UsageError(f"--json {args.json!r} is a folder; give a file name")
         ensure_writable_dir(os.path.dirname(os.path.abspath(args.json)), "folder of --json")
+    if args.quality:
+        return quality_main(args)
+    timing = Timing(device, args.steps or 10, args.warmup, args.threads, tuple(precisions), args.profile)
     if args.artifacts and args.batch:
         from ..artifacts import load_artifacts
 
@@ -102,7 +204,7 @@ def main(args) -> int:
             ) from None
         result = bench(
             parse_list(args.sizes, what="--sizes"),
-            parse_list(args.modes, MODES, what="--modes"),
+            parse_modes(args.modes or "pretrained,untrained"),
             batches,
             backends,
             timing,
