@@ -186,7 +186,7 @@ def mode_spec(clf, mode: str):
     """A mode's defaults for this classifier: the paper's, or the embedded demo's own (as `run` has them)."""
     from . import demo
 
-    return demo.spec(mode) if clf.name == demo.NAME else default_spec(mode)
+    return demo.spec(mode) if clf.name == demo.NAME else default_spec(mode, clf.preprocessing.image_size)
 
 
 def _is_artifacts(model) -> bool:
@@ -361,7 +361,7 @@ def export(
     from .export.manifest import export_artifacts
 
     clf = _classifier(model, weights, image_size, channels, mean, std, labels, seed)
-    spec = with_settings(default_spec(mode), (), seed=seed, **settings)
+    spec = with_settings(mode_spec(clf, mode), (), seed=seed, **settings)
     coupled = couple(clf, spec, list(taps), decoder, g_width)
     sources = _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed)
     return export_artifacts(

@@ -96,5 +96,6 @@ def test_pixel_bad_input(tmp_path, capsys, decoder_file):
         (["--regularizer", "l2-alpha"], "pixel mode has none"),
         (["--image-range", "free"], "pixel mode's image always lies in the pixel range"),
         (["--backend", "training-api"], "no pixel mode"),
+        (["--paper"], "pixel mode is not the paper's method"),
     ):
         assert words in error_line(capsys, [*base, *extra])

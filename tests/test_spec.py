@@ -4,7 +4,7 @@ import math
 import pytest
 
 from dgn_engine.errors import UsageError
-from dgn_engine.spec import RunSpec, default_spec
+from dgn_engine.spec import RunSpec, default_spec, with_settings
 
 
 def test_paper_defaults():
@@ -66,3 +66,36 @@ def test_hyper_vector():
 
     assert Hyper.entry(list(spec.hyper()), "reg_weight") == 0.1 and Hyper._fields == HYPER
     assert not any(math.isnan(v) for v in default_spec("untrained").hyper())
+
+
+def test_paper_is_the_method_to_the_letter():
+    from dgn_engine import demo
+    from dgn_engine.spec import paper_spec
+
+    for mode in ("untrained", "pretrained"):
+        paper = with_settings(demo.spec(mode), ("class:1",), paper=True, seed=4)
+        table1 = default_spec(mode)
+        assert (paper.optimizer, paper.noise, paper.regularizer, paper.steps) == (
+            table1.optimizer,
+            table1.noise,
+            table1.regularizer,
+            table1.steps,
+        )
+        assert (paper.image_range, paper.target_leak, paper.transforms.enabled, paper.seed) == ("free", 0.0, False, 4)
+        assert with_settings(demo.spec(mode), paper=True, lr=0.5).optimizer.lr == 0.5  # options still apply
+    with pytest.raises(UsageError, match="pixel mode is not the paper's method"):
+        paper_spec("pixel")
+
+
+def test_untrained_defaults_follow_the_input_size():
+    from dgn_engine import demo
+
+    small, paper = default_spec("untrained", image_size=32), default_spec("untrained", image_size=224)
+    assert (small.noise.sigma, small.optimizer.lr, small.steps) == (0.5, 0.01, 1000)
+    assert paper == default_spec("untrained") and (paper.noise.sigma, paper.optimizer.lr, paper.steps) == (
+        2.0,
+        0.002,
+        500,
+    )
+    assert demo.spec("untrained") == small
+    assert default_spec("pretrained", image_size=32) == default_spec("pretrained")  # only untrained mode's G shrinks

@@ -134,6 +134,8 @@ def test_transforms_bad_input(tmp_path, capsys, artifacts):
         assert words in err, err
     err = error_line(capsys, ["run", "--artifacts", none, "--target", "class:1", *out, "--transforms", "standard"])
     assert "exported with transforms none" in err
+    err = error_line(capsys, ["run", "--artifacts", none, "--target", "class:1", *out, "--paper"])
+    assert "exported with image range bounded, not free" in err
     argv = ["export", "--classifier", "tests.small_models:tiny_rgb", "--mode", "untrained", "--out"]
     err = error_line(capsys, [*argv, str(tmp_path / "t"), "--transforms", "standard", "--backend", "training-api"])
     assert "training-api backend has no transforms" in err

@@ -160,6 +160,7 @@ def add_device_option(p) -> None:
 def add_method_options(p: argparse.ArgumentParser) -> None:
     # the defaults shown are the spec's own (the paper's Table 1 per mode), never copies
     pre, unt = default_spec("pretrained"), default_spec("untrained")
+    small, pix = default_spec("untrained", image_size=32), default_spec("pixel")
     g = p.add_argument_group("generator G and method")
     g.add_argument(
         "--mode",
@@ -179,7 +180,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--steps",
         type=integer(1, MAX_STEPS),
-        help=f"steps per target (default: {pre.steps} pretrained, {unt.steps} untrained)",
+        help=f"steps per target (default: {pre.steps} pretrained, {unt.steps} untrained ({small.steps} below 224 "
+        f"px), {pix.steps} pixel)",
     )
     g.add_argument(
         "--seed",
@@ -206,7 +208,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         "--lr",
         type=finite,
         help=f"learning rate (default: {pre.optimizer.lr:g} {pre.optimizer.name} pretrained, "
-        f"{unt.optimizer.lr:g} {unt.optimizer.name} untrained)",
+        f"{unt.optimizer.lr:g} {unt.optimizer.name} untrained ({small.optimizer.lr:g} below 224 px), "
+        f"{pix.optimizer.lr:g} {pix.optimizer.name} pixel)",
     )
     g.add_argument("--momentum", type=finite, help=f"Nesterov momentum (default: {pre.optimizer.momentum:g})")
     g.add_argument(
@@ -219,7 +222,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         metavar="SIGMA",
         help="feature noise: a number, or gaussian-dropout for the original code's "
         f"sqrt(0.05/0.95) = {GAUSSIAN_DROPOUT_SIGMA:.3f} (default: {pre.noise.sigma:g} {pre.noise.kind} "
-        f"pretrained, {unt.noise.sigma:g} {unt.noise.kind} untrained)",
+        f"pretrained, {unt.noise.sigma:g} {unt.noise.kind} untrained ({small.noise.sigma:g} below 224 px); none "
+        "in pixel mode)",
     )
     g.add_argument(
         "--regularizer",
@@ -251,6 +255,12 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         f"(default: {pre.transforms.text()})",
     )
     g.add_argument(
+        "--paper",
+        action="store_true",
+        help="the paper's method to the letter: Table 1's settings for the mode (also for the demo), "
+        "--target-leak 0, --image-range free, --transforms none; other options given still apply",
+    )
+    g.add_argument(
         "--snapshots",
         type=integer(1, MAX_STEPS),
         default=pre.snapshots.count,
@@ -264,12 +274,29 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def classifier_spec(args):
+    """The mode's defaults for the classifier the options name (they depend on its input size)."""
+    from ..export.classifiers import resolve_preprocessing
+
+    pp = resolve_preprocessing(
+        args.classifier or "vgg16",
+        args.weights,
+        image_size=args.image_size,
+        channels=args.channels,
+        mean=args.mean,
+        std=args.std,
+    )
+    return default_spec(args.mode or "pretrained", image_size=pp.image_size)
+
+
 def spec_from_args(args, targets, base=None):
-    """The paper's defaults for the mode (or `base`, e.g. the artifacts' spec) with the options given."""
+    """The paper's defaults for the mode (or `base`: the artifacts' spec, or the classifier's
+    defaults from classifier_spec) with the options given."""
     return with_settings(
         base or default_spec(args.mode or "pretrained"),
         targets,
         **{
+            "paper": getattr(args, "paper", False),
             "steps": args.steps,
             "seed": args.seed,
             "lr": args.lr,

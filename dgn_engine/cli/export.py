@@ -8,6 +8,7 @@ from .common import (
     THREADS,
     add_classifier_options,
     add_method_options,
+    classifier_spec,
     integer,
     need_torch,
     read_lines,
@@ -78,7 +79,7 @@ def main(args) -> int:
     from ..targets import parse_target
 
     backends = args.backend or ["step-graph"]
-    spec = spec_from_args(args, [])
+    spec = spec_from_args(args, [], base=classifier_spec(args))
     check_backends(spec, backends)
     if "training-api" in backends:
         from ..export.training_api import training_api

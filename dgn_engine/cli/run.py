@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-from dataclasses import replace
 
 from .. import demo
+from ..digests import sha256_json
 from ..errors import UsageError
-from ..spec import PRECISIONS, parse_transforms
+from ..spec import PRECISIONS, RunSpec
 from .common import (
     THREADS,
     add_classifier_options,
     add_device_option,
     add_method_options,
+    classifier_spec,
     ensure_writable_dir,
     integer,
     need_torch,
@@ -135,7 +135,8 @@ def main(args) -> int:
     elif args.classifier is None and args.weights is None:  # the embedded demo
         args = resolved(args, backend=args.backend or "step-graph")
         if args.backend != "torch":
-            art = demo_artifacts(args.mode or "pretrained", args.backend, args.transforms)
+            mode = args.mode or "pretrained"
+            art = demo_artifacts(mode, args.backend, spec_from_args(args, [], base=demo.spec(mode)))
         else:
             args = resolved(args, classifier=demo.NAME)
     elif args.backend != "torch":
@@ -143,7 +144,15 @@ def main(args) -> int:
             f"the {args.backend or 'step-graph'} backend runs exported artifacts: dgn-engine export ... "
             "--out DIR, then run --artifacts DIR (or use --backend torch)"
         )
-    base = art.spec if art else (demo.spec(args.mode or "pretrained") if args.classifier == demo.NAME else None)
+    # the demo's own defaults, not those its cached artifacts were first exported with (they fix the structure)
+    is_demo = args.classifier == demo.NAME or (art is not None and not args.artifacts)
+    if is_demo:
+        base = demo.spec(art.mode if art else args.mode or "pretrained")
+    elif art:
+        base = art.spec
+    else:  # --backend torch on a classifier: its defaults depend on its input size
+        need_torch("--backend torch")
+        base = classifier_spec(args)
     spec = spec_from_args(args, targets, base=base)  # fail fast on bad settings
     if art:
         art.check_spec(spec)
@@ -177,32 +186,30 @@ def main(args) -> int:
     return 0
 
 
-def demo_artifacts(mode: str, backend: str, transforms: str | None = None):
+def demo_artifacts(mode: str, backend: str, wanted: RunSpec | None = None):
     """The demo's artifacts: exported once into the cache where torch is installed (a fresh export of
-    the shipped weights), else the prebuilt step-graph ones shipped in the package. `transforms` (an
-    option's text) exports them with or without transforms where that differs from the demo's default."""
+    the shipped weights), else the prebuilt step-graph ones shipped in the package. `wanted`: the run's
+    spec, whose structural choices (transforms, image range, ...) the artifacts must have."""
     from ..artifacts import FORMAT_VERSION, MANIFEST, load_artifacts
 
-    spec = demo.spec(mode)
-    if transforms is not None:
-        spec = replace(spec, transforms=parse_transforms(transforms)).validated()
+    spec = wanted or demo.spec(mode)
     shipped = spec.structure() == demo.spec(mode).structure()
 
     try:
         import torch  # noqa: F401
     except ImportError:
         if backend != "step-graph" or not shipped:
-            what = f"the {backend} backend" if backend != "step-graph" else f"--transforms {spec.transforms.text()}"
+            what = f"the {backend} backend" if backend != "step-graph" else "other structural settings"
             raise UsageError(
-                f"the package ships the demo for the step-graph backend with transforms "
-                f"{demo.spec(mode).transforms.text()} only; {what} needs it exported, which needs torch: "
-                "pip install 'dgn-engine[export]'"
+                f"the package ships the demo for the step-graph backend and its default settings only; {what} "
+                f"({', '.join(f'{k} {v}' for k, v in spec.structure().items())}) need it exported, which needs "
+                "torch: pip install 'dgn-engine[export]'"
             ) from None
         return load_artifacts(demo.shipped_artifacts(mode))
     from .. import __version__
     from ..export.manifest import export_demo
 
-    settings = hashlib.sha256(spec.dumps().encode()).hexdigest()[:8]  # the structure the graph fixes
+    settings = sha256_json(spec.structure())[:8]  # what the graphs fix
     name = f"demo-{mode}-{backend}-{demo.fingerprint()}-{settings}-v{FORMAT_VERSION}-{__version__}"
     out = os.path.join(demo.cache_dir(), name)
     if not os.path.isfile(os.path.join(out, MANIFEST)):
