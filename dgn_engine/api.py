@@ -268,12 +268,15 @@ def synthesize(
     model: an nn.Module (its input format from image_size/mean/std, else its `preprocessing`
     attribute), a TorchScript or ONNX file, "vgg16" (weights=FILE or "random"), "demo",
     "module:factory", or an artifacts folder. mode: "untrained" (all of G optimised, no decoder needed)
-    or "pretrained" (decoder=FILE, made by `dgn-engine train-decoder`). backend: "step-graph" (the
+    or "pretrained" (decoder=FILE, made by `dgn-engine train-decoder`), or "pixel" (no G: the classic
+    baseline, a Fourier-parameterised image). backend: "step-graph" (the
     exported graph in onnxruntime, exported once per model into the cache), "training-api", or
     "torch" (the eager reference). precision: "float32", "tf32" (CUDA tensor cores, faster, ~1e-3
     relative error per product) or "float64" (torch only). Other settings: lr, momentum, optimizer,
     noise_sigma, regularizer,
-    reg_weight, lam, target_leak, image_range, snapshots, keep (defaults: the paper's for the mode).
+    reg_weight, lam, target_leak, image_range, snapshots, keep, transforms ("none", "standard",
+    "jitter=J,scale=S,rotate=DEG"), paper=True (the paper's method to the letter) (defaults: the paper's
+    for the mode, see spec.default_spec).
     """
     found = _targets(targets)
     texts = [t.text for t in found]
