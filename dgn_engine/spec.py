@@ -277,37 +277,38 @@ class RunSpec:
             raise UsageError(f"malformed run specification: {e}") from None
 
 
+# Each mode's settings (frozen values): the paper's Table 1 for the generator modes; pixel mode,
+# classic feature visualisation's (lucid / lucent: Adam 0.05, 512 steps, transforms)
+_MODE_DEFAULTS = {
+    "untrained": dict(
+        optimizer=Optimizer("adamax", 0.002, 0.9, 0.999, 1e-8),
+        noise=Noise("additive", 2.0),
+        regularizer=Regularizer("l1-final-gamma", 0.01),
+        steps=500,
+    ),
+    "pretrained": dict(
+        optimizer=Optimizer("nesterov", 0.01, momentum=0.1),
+        noise=Noise("multiplicative", 0.05),
+        regularizer=Regularizer("l2-alpha", 0.1),
+        steps=1200,
+    ),
+    "pixel": dict(
+        optimizer=Optimizer("adam", 0.05, 0.9, 0.999, 1e-8),
+        noise=Noise("none", 0.0),
+        regularizer=Regularizer("none", 0.0),
+        steps=512,
+        transforms=TRANSFORM_PRESETS["standard"],
+    ),
+}
+
+
 def default_spec(mode: str, image_size: int | None = None, **overrides) -> RunSpec:
     """The paper's settings for a mode (Table 1), with optional field overrides; departures: the
     image range is bounded (`image_range="free"` is the paper's), and in untrained mode for a
     classifier whose input is smaller than 224 px, SMALL_G_UNTRAINED (paper_spec is the letter)."""
-    if mode == "untrained":
-        spec = RunSpec(
-            mode,
-            optimizer=Optimizer("adamax", 0.002, 0.9, 0.999, 1e-8),
-            noise=Noise("additive", 2.0),
-            regularizer=Regularizer("l1-final-gamma", 0.01),
-            steps=500,
-        )
-    elif mode == "pretrained":
-        spec = RunSpec(
-            mode,
-            optimizer=Optimizer("nesterov", 0.01, momentum=0.1),
-            noise=Noise("multiplicative", 0.05),
-            regularizer=Regularizer("l2-alpha", 0.1),
-            steps=1200,
-        )
-    elif mode == "pixel":  # classic feature visualisation's settings (lucid / lucent): Adam 0.05, 512 steps
-        spec = RunSpec(
-            mode,
-            optimizer=Optimizer("adam", 0.05, 0.9, 0.999, 1e-8),
-            noise=Noise("none", 0.0),
-            regularizer=Regularizer("none", 0.0),
-            steps=512,
-            transforms=TRANSFORM_PRESETS["standard"],
-        )
-    else:
+    if mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    spec = RunSpec(mode, **_MODE_DEFAULTS[mode])
     if mode == "untrained" and image_size is not None and image_size < PAPER_IMAGE_SIZE:
         small = SMALL_G_UNTRAINED
         spec = replace(

@@ -28,17 +28,17 @@ def test_judges_are_other_trained_classifiers():
 
 def test_quality_table_on_the_demo(tmp_path, capsys):
     out = tmp_path / "q.json"
-    argv = ["--modes", "pretrained,pixel", "--classes", "4", "--steps", "20", "--out", str(tmp_path / "runs")]
+    argv = ["--modes", "pixel", "--classes", "4", "--steps", "20", "--out", str(tmp_path / "runs")]
     assert quality.main([*argv, "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [(r["mode"], r["transforms"]) for r in rows] == [("pretrained", "none"), ("pixel", "standard")]
+    assert [(r["mode"], r["transforms"]) for r in rows] == [("pixel", "standard")]  # the mode's default
     for r in rows:
         assert r["targets"] == 4 and r["steps"] == 20 and r["seconds_per_target"] > 0
         shares = [r[k] for k in r if k.endswith(("_top1", "_top5"))] + [r["d_probability"]]
         assert len(shares) == 6 and all(0 <= s <= 1 for s in shares)
         assert r["resnet_top1"] <= r["resnet_top5"] and r["mlp_top1"] <= r["mlp_top5"]
     # the classes are spread over D's, and D's top-1 share agrees with what the run recorded on the PNGs
-    folder = tmp_path / "runs" / "pretrained-default-seed0" / "targets"
+    folder = tmp_path / "runs" / "pixel-default-seed0" / "targets"
     records = [json.load(open(folder / f)) for f in sorted(os.listdir(folder)) if f.endswith(".json")]
     assert sorted(r["target"] for r in records) == ["class:0", "class:3", "class:6", "class:9"]
     assert np.isclose(rows[0]["d_top1"], np.mean([r["top1_is_target"] for r in records]))
