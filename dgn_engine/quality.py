@@ -70,8 +70,9 @@ def load_judges(names: list[str], d) -> dict:
     judges, n_d = {}, logits_count(d)
     for name in names:
         clf = load_classifier(name)
-        if logits_count(clf) != n_d:
-            raise UsageError(f"judge {name!r} has {logits_count(clf)} classes, D has {n_d}: a judge must share D's")
+        n = logits_count(clf)
+        if n != n_d:
+            raise UsageError(f"judge {name!r} has {n} classes, D has {n_d}: a judge must share D's")
         if clf.preprocessing.channels != d.preprocessing.channels:
             raise UsageError(f"judge {name!r} takes {clf.preprocessing.order} images, D makes {d.preprocessing.order}")
         judges[os.path.basename(name).split(":")[-1]] = clf

@@ -9,6 +9,7 @@ gradient is MatMul again), not as an FFT op.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ import torch
 _RGB_CORRELATION_SQRT = np.array([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 
 
+@lru_cache(maxsize=8)  # the eager reference asks every step
 def frequency_scale(size: int) -> np.ndarray:
     """1 / frequency (at least 1 / size) times size: each frequency's amplitude starts where natural
     images have it, so every frequency moves at a comparable pace."""
@@ -26,6 +28,7 @@ def frequency_scale(size: int) -> np.ndarray:
     return size / np.maximum(np.sqrt(fx**2 + fy**2), 1.0 / size)
 
 
+@lru_cache(maxsize=8)
 def fourier_bases(size: int) -> tuple[np.ndarray, ...]:
     """(cos, sin) over rows [size, size] and (cos, sin) over the half columns [size, size//2+1], the
     columns weighted by how often their frequency counts in the full spectrum (the middle ones twice)."""
