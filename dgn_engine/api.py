@@ -37,7 +37,7 @@ def _quiet(*_):
 
 
 def _run(
-    backend,
+    runner,
     spec,
     targets: list[Target],
     out,
@@ -49,11 +49,11 @@ def _run(
     progress: bool,
     layers: list[str],
 ) -> list[Result]:
-    """The results job over `backend`, into `out` (a temporary folder when None), read back."""
+    """The results job over `runner` (or a backend), into `out` (a temporary folder when None), read back."""
     folder = out if out is not None else tempfile.mkdtemp(prefix="dgn-engine-")
     try:
         run_job(
-            backend,
+            runner,
             spec,
             targets,
             str(folder),
@@ -71,7 +71,7 @@ def _run(
 
 
 def run_job(
-    backend,
+    runner,
     spec,
     targets: list[Target],
     out: str,
@@ -85,14 +85,17 @@ def run_job(
     log=None,
     shard: tuple[int, int] | None = None,
 ) -> None:
-    """Check the targets and labels against D, then the resumable job writing `out`: what
-    `dgn-engine run` and the functions above share once they hold a backend."""
+    """Check the targets and labels against D, then the resumable job writing `out`: what `dgn-engine run`
+    and the functions above share once they hold a runner (engine.runners: here, or Ray) or a backend."""
     from .engine.jobs import Job, JobOptions
+    from .engine.runners import LocalRunner
 
+    if not hasattr(runner, "results"):
+        runner = LocalRunner(runner)
     for t in targets:
-        check_target(t, backend.layout, layers)
-    if labels is not None and len(labels) != backend.layout[OUTPUT][0]:
-        raise UsageError(f"{len(labels)} labels for a classifier of {backend.layout[OUTPUT][0]} classes")
+        check_target(t, runner.layout, layers)
+    if labels is not None and len(labels) != runner.layout[OUTPUT][0]:
+        raise UsageError(f"{len(labels)} labels for a classifier of {runner.layout[OUTPUT][0]} classes")
     options = JobOptions(
         batch=batch,
         display=display,
@@ -101,7 +104,18 @@ def run_job(
         progress=progress,
         shard=shard,
     )
-    Job(backend, spec, out, options).run(log=log or (print if progress else _quiet))
+    Job(runner, spec, out, options).run(log=log or (print if progress else _quiet))
+
+
+def ray_runner(art, backend: str, ray, workers=None, device="auto", threads=None, precision="float32", **kw):
+    """A RayRunner (imports Ray). ray: True or "local" (a local Ray, or the one ray.init() started),
+    "auto", "ray://HOST:PORT" or "HOST:PORT" (a cluster)."""
+    from .engine.ray_runner import RayRunner
+
+    if ray is not True and not isinstance(ray, str):
+        raise UsageError(f"ray= takes True, 'local', 'auto', 'ray://HOST:PORT' or 'HOST:PORT', not {ray!r}")
+    address = None if ray is True or ray == "local" else ray
+    return RayRunner(art, backend, address, workers, device, threads, precision, **kw)
 
 
 class Engine:
@@ -110,6 +124,10 @@ class Engine:
 
         engine = dgn.Engine("art", device="cuda")
         results = engine.run(dgn.all_classes(1000), out="results", steps=300)
+
+    ray: run the batches on Ray workers, one per GPU (CPU workers where the cluster has none; `workers`
+    sets how many): True for a local Ray (or the one ray.init() started), "auto" or "ray://HOST:PORT" to
+    join a cluster. Needs the ray extra.
     """
 
     def __init__(
@@ -119,12 +137,27 @@ class Engine:
         threads: int | None = None,
         backend: str | None = None,
         precision: str = "float32",
+        ray=None,
+        workers: int | None = None,
     ):
         from .artifacts import Artifacts, load_artifacts
-        from .engine.backends import engine_backend
 
         self.artifacts = artifacts if isinstance(artifacts, Artifacts) else load_artifacts(os.fspath(artifacts))
-        self.backend = engine_backend(backend or self.artifacts.backends[0], self.artifacts, device, threads, precision)
+        self.backend_name = backend or self.artifacts.backends[0]
+        self.device, self.threads, self.precision = device, threads, precision
+        self.ray, self.workers = ray, workers
+        self._backend = None
+        if ray is None:
+            _ = self.backend  # a bad device or precision is reported now, not at run
+
+    @property
+    def backend(self):
+        """The backend in this process (a Ray run needs none here)."""
+        from .engine.backends import engine_backend
+
+        if self._backend is None:
+            self._backend = engine_backend(self.backend_name, self.artifacts, self.device, self.threads, self.precision)
+        return self._backend
 
     @property
     def num_classes(self) -> int:
@@ -151,18 +184,43 @@ class Engine:
         for t in found:
             self.artifacts.require_taps(t)
         taps = self.artifacts.manifest["taps"]
-        return _run(
-            self.backend,
-            spec,
-            found,
-            out,
-            batch=self.artifacts.batch,
-            labels=labels,
-            display=display,
-            force=force,
-            progress=progress,
-            layers=taps,
-        )
+        k = self.artifacts.batch
+        if self.ray is None:
+            return _run(
+                self.backend,
+                spec,
+                found,
+                out,
+                batch=k,
+                labels=labels,
+                display=display,
+                force=force,
+                progress=progress,
+                layers=taps,
+            )
+        with ray_runner(
+            self.artifacts,
+            self.backend_name,
+            self.ray,
+            self.workers,
+            self.device,
+            self.threads,
+            self.precision,
+            most=-(-len(found) // k),
+            log=print if progress else _quiet,
+        ) as runner:
+            return _run(
+                runner,
+                spec,
+                found,
+                out,
+                batch=k,
+                labels=labels,
+                display=display,
+                force=force,
+                progress=progress,
+                layers=taps,
+            )
 
 
 def _classifier(model, weights, image_size, channels, mean, std, labels, seed):
@@ -257,6 +315,8 @@ def synthesize(
     display: str = "model",
     force: bool = False,
     precision: str = "float32",
+    ray=None,
+    workers: int | None = None,
     **settings,
 ) -> list[Result]:
     """Preferred inputs of `targets` for the classifier `model`; one Result per target, in order.
@@ -276,7 +336,7 @@ def synthesize(
     noise_sigma, regularizer,
     reg_weight, lam, target_leak, image_range, snapshots, keep, transforms ("none", "standard",
     "jitter=J,scale=S,rotate=DEG"), paper=True (the paper's method to the letter) (defaults: the paper's
-    for the mode, see spec.default_spec).
+    for the mode, see spec.default_spec). ray: the batches on Ray workers (see Engine), `workers` of them.
     """
     found = _targets(targets)
     texts = [t.text for t in found]
@@ -285,7 +345,14 @@ def synthesize(
             raise UsageError(
                 "an artifacts folder runs on its exported graphs; for the torch reference pass the classifier itself"
             )
-        engine = Engine(model, device=device, backend=None if backend == "step-graph" else backend, precision=precision)
+        engine = Engine(
+            model,
+            device=device,
+            backend=None if backend == "step-graph" else backend,
+            precision=precision,
+            ray=ray,
+            workers=workers,
+        )
         return engine.run(
             found,
             out,
@@ -299,6 +366,8 @@ def synthesize(
         )
     if backend not in ("step-graph", "training-api", "torch"):
         raise UsageError(f"backend must be step-graph, training-api or torch, got {backend!r}")
+    if ray is not None and backend == "torch":
+        raise UsageError("ray= runs exported graphs on its workers; use backend='step-graph' (the default)")
     from .export.coupled import couple
 
     clf = _classifier(model, weights, image_size, channels, mean, std, labels, seed)
@@ -321,8 +390,32 @@ def synthesize(
         k = batch or -(-len(found) // -(-len(found) // 8))  # at most 8, in batches of equal size
         sources = _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed)
         art = _cached_export(coupled, spec, sources, k, [backend], progress)
-        engine_backend = make_backend(backend, art, device, precision=precision)
         layers = taps
+        if ray is not None:
+            with ray_runner(
+                art,
+                backend,
+                ray,
+                workers,
+                device,
+                None,
+                precision,
+                most=-(-len(found) // k),
+                log=print if progress else _quiet,
+            ) as runner:
+                return _run(
+                    runner,
+                    spec,
+                    found,
+                    out,
+                    batch=k,
+                    labels=labels,
+                    display=display,
+                    force=force,
+                    progress=progress,
+                    layers=layers,
+                )
+        engine_backend = make_backend(backend, art, device, precision=precision)
     return _run(
         engine_backend,
         spec,

@@ -79,6 +79,22 @@ def add_parser(sub) -> None:
         "as in a whole run, so the results are the same files. dgn-engine gallery --into merges folders",
     )
     e.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the batches on Ray workers, one per GPU (CPU workers, --threads CPUs each, where the "
+        "cluster has no GPUs); this command hands out the batches and writes every file. No ADDRESS: "
+        "a local Ray on this machine; auto: the cluster this machine is part of (ray start); "
+        "ray://HOST:PORT: a remote cluster through Ray Client. Needs: pip install 'dgn-engine[ray]'",
+    )
+    e.add_argument(
+        "--workers",
+        type=integer(1),
+        metavar="N",
+        help="Ray workers (with --ray; default: one per GPU of the cluster, else one per --threads CPUs)",
+    )
+    e.add_argument(
         "--precision",
         choices=PRECISIONS,
         default="float32",
@@ -115,10 +131,13 @@ def resolved(args: argparse.Namespace, **choices) -> argparse.Namespace:
 
 
 def main(args) -> int:
-    from ..api import run_job
     from ..targets import all_classes, parse_target
 
     targets = [parse_target(t).text for t in requested_targets(args)]
+    if args.workers is not None and args.ray is None:
+        raise UsageError("--workers N sets how many Ray workers --ray starts; add --ray, or leave --workers out")
+    if args.ray is not None and args.backend == "torch":
+        raise UsageError("--ray runs exported graphs on its workers; use --backend step-graph (the default)")
     if args.backend == "training-api":
         from ..engine.backends.training_api import training_bindings
 
@@ -157,8 +176,13 @@ def main(args) -> int:
     if art:
         art.check_spec(spec)
     ensure_writable_dir(args.out)
-    backend, layers = make_backend(args, art, spec, targets)
-    layout = backend.layout
+    if args.ray is not None:
+        check_batch(args, art)
+        backend, layers = None, art.manifest["taps"]
+        layout = art.layout
+    else:
+        backend, layers = make_backend(args, art, spec, targets)
+        layout = backend.layout
     if args.all_classes:
         targets = [t.text for t in all_classes(layout["output"][0])] + targets
     check_targets(targets, layout, layers, art)
@@ -169,8 +193,25 @@ def main(args) -> int:
         )
     spec = spec_from_args(args, list(dict.fromkeys(targets)), base=base)
     batch = args.batch or (art.batch if art and args.backend != "torch" else 1)
+    if args.ray is not None:
+        from ..api import ray_runner
+
+        batches = -(-len(spec.targets) // batch)
+        most = -(-batches // args.shard[1]) if args.shard else batches
+        with ray_runner(
+            art, args.backend, args.ray, args.workers, args.device, args.threads, args.precision, most=most
+        ) as runner:
+            return finish(runner, args, spec, labels, batch, layers)
+    return finish(backend, args, spec, labels, batch, layers)
+
+
+def finish(runner, args, spec: RunSpec, labels, batch: int, layers: list[str]) -> int:
+    """The job over `runner` (or a backend) into --out."""
+    from ..api import run_job
+    from ..targets import parse_target
+
     run_job(
-        backend,
+        runner,
         spec,
         [parse_target(t) for t in spec.targets],
         args.out,
@@ -267,17 +308,21 @@ def check_targets(targets: list[str], layout, layers: list[str], art) -> None:
         check_target(target, layout, layers)
 
 
+def check_batch(args, art) -> None:
+    if args.batch is not None and args.batch != art.batch:
+        raise UsageError(
+            f"the artifacts in {art.path!r} run batches of {art.batch}; omit --batch or "
+            f"export again with --batch {args.batch}"
+        )
+
+
 def make_backend(args, art, spec, targets: list[str]):
     """(backend, the layer names D has) for the chosen backend."""
     from ..engine.backends import engine_backend
     from ..targets import parse_target
 
     if args.backend != "torch":
-        if args.batch is not None and args.batch != art.batch:
-            raise UsageError(
-                f"the artifacts in {art.path!r} run batches of {art.batch}; omit --batch or "
-                f"export again with --batch {args.batch}"
-            )
+        check_batch(args, art)
         return engine_backend(args.backend, art, args.device, args.threads, args.precision), art.manifest["taps"]
     need_torch("--backend torch")
     from ..engine.backends.torch_reference import TorchBackend

@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import signal
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from .. import __version__, progress
 from ..digests import sha256_file, sha256_json
 from ..errors import UsageError
 from ..files import atomic_write, write_json
-from ..preprocessing import display_original
 from ..records import RunRecord, TargetRecord, read_record
 from ..spec import RunSpec
-from ..targets import OUTPUT, Target, objective_weights, parse_target, weighted_activation
-from .backends.protocol import Backend
+from ..targets import Target, parse_target
 from .gallery import build_gallery, summary_line
 from .lock import FolderLock
-from .loop import Interrupted, Outcome, run_batch
-from .outputs import png_bytes, read_png
-
-TOP_K = 5
+from .loop import Interrupted
+from .runners import Runner
+from .target_files import ResultSettings, TargetFiles
 
 
 @dataclass
@@ -101,8 +95,8 @@ class _StopFlag:
 
 
 class Job:
-    def __init__(self, backend: Backend, spec: RunSpec, out_dir: str, options: JobOptions):
-        self.backend, self.spec, self.out, self.options = backend, spec, out_dir, options
+    def __init__(self, runner: Runner, spec: RunSpec, out_dir: str, options: JobOptions):
+        self.runner, self.spec, self.out, self.options = runner, spec, out_dir, options
         every = [parse_target(t) for t in spec.targets]
         k = max(1, options.batch)
         # batches are cut at the same places of the whole list whatever the shard: a target's
@@ -114,8 +108,10 @@ class Job:
         self.batch_list, self.targets = batches, [t for b in batches for t in b]
         self.suffix = f"-shard-{options.shard[0]}-of-{options.shard[1]}" if options.shard else ""
         self.run_file = os.path.join(out_dir, f"run{self.suffix}.json")
-        self.made_by = made_by(spec, options.display, backend.provenance())
+        self.made_by = made_by(spec, options.display, runner.provenance())
         self.key = sha256_json(self.made_by)[:16]
+        labels = options.labels or runner.labels
+        self.settings = ResultSettings(spec, options.display, labels, self.made_by, self.key)
         self.dir = os.path.join(out_dir, "targets")
         self.damaged = self.done = 0
 
@@ -182,7 +178,7 @@ class Job:
                 **self.made_by,
                 "spec": self.spec.to_json(),
                 "results_key": self.key,
-                "backend": self.backend.describe(),
+                "backend": self.runner.describe(),
                 "batch": self.options.batch,
                 "display": self.options.display,
                 "progress": {"done": done, "total": len(self.targets), "state": state},
@@ -241,19 +237,16 @@ class Job:
         self._write_run(done, 0.0, "running")
         try:
             with _StopFlag() as stop:
-                for batch in self._batches(finished):
-                    already = sum(t in finished for t in batch)  # a batch cut short by a kill: its finished rows
-                    advance = len(batch) - already  # target-steps per step
-                    outcomes = run_batch(
-                        self.backend,
-                        batch,
-                        self.spec,
-                        on_step=lambda s, advance=advance: bar.update(advance),
-                        should_stop=lambda: stop.set,
-                    )
-                    new = [o for o in outcomes if o.target not in finished]
+                pending = self._batches(finished)
+                already = {id(b): sum(t in finished for t in b) for b in pending}  # a batch cut short by a kill
+
+                def on_step(batch):  # target-steps per step: the batch's unfinished targets
+                    bar.update(len(batch) - already[id(batch)])
+
+                for _batch, files in self.runner.results(pending, self.settings, on_step, lambda: stop.set):
+                    new = [f for f in files if f.target not in finished]
                     self._write_results(new)
-                    finished.update(o.target for o in new)
+                    finished.update(f.target for f in new)
                     done += len(new)
                     self.done = done
                     computed += len(new)
@@ -291,96 +284,8 @@ class Job:
             return True
         return record.results_key != self.key or record.progress.state != "finished"
 
-    def _write_results(self, outcomes: list[Outcome]) -> None:
-        pp = self.backend.preprocessing
-        ok = [o for o in outcomes if o.image is not None]
-        pixels = {
-            id(o): (
-                display_original(o.image, pp.order, self.spec.mode == "untrained")
-                if self.options.display == "original"
-                else pp.to_pixels(o.image)
-            )
-            for o in ok
-        }
-        written = {}
-        for o in ok:
-            written[id(o)] = png_bytes(pixels[id(o)])
-            atomic_write(self._paths(o.target)[0], written[id(o)])
-        # Classify what was written: the top-5 tells the truth about the file a person looks at.
-        seen = {}
-        if ok:
-            readback = np.stack([pp.to_model(read_png(self._paths(o.target)[0], pp.channels)) for o in ok])
-            seen = self._split(self.backend.classify(readback), ok)
-            if self.options.display == "original":
-                true = np.stack([pp.to_model(pp.to_pixels(o.image)) for o in ok])
-                seen_true = self._split(self.backend.classify(true), ok)
-            # what the search saw last and the median before it became pixels: where the target is lost
-            seen_median = self._split(self.backend.classify(np.stack([o.image for o in ok])), ok)
-            seen_last = self._split(self.backend.classify(np.stack([o.last_image for o in ok])), ok)
-        for o in outcomes:
-            record = {
-                "target": o.target.text,
-                "id": o.target.id,
-                "name": self._target_name(o.target),
-                "results_key": self.key,
-                **self.made_by,
-                "mode": self.spec.mode,
-                "seed": self.spec.seed,
-                "steps": self.spec.steps,
-                "backend": self.backend.name,
-                "loss_curve": o.curve,
-                "last_step_activation": o.last_activation,
-                "seconds": round(o.seconds, 3),
-                "diverged": o.diverged,
-            }
-            if o.image is not None:
-                record.update(self._report(o.target, seen[id(o)]))
-                record["faithfulness"] = {
-                    view: self._brief(o.target, acts[id(o)])
-                    for view, acts in (("last_step", seen_last), ("median", seen_median), ("png", seen))
-                }
-                if self.options.display == "original":
-                    record["model_view"] = self._report(o.target, seen_true[id(o)])
-            else:
-                written[id(o)] = png_bytes(np.zeros((8, 8, pp.channels), np.uint8))
-                atomic_write(self._paths(o.target)[0], written[id(o)])
-            record["png_sha256"] = hashlib.sha256(written[id(o)]).hexdigest()
-            write_json(self._paths(o.target)[1], record)
-
-    def _labels(self) -> list[str] | None:
-        return self.options.labels or self.backend.labels
-
-    def _class_name(self, c: int) -> str:
-        labels = self._labels()
-        return labels[c] if labels and c < len(labels) else str(c)
-
-    def _target_name(self, target: Target) -> str:
-        """The class name for a plain class target, else the target's text."""
-        t = target.terms
-        if len(t) == 1 and t[0].kind == "class" and t[0].weight == 1.0 and self._labels():
-            return self._class_name(t[0].index)
-        return target.text
-
-    @staticmethod
-    def _split(acts: dict[str, np.ndarray], outcomes: list[Outcome]) -> dict[int, dict[str, np.ndarray]]:
-        return {id(o): {n: a[i] for n, a in acts.items()} for i, o in enumerate(outcomes)}
-
-    def _brief(self, target: Target, acts: dict[str, np.ndarray]) -> dict:
-        report = self._report(target, acts)
-        return {
-            "activation": report["final_activation"],
-            "top1": report["top5"][0]["class"],
-            "top1_is_target": report["top1_is_target"],
-        }
-
-    def _report(self, target: Target, acts: dict[str, np.ndarray]) -> dict:
-        weights, _ = objective_weights([target], {n: a.shape for n, a in acts.items()}, self.spec.lam)
-        activation = float(weighted_activation(weights, {n: a[None] for n, a in acts.items()})[0])
-        scores = acts[OUTPUT]
-        order = np.argsort(-scores, kind="stable")[:TOP_K]
-        classes = {t.index for t in target.terms if t.kind == "class"}
-        return {
-            "final_activation": activation,
-            "top5": [{"class": int(c), "name": self._class_name(int(c)), "score": float(scores[c])} for c in order],
-            "top1_is_target": bool(classes) and int(order[0]) in classes,
-        }
+    def _write_results(self, files: list[TargetFiles]) -> None:
+        for f in files:  # the record after its PNG: a target is finished once its JSON names that PNG
+            png, js = self._paths(f.target)
+            atomic_write(png, f.png)
+            write_json(js, f.record)

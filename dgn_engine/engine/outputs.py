@@ -17,8 +17,14 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 
 
 def read_png(path: str, channels: int) -> np.ndarray:
-    """PNG -> uint8 [H, W, channels] (RGB or L)."""
-    with Image.open(path) as img:
+    """PNG file -> uint8 [H, W, channels] (RGB or L)."""
+    with open(path, "rb") as f:
+        return decode_png(f.read(), channels)
+
+
+def decode_png(data: bytes, channels: int) -> np.ndarray:
+    """PNG bytes -> uint8 [H, W, channels] (RGB or L)."""
+    with Image.open(io.BytesIO(data)) as img:
         arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
     return arr[..., None] if channels == 1 else arr
 

@@ -1,0 +1,157 @@
+"""Ray (--ray, ray=): the batches on Ray actors, the files written by the driver. Each case compares the
+folder with a plain run's, byte for byte (the PNG, and the JSON without its timing, `seconds`): the batches
+are cut at the same places and each runs whole on one worker, so nothing may differ.
+
+A real local Ray: the CLI's own (a subprocess per run) first, then one started here with two CPUs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from dgn_engine.cli.main import main
+from tests.conftest import error_line
+from tests.test_faults import results
+
+ray = pytest.importorskip("ray")
+
+STEPS = "200"  # about a second per batch of 3 on one thread: long enough to kill a worker mid-batch
+
+
+def run_argv(art, out, *extra):
+    return ["run", "--artifacts", art.path, "--all-classes", "--steps", STEPS, "--out", str(out), *extra]
+
+
+def engine(art, out, *extra):
+    return [sys.executable, "-m", "dgn_engine.cli.main", *run_argv(art, out, "--quiet", *extra)]
+
+
+def finished(out) -> int:
+    folder = os.path.join(out, "targets")
+    return len([f for f in os.listdir(folder) if f.endswith(".json")]) if os.path.isdir(folder) else 0
+
+
+def wait_for(out, count: int, proc=None, limit_s: float = 120.0) -> None:
+    until = time.monotonic() + limit_s
+    while finished(out) < count:
+        assert proc is None or proc.poll() is None, "the run ended early"
+        assert time.monotonic() < until, f"fewer than {count} results after {limit_s} s"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def plain(artifacts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("plain")
+    assert main(run_argv(artifacts["pretrained"], out, "--quiet")) == 0
+    return out
+
+
+def test_bad_ray_input(artifacts, tmp_path, capsys, monkeypatch):
+    art, out = artifacts["pretrained"], tmp_path / "o"
+    assert "nothing answers at 127.0.0.1:9" in error_line(capsys, run_argv(art, out, "--ray", "ray://127.0.0.1:9"))
+    assert "nothing answers at 127.0.0.1:9" in error_line(capsys, run_argv(art, out, "--ray", "127.0.0.1:9"))
+    assert "give auto, ray://HOST:PORT" in error_line(capsys, run_argv(art, out, "--ray", "somewhere"))
+    assert "add --ray" in error_line(capsys, run_argv(art, out, "--workers", "2"))
+    assert "--backend step-graph" in error_line(capsys, run_argv(art, out, "--ray", "--backend", "torch"))
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where the extra is not installed
+    assert "pip install 'dgn-engine[ray]'" in error_line(capsys, run_argv(art, out, "--ray"))
+    assert not ray.is_initialized()
+
+
+def test_a_plain_run_never_imports_ray(artifacts, tmp_path):
+    code = (
+        "import sys\nfrom dgn_engine.cli.main import main\n"
+        f"assert main({run_argv(artifacts['pretrained'], tmp_path / 'o', '--quiet', '--steps', '2')!r}) == 0\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_stopped_and_killed_drivers_resume(artifacts, plain, tmp_path):
+    """The CLI's own local Ray: SIGTERM stops it as a plain run stops (exit 143, run.json says
+    interrupted); SIGKILL of the driver leaves only whole files; the next --ray run completes the job.
+    One worker while killing: the next batch is then surely in flight (a second of work)."""
+    art, out = artifacts["pretrained"], tmp_path / "o"
+    for sig, code in ((signal.SIGTERM, 143), (signal.SIGKILL, -9)):
+        proc = subprocess.Popen(
+            engine(art, out, "--ray", "--workers", "1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        wait_for(out, finished(out) + 3, proc)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == code, err
+        if sig == signal.SIGTERM:
+            assert "stopped by SIGTERM" in err and "Traceback" not in err, err
+            assert json.loads((out / "run.json").read_text())["progress"]["state"] == "interrupted"
+    assert finished(out) == 6
+    done = subprocess.run(engine(art, out, "--ray"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert results(out) == results(plain)
+    record = json.loads((out / "run.json").read_text())
+    assert record["backend"]["ray"]["address"] == "local" and record["progress"]["state"] == "finished"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def workers() -> list[str]:
+    return sorted(n for n in ray.util.list_named_actors() if n.startswith("dgn-engine-worker"))
+
+
+def kill_a_worker_after(out, count: int, no_restart: bool) -> threading.Thread:
+    """Once `count` results are written (two batches: both workers then hold a batch in flight), kill
+    one worker: for good (ray.kill), or as a crash that Ray restarts."""
+
+    def kill():
+        wait_for(out, count)
+        ray.kill(ray.get_actor(workers()[0]), no_restart=no_restart)
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("no_restart", [True, False], ids=["killed-for-good", "crashed-and-restarted"])
+def test_two_workers_make_the_plain_runs_files_though_one_is_killed(
+    local_ray, artifacts, plain, tmp_path, capsys, no_restart
+):
+    art, out = artifacts["pretrained"], tmp_path / "o"
+    killer = kill_a_worker_after(out, 6, no_restart)
+    assert main(run_argv(art, out, "--ray", "--workers", "2", "--threads", "1")) == 0
+    killer.join(timeout=5)
+    assert not killer.is_alive()
+    log = capsys.readouterr().out
+    # killed for good: the driver runs the lost batch on the other worker; a crash: Ray restarts the
+    # worker and retries the batch there, unseen by the driver
+    assert ("a Ray worker died" in log) == no_restart, log
+    assert results(out) == results(plain)
+    record = json.loads((out / "run.json").read_text())
+    assert record["backend"]["ray"]["workers"] == 2 and record["progress"]["done"] == 10
+    assert ray.is_initialized()  # a Ray the caller started is left running, without the job's workers
+    until = time.monotonic() + 10
+    while workers() and time.monotonic() < until:
+        time.sleep(0.1)
+    assert not workers()
+
+
+def test_the_api_on_ray(local_ray, artifacts, plain, tmp_path, capsys):
+    import dgn_engine as dgn
+
+    out = tmp_path / "o"
+    found = dgn.Engine(artifacts["pretrained"].path, ray=True, workers=2, threads=1).run(
+        dgn.all_classes(10), out=out, steps=int(STEPS), progress=False
+    )
+    assert [r.target.text for r in found] == [f"class:{c}" for c in range(10)]
+    assert results(out) == results(plain)
+    assert "room for 2" in error_line(
+        capsys, run_argv(artifacts["pretrained"], tmp_path / "w", "--ray", "--workers", "3")
+    )
