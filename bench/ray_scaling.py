@@ -11,6 +11,8 @@ and loaded), and Ray's overhead per batch: (Ray with 1 worker - plain with 1 thr
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import statistics
@@ -26,7 +28,8 @@ def job(root: str, name: str, argv: list[str]) -> tuple[float, float]:
     """(job-loop seconds, wall seconds of the whole command) of one run into a fresh folder."""
     out = tempfile.mkdtemp(prefix=name + "-", dir=root)
     started = time.perf_counter()
-    assert cli([*argv, "--out", out, "--quiet"]) == 0
+    with contextlib.redirect_stdout(io.StringIO()):  # each run's summary lines
+        assert cli([*argv, "--out", out, "--quiet"]) == 0
     wall = time.perf_counter() - started
     with open(os.path.join(out, "run.json")) as f:
         return json.load(f)["seconds"], wall

@@ -240,8 +240,8 @@ class Job:
                 pending = self._batches(finished)
                 already = {id(b): sum(t in finished for t in b) for b in pending}  # a batch cut short by a kill
 
-                def on_step(batch):  # target-steps per step: the batch's unfinished targets
-                    bar.update(len(batch) - already[id(batch)])
+                def on_step(batch, steps):  # target-steps: the batch's unfinished targets, each step
+                    bar.update((len(batch) - already[id(batch)]) * steps)
 
                 for _batch, files in self.runner.results(pending, self.settings, on_step, lambda: stop.set):
                     new = [f for f in files if f.target not in finished]

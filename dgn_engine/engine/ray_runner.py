@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from typing import Callable
 
@@ -25,6 +26,7 @@ from .target_files import ResultSettings, TargetFiles, target_files
 RESTARTS = 2  # a crashed worker process is restarted by Ray and its batch run again, this often
 TRIES = 3  # a batch whose worker died this often (each time for good) stops the job: it is the batch
 WAIT_S = 0.25  # how often the driver looks at Ctrl-C while batches run
+PROGRESS_S = 1.0  # how often it asks the busy workers how far their batches are
 
 
 def ray_module():
@@ -66,8 +68,16 @@ def connect(address: str | None) -> bool:
         else:
             ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        where = "no running Ray cluster was found (start one: ray start --head)" if address == "auto" else str(e)
-        raise UsageError(f"--ray {address or ''}: {where.splitlines()[0]}".replace("--ray :", "--ray:")) from None
+        if address == "auto":
+            why = "no running Ray cluster was found (start one: ray start --head, or give its address)"
+        else:
+            why = str(e).splitlines()[0].rstrip(":")
+            if address is not None:  # what a reachable cluster that refuses us most often wants
+                why += (
+                    " (a cluster with token authentication, the default of Ray's local clusters since 2.59, "
+                    "needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN set here: ray get-auth-token)"
+                )
+        raise UsageError(f"--ray {address or '(local)'}: {why}") from None
     return True
 
 
@@ -96,6 +106,7 @@ class BatchWorker:
 
     def __init__(self, digest: str, backend: str, device: str, threads: int, precision: str):
         self.digest, self.choice, self.backend = digest, (backend, device, threads, precision), None
+        self.at = (None, 0)  # (the batch's number, its steps done): progress() reads it while run() runs
 
     def _load(self, shipped: list) -> None:
         import ray
@@ -119,9 +130,17 @@ class BatchWorker:
             "pid": os.getpid(),
         }
 
-    def run(self, shipped: list, batch: list[Target], settings: ResultSettings) -> list[TargetFiles]:
+    def run(self, shipped: list, number: int, batch: list[Target], settings: ResultSettings) -> list[TargetFiles]:
         self._load(shipped)
-        return target_files(self.backend, settings, run_batch(self.backend, batch, settings.spec))
+        self.at = (number, 0)
+
+        def step(done: int) -> None:
+            self.at = (number, done)
+
+        return target_files(self.backend, settings, run_batch(self.backend, batch, settings.spec, on_step=step))
+
+    def progress(self) -> tuple[int | None, int]:
+        return self.at
 
 
 class RayRunner:
@@ -172,7 +191,8 @@ class RayRunner:
             with open(os.path.join(self.art.path, name), "rb") as f:
                 files[name] = f.read()
         self.shipped = [ray.put(files)]  # in a list: workers fetch it themselves, when they load
-        actor = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)(BatchWorker)
+        # two threads: progress() answers while run() works
+        actor = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS, max_concurrency=2)(BatchWorker)
         job = uuid.uuid4().hex[:8]
         self.workers = [
             actor.options(name=f"dgn-engine-worker-{job}-{i}", num_cpus=each, num_gpus=1 if on_gpu else 0).remote(
@@ -214,24 +234,30 @@ class RayRunner:
         """Each worker runs one batch at a time, the next as soon as it returns; a worker that dies for
         good (its batch in flight comes back as lost) leaves the rest to the others."""
         ray = self.ray
-        pending, idle = collections.deque(batches), list(self.workers)
-        flying: dict = {}  # the batch's result reference -> (worker, batch)
+        pending, idle = collections.deque(enumerate(batches)), list(self.workers)
+        flying: dict = {}  # the batch's result reference -> (worker, number, batch)
+        seen = collections.Counter()  # steps reported per batch number
         lost = collections.Counter()
         settings_ref = ray.put(settings)
+        asked, asked_at = {}, time.monotonic()
         while pending or flying:
             while idle and pending:
-                worker, batch = idle.pop(0), pending.popleft()
-                flying[worker.run.remote(self.shipped, batch, settings_ref)] = (worker, batch)
+                worker, (number, batch) = idle.pop(0), pending.popleft()
+                seen[number] = 0
+                flying[worker.run.remote(self.shipped, number, batch, settings_ref)] = (worker, number, batch)
             ready, _ = ray.wait(list(flying), num_returns=1, timeout=WAIT_S)
             if should_stop():
                 raise Interrupted()
+            if time.monotonic() - asked_at > PROGRESS_S:
+                asked = self._progress(asked, flying, seen, on_step)
+                asked_at = time.monotonic()
             for ref in ready:
-                worker, batch = flying.pop(ref)
+                worker, number, batch = flying.pop(ref)
                 try:
                     files = ray.get(ref)
                 except ray.exceptions.RayActorError as e:
                     self._lost(worker, batch, e, lost)
-                    pending.appendleft(batch)
+                    pending.appendleft((number, batch))
                     continue
                 except ray.exceptions.RayTaskError as e:
                     if isinstance(e.cause, UsageError):
@@ -239,6 +265,22 @@ class RayRunner:
                     raise
                 idle.append(worker)
                 yield batch, files
+
+    def _progress(self, asked: dict, flying: dict, seen: collections.Counter, on_step) -> dict:
+        """Steps the busy workers did since last asked, for the progress bar: the answers to the last
+        questions that are in, and new questions (answered by the worker's second thread)."""
+        ray = self.ray
+        answered, _ = ray.wait(list(asked), num_returns=len(asked), timeout=0) if asked else ([], [])
+        batches = {number: batch for _, number, batch in flying.values()}
+        for ref in answered:
+            try:
+                number, done = ray.get(ref)
+            except ray.exceptions.RayError:  # a worker lost meanwhile: its batch reports again elsewhere
+                continue
+            if number in batches and done > seen[number]:
+                on_step(batches[number], done - seen[number])
+                seen[number] = done
+        return {w.progress.remote(): w for w, _, _ in flying.values()}
 
     def _lost(self, worker, batch: list[Target], error, lost: collections.Counter) -> None:
         self.workers.remove(worker)

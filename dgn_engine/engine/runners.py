@@ -28,11 +28,11 @@ class Runner(Protocol):
         self,
         batches: list[list[Target]],
         settings: ResultSettings,
-        on_step: Callable[[list[Target]], None],
+        on_step: Callable[[list[Target], int], None],
         should_stop: Callable[[], bool],
     ) -> Batches:
-        """Each batch with its files, as batches finish (in any order). `on_step(batch)` after each
-        step where steps are seen; raises loop.Interrupted once `should_stop()`."""
+        """Each batch with its files, as batches finish (in any order). `on_step(batch, n)`: n more steps
+        of that batch are done; raises loop.Interrupted once `should_stop()`."""
 
 
 class LocalRunner:
@@ -50,6 +50,6 @@ class LocalRunner:
     def results(self, batches, settings, on_step, should_stop) -> Batches:
         for batch in batches:
             outcomes = run_batch(
-                self.backend, batch, settings.spec, on_step=lambda _, b=batch: on_step(b), should_stop=should_stop
+                self.backend, batch, settings.spec, on_step=lambda _, b=batch: on_step(b, 1), should_stop=should_stop
             )
             yield batch, target_files(self.backend, settings, outcomes)
