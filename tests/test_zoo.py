@@ -179,8 +179,9 @@ def _verified(art):
 
 # CI runs one net of each kind of block in each form; `python -m pytest -m full_zoo` runs the rest (~15 min)
 # (the ViT runs in CI as an ONNX file and as an archive, the EfficientNet as an ONNX file, the bottleneck
-# ResNet and both in the gradient tests)
-MODULE_CI = ("mobilenet_v3", "inception")
+# ResNet and both in the gradient tests). G does not depend on D beyond its size, so one net in CI is
+# exported in both modes and the Inception net, the slowest, in pretrained mode only.
+MODULE_CI = {"mobilenet_v3": ("untrained", "pretrained"), "inception": ("pretrained",)}
 TORCHSCRIPT_CI = ("resnet_basic", "densenet", "vit")
 
 
@@ -189,11 +190,12 @@ def _zoo(in_ci):
 
 
 @pytest.mark.parametrize("name", _zoo(MODULE_CI))
-def test_module_in_both_modes(tmp_path, name):
+def test_module_exported_and_run(tmp_path, name):
     size = zoo.ZOO[name]().preprocessing.image_size
     decoder = str(tmp_path / "decoder.pt")
     write_calibrated_decoder(decoder, size, "RGB")
-    for mode in ("untrained", "pretrained"):
+    modes = MODULE_CI.get(name, ("untrained", "pretrained"))
+    for mode in modes:
         art = _export(
             tmp_path / mode,
             f"tests.zoo:{name}",
@@ -205,7 +207,8 @@ def test_module_in_both_modes(tmp_path, name):
             "2",
         )
         assert art.manifest["plan"]["out_size"] == size
-    _verified(load_artifacts(str(tmp_path / "untrained")))
+    if "untrained" in modes:
+        _verified(load_artifacts(str(tmp_path / "untrained")))
     _engine_equals_reference(art, [parse_target("class:3"), parse_target(f"channel:{BLOCK[name]}:1")])
 
 
