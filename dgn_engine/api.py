@@ -118,6 +118,16 @@ def ray_runner(art, backend: str, ray, workers=None, device="auto", threads=None
     return RayRunner(art, backend, address, workers, device, threads, precision, **kw)
 
 
+def _run_artifacts(art, backend: str, spec, found, out, *, ray, workers, device, threads, precision, local, **job):
+    """_run over an artifacts folder: on Ray workers when `ray`, else on the backend `local()` makes."""
+    if ray is None:
+        return _run(local(), spec, found, out, batch=art.batch, **job)
+    log = print if job["progress"] else _quiet
+    most = -(-len(found) // art.batch)
+    with ray_runner(art, backend, ray, workers, device, threads, precision, most=most, log=log) as runner:
+        return _run(runner, spec, found, out, batch=art.batch, **job)
+
+
 class Engine:
     """An artifacts folder (made by `dgn-engine export` or `dgn.export`) run in onnxruntime, on CUDA
     or CPU; no torch needed.
@@ -184,43 +194,24 @@ class Engine:
         for t in found:
             self.artifacts.require_taps(t)
         taps = self.artifacts.manifest["taps"]
-        k = self.artifacts.batch
-        if self.ray is None:
-            return _run(
-                self.backend,
-                spec,
-                found,
-                out,
-                batch=k,
-                labels=labels,
-                display=display,
-                force=force,
-                progress=progress,
-                layers=taps,
-            )
-        with ray_runner(
+        return _run_artifacts(
             self.artifacts,
             self.backend_name,
-            self.ray,
-            self.workers,
-            self.device,
-            self.threads,
-            self.precision,
-            most=-(-len(found) // k),
-            log=print if progress else _quiet,
-        ) as runner:
-            return _run(
-                runner,
-                spec,
-                found,
-                out,
-                batch=k,
-                labels=labels,
-                display=display,
-                force=force,
-                progress=progress,
-                layers=taps,
-            )
+            spec,
+            found,
+            out,
+            ray=self.ray,
+            workers=self.workers,
+            device=self.device,
+            threads=self.threads,
+            precision=self.precision,
+            local=lambda: self.backend,
+            labels=labels,
+            display=display,
+            force=force,
+            progress=progress,
+            layers=taps,
+        )
 
 
 def _classifier(model, weights, image_size, channels, mean, std, labels, seed):
@@ -390,32 +381,24 @@ def synthesize(
         k = batch or -(-len(found) // -(-len(found) // 8))  # at most 8, in batches of equal size
         sources = _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed)
         art = _cached_export(coupled, spec, sources, k, [backend], progress)
-        layers = taps
-        if ray is not None:
-            with ray_runner(
-                art,
-                backend,
-                ray,
-                workers,
-                device,
-                None,
-                precision,
-                most=-(-len(found) // k),
-                log=print if progress else _quiet,
-            ) as runner:
-                return _run(
-                    runner,
-                    spec,
-                    found,
-                    out,
-                    batch=k,
-                    labels=labels,
-                    display=display,
-                    force=force,
-                    progress=progress,
-                    layers=layers,
-                )
-        engine_backend = make_backend(backend, art, device, precision=precision)
+        return _run_artifacts(
+            art,
+            backend,
+            spec,
+            found,
+            out,
+            ray=ray,
+            workers=workers,
+            device=device,
+            threads=None,
+            precision=precision,
+            local=lambda: make_backend(backend, art, device, precision=precision),
+            labels=labels,
+            display=display,
+            force=force,
+            progress=progress,
+            layers=taps,
+        )
     return _run(
         engine_backend,
         spec,

@@ -86,7 +86,8 @@ def add_parser(sub) -> None:
         help="run the batches on Ray workers, one per GPU (CPU workers, --threads CPUs each, where the "
         "cluster has no GPUs); this command hands out the batches and writes every file. No ADDRESS: "
         "a local Ray on this machine; auto: the cluster this machine is part of (ray start); "
-        "ray://HOST:PORT: a remote cluster through Ray Client. Needs: pip install 'dgn-engine[ray]'",
+        "HOST:PORT: a cluster's head (the address ray start prints); ray://HOST:PORT: a remote "
+        "cluster through Ray Client. Needs: pip install 'dgn-engine[ray]'",
     )
     e.add_argument(
         "--workers",
