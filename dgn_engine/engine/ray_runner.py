@@ -25,6 +25,7 @@ from .target_files import ResultSettings, TargetFiles, target_files
 
 RESTARTS = 2  # a crashed worker process is restarted by Ray and its batch run again, this often
 TRIES = 3  # a batch whose worker died this often (each time for good) stops the job: it is the batch
+START_S = 600  # workers not started by then (a busy cluster, one still scaling up) end the run in one line
 WAIT_S = 0.25  # how often the driver looks at Ctrl-C while batches run
 PROGRESS_S = 1.0  # how often it asks the busy workers how far their batches are
 
@@ -185,6 +186,11 @@ class RayRunner:
                 f"--workers {workers}: the Ray cluster has room for {room} "
                 f"({f'{gpus} GPUs' if on_gpu else f'{cpus} CPUs, {each} per worker'})"
             )
+        if room == 0:
+            raise UsageError(
+                f"the Ray cluster has no room for a worker of {f'{each} CPUs' if each > 1 else 'one CPU'} "
+                f"({cpus} in all; ray status lists its resources); add nodes, or lower --threads"
+            )
         count = max(1, min(workers or room, most or room))
         files = {}
         for name in [MANIFEST, *self.art.manifest["files"]]:
@@ -201,9 +207,14 @@ class RayRunner:
             for i in range(count)
         ]
         try:
-            infos = ray.get([w.info.remote(self.shipped) for w in self.workers])
+            infos = ray.get([w.info.remote(self.shipped) for w in self.workers], timeout=START_S)
         except ray.exceptions.RayActorError as e:
             raise UsageError(f"a Ray worker could not start: {str(e).splitlines()[0]}") from None
+        except ray.exceptions.GetTimeoutError:
+            raise UsageError(
+                f"the {count} Ray workers did not start within {START_S} s: the cluster's resources are taken "
+                "(ray status); try fewer --workers, or again later"
+            ) from None
         errors = [i["error"] for i in infos if "error" in i]
         if errors:
             raise UsageError(f"a Ray worker could not start: {errors[0]}")
