@@ -297,6 +297,7 @@ def synthesize(
     weights: str | None = None,
     decoder: str | None = None,
     g_width: float | None = None,
+    spectrum: str | None = None,
     device: str = "auto",
     backend: str = "step-graph",
     batch: int | None = None,
@@ -320,7 +321,8 @@ def synthesize(
     attribute), a TorchScript or ONNX file, "vgg16" (weights=FILE or "random"), "demo",
     "module:factory", or an artifacts folder. mode: "untrained" (all of G optimised, no decoder needed)
     or "pretrained" (decoder=FILE, made by `dgn-engine train-decoder`), or "pixel" (no G: the classic
-    baseline, a Fourier-parameterised image). backend: "step-graph" (the
+    baseline, a Fourier-parameterised image), or "maco" (no G: only the phase of an image whose Fourier
+    magnitude is fixed, that of the photos in the folder spectrum=DIR, else a 1/f power law). backend: "step-graph" (the
     exported graph in onnxruntime, exported once per model into the cache), "training-api", or
     "torch" (the eager reference). precision: "float32", "tf32" (CUDA tensor cores, faster, ~1e-3
     relative error per product) or "float64" (torch only). Other settings: lr, momentum, optimizer,
@@ -366,7 +368,7 @@ def synthesize(
     taps = sorted({layer for t in found for layer in t.layers})
     if decoder is not None and mode != "pretrained":
         raise UsageError("decoder= is the pretrained G; use mode='pretrained' or leave it out")
-    coupled = couple(clf, spec, taps, decoder, g_width)
+    coupled = couple(clf, spec, taps, decoder, g_width, spectrum)
     layers = coupled.classifier.layer_names()
     for t in found:  # before any export
         check_target(t, coupled.layout, layers)
@@ -379,7 +381,7 @@ def synthesize(
         from .engine.backends import engine_backend as make_backend
 
         k = batch or -(-len(found) // -(-len(found) // 8))  # at most 8, in batches of equal size
-        sources = _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed)
+        sources = _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed, spectrum)
         art = _cached_export(coupled, spec, sources, k, [backend], progress)
         return _run_artifacts(
             art,
@@ -429,6 +431,7 @@ def export(
     std=None,
     labels=None,
     g_width: float | None = None,
+    spectrum: str | None = None,
     seed: int = 0,
     force: bool = False,
     progress: bool = True,
@@ -441,8 +444,8 @@ def export(
 
     clf = _classifier(model, weights, image_size, channels, mean, std, labels, seed)
     spec = with_settings(mode_spec(clf, mode), (), seed=seed, **settings)
-    coupled = couple(clf, spec, list(taps), decoder, g_width)
-    sources = _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed)
+    coupled = couple(clf, spec, list(taps), decoder, g_width, spectrum)
+    sources = _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed, spectrum)
     return export_artifacts(
         coupled,
         spec,
@@ -455,12 +458,12 @@ def export(
     )
 
 
-def _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed):
+def _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed, spectrum=None):
     """What the export records it was made from (absolute paths), for `model` in any of its forms."""
     from .export.coupled import Sources
 
     name = clf.name if not isinstance(model, (str, os.PathLike)) else os.fspath(model)
-    return Sources(mode, name, weights, image_size, channels, mean, std, decoder, g_width, seed).absolute()
+    return Sources(mode, name, weights, image_size, channels, mean, std, decoder, g_width, seed, spectrum).absolute()
 
 
 def grid(results: list[Result], columns: int = 10, tile: int = 128):

@@ -141,11 +141,27 @@ def _block_kernels(out_size: int, max_start: int = 6) -> tuple[int, list[int]]:
 
 
 PAPER_WIDTHS = (512, 256, 256, 128, 128)  # the trunk's five blocks at 224 px
+# the untrained G's default width with a sigmoid output (spec.LARGE_G_UNTRAINED): on EfficientNet-Lite1
+# at 240 px a quarter-width G reached higher activations in 150 steps than half or full width, at a
+# fraction of the cost (bench/RESULTS.md)
+SIGMOID_G_WIDTH = 0.25
+
+
+def untrained_width(image_size: int, image_range: str) -> float:
+    """The untrained G's default width: the paper's scaled by image_size / 224 (at most 1), at most
+    SIGMOID_G_WIDTH for a sigmoid output."""
+    width = min(1.0, image_size / 224)
+    return min(width, SIGMOID_G_WIDTH) if image_range == "sigmoid" else width
+
+
 PAPER_FEATURE_CHANNELS = 128
 
 
-def generator_plan(kind: str, out_size: int = 224, out_channels: int = 3, width: float = 1.0) -> GeneratorPlan:
-    """kind: 'untrained' (head conv3 + ReLU + BN) or 'decoder' (head conv64, conv64, linear conv3 + BN).
+def generator_plan(
+    kind: str, out_size: int = 224, out_channels: int = 3, width: float = 1.0, linear_head: bool = False
+) -> GeneratorPlan:
+    """kind: 'untrained' (head conv3 + ReLU + BN; linear_head: without the ReLU, for an output squashed
+    by a sigmoid afterwards) or 'decoder' (head conv64, conv64, linear conv3 + BN).
 
     At 224 px, 3 channels, width 1 this is exactly the paper's G; other sizes keep the paper's last
     blocks and scale every width by `width`; an odd size is grown to the next even one and cropped.
@@ -161,7 +177,7 @@ def generator_plan(kind: str, out_size: int = 224, out_channels: int = 3, width:
     layers = _trunk(c0, [(scaled(w), k) for w, k in zip(widths, kernels)])
     last = scaled(widths[-1])
     if kind == "untrained":
-        layers += ["up", Conv(last, out_channels, 3, False)]
+        layers += ["up", Conv(last, out_channels, 3, False, relu=not linear_head)]
     elif kind == "decoder":
         head = scaled(64)
         layers += [
@@ -179,7 +195,7 @@ def generator_plan(kind: str, out_size: int = 224, out_channels: int = 3, width:
         out_channels,
         out_size,
         has_alpha=(kind == "untrained"),
-        name=f"{kind}-{out_size}px-w{width:g}",
+        name=f"{kind}-{out_size}px-w{width:g}" + ("-linear" if linear_head else ""),
     )
     assert plan.spatial_sizes()[-1] == plan.grown_size, plan.spatial_sizes()
     return plan
@@ -188,6 +204,11 @@ def generator_plan(kind: str, out_size: int = 224, out_channels: int = 3, width:
 def pixel_plan(size: int, channels: int) -> GeneratorPlan:
     """Pixel mode's "generator": no feature vector and no layers, only the image's size and channels."""
     return GeneratorPlan(0, 0, (), channels, size, has_alpha=False, name="pixel")
+
+
+def phase_shape(channels: int, size: int) -> tuple[int, ...]:
+    """maco mode's trainable per target: the phase [channels, rows, the non-negative half of columns]."""
+    return (channels, size, size // 2 + 1)
 
 
 def spectrum_shape(channels: int, size: int) -> tuple[int, ...]:

@@ -51,7 +51,7 @@ class StateEntry(_Record):
 class ManifestRecord(_Record):
     format_version: int
     backends: list[Literal["step-graph", "training-api"]] = Field(min_length=1)
-    mode: Literal["untrained", "pretrained", "pixel"]
+    mode: Literal["untrained", "pretrained", "pixel", "maco"]
     batch: int = Field(ge=1)
     spec: dict
     hyper: list[str]
@@ -94,7 +94,7 @@ class TargetRecord(_Record):
     name: str
     results_key: str
     png_sha256: str = Field(pattern=SHA256)
-    mode: Literal["untrained", "pretrained", "pixel"]
+    mode: Literal["untrained", "pretrained", "pixel", "maco"]
     seed: int
     steps: int
     loss_curve: list[list[float]]  # [step, loss, activation]

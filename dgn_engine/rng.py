@@ -51,6 +51,11 @@ def init_spectrum(shape: tuple[int, ...], seed: int, target: Target) -> np.ndarr
     return (0.01 * _generator(seed, target, _INIT).standard_normal(shape)).astype(np.float32)
 
 
+def init_phase(shape: tuple[int, ...], seed: int, target: Target) -> np.ndarray:
+    """maco mode's start: a phase of N(0, 1) values (MACO's)."""
+    return _generator(seed, target, _INIT).standard_normal(shape).astype(np.float32)
+
+
 def init_generator(plan: GeneratorPlan, seed: int, target: Target) -> dict[str, np.ndarray]:
     """A fresh untrained G for one target, as Keras initialises it: Glorot-uniform kernels, zero
     biases, BatchNorm gamma 1 and beta 0; alpha (the 1x1 locally connected layer) starts at 1."""

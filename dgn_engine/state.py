@@ -1,7 +1,7 @@
 """What one optimisation carries from step to step (numpy only, shared by every backend).
 
 State = the trainable tensors (untrained mode: all of G, alpha included; pretrained mode: alpha
-only; pixel mode: the image's spectrum), one optimiser slot per trainable tensor and slot kind
+only; pixel mode: the image's spectrum; maco mode: its phase), one optimiser slot per trainable tensor and slot kind
 ("m."/"u." for AdaMax, "v." for Nesterov, "m."/"v." for Adam), and the step count "t". Every
 tensor except t has a leading target axis K.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .plan import GeneratorPlan, spectrum_shape
-from .rng import init_generator, init_spectrum
+from .plan import GeneratorPlan, phase_shape, spectrum_shape
+from .rng import init_generator, init_phase, init_spectrum
 from .targets import Target
 
 SLOTS = {"adamax": ("m", "u"), "nesterov": ("v",), "adam": ("m", "v")}
@@ -23,6 +23,8 @@ def trainable_shapes(mode: str, plan: GeneratorPlan) -> dict[str, tuple[int, ...
         return plan.param_shapes()
     if mode == "pixel":
         return {"spectrum": spectrum_shape(plan.out_channels, plan.out_size)}
+    if mode == "maco":
+        return {"phase": phase_shape(plan.out_channels, plan.out_size)}
     return {"alpha": (plan.features,)}
 
 
@@ -48,6 +50,9 @@ def initial_state(
     elif mode == "pixel":
         shape = spectrum_shape(plan.out_channels, plan.out_size)
         state = {"spectrum": np.stack([init_spectrum(shape, seed, t) for t in targets])}
+    elif mode == "maco":
+        shape = phase_shape(plan.out_channels, plan.out_size)
+        state = {"phase": np.stack([init_phase(shape, seed, t) for t in targets])}
     else:
         state = {"alpha": np.ones((k, plan.features), np.float32)}
     for name, shape in state_shapes(mode, plan, optimizer).items():

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from dgn_engine.errors import UsageError
-from dgn_engine.spec import RunSpec, default_spec, with_settings
+from dgn_engine.spec import Noise, RunSpec, default_spec, with_settings
 
 
 def test_paper_defaults():
@@ -90,12 +90,35 @@ def test_paper_is_the_method_to_the_letter():
 def test_untrained_defaults_follow_the_input_size():
     from dgn_engine import demo
 
-    small, paper = default_spec("untrained", image_size=32), default_spec("untrained", image_size=224)
+    small, large = default_spec("untrained", image_size=32), default_spec("untrained", image_size=224)
     assert (small.noise.sigma, small.optimizer.lr, small.steps) == (0.5, 0.01, 1000)
-    assert paper == default_spec("untrained") and (paper.noise.sigma, paper.optimizer.lr, paper.steps) == (
-        2.0,
-        0.002,
-        500,
-    )
+    assert (small.image_range, small.snapshots.pick, small.transforms.enabled) == ("bounded", "median", False)
+    # from 224 px: the ImageNet settings (LARGE_G_UNTRAINED), with a sigmoid output, transforms and the best snapshot
+    assert (large.noise.sigma, large.optimizer.lr, large.steps) == (0.0, 0.05, 300)
+    assert (large.image_range, large.snapshots.pick, large.transforms.text()) == ("sigmoid", "best", "standard")
+    assert default_spec("untrained", image_size=240) == large
+    paper = default_spec("untrained")  # input size unknown: Table 1's numbers
+    assert (paper.noise.sigma, paper.optimizer.lr, paper.steps) == (2.0, 0.002, 500)
     assert demo.spec("untrained") == small
     assert default_spec("pretrained", image_size=32) == default_spec("pretrained")  # only untrained mode's G shrinks
+
+
+def test_noise_schedule_and_snapshot_pick():
+    spec = default_spec("untrained", noise=Noise("additive", 2.0, "linear"))
+    assert [spec.noise.scale(s, 5) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]  # ends at zero
+    assert default_spec("untrained").noise.scale(3, 5) == 1.0  # constant: the paper's
+    assert with_settings(spec, noise_schedule="constant", pick="best").snapshots.pick == "best"
+    assert RunSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(UsageError, match="noise schedule must be one of constant, linear"):
+        with_settings(spec, noise_schedule="cosine")
+    with pytest.raises(UsageError, match="snapshot pick must be one of median, best"):
+        with_settings(spec, pick="mean")
+
+
+def test_untrained_width_with_a_sigmoid_output():
+    from dgn_engine.plan import generator_plan, untrained_width
+
+    assert untrained_width(224, "bounded") == 1.0 and untrained_width(112, "free") == 0.5
+    assert untrained_width(240, "sigmoid") == 0.25 and untrained_width(32, "sigmoid") == 32 / 224
+    head = generator_plan("untrained", 240, 3, 0.25, linear_head=True).convs()[-1]
+    assert (head.cout, head.relu, head.bn) == (3, False, True)  # the sigmoid is the output's nonlinearity

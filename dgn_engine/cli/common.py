@@ -15,8 +15,10 @@ from ..spec import (
     IMAGE_RANGES,
     MAX_STEPS,
     MODES,
+    NOISE_SCHEDULES,
     OPTIMIZERS,
     REGULARIZERS,
+    SNAPSHOT_PICKS,
     TRANSFORM_PRESETS,
     default_spec,
     with_settings,
@@ -168,14 +170,23 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         help="pretrained: G is a trained decoder and only alpha (3,200 values at 224 px) is "
         "optimised (needs --decoder); untrained: all of G is optimised from a random start; pixel: no G, "
         "the classic baseline (the image itself, Fourier-parameterised with decorrelated colours, Adam, "
-        "transforms on) (default: pretrained, or the artifacts' mode)",
+        "transforms on); maco: no G, magnitude-constrained optimisation (Fel et al. 2023: only the phase of "
+        "an image whose Fourier magnitude is fixed to a natural-image spectrum is optimised) "
+        "(default: pretrained, or the artifacts' mode)",
     )
     g.add_argument("--decoder", metavar="FILE", help="the pretrained G (made by dgn-engine train-decoder)")
+    g.add_argument(
+        "--spectrum",
+        metavar="DIR",
+        help="maco mode: a folder of photos whose mean Fourier magnitude the image keeps (default: a 1/f "
+        "power law, natural images' average shape)",
+    )
     g.add_argument(
         "--g-width",
         type=finite,
         metavar="X",
-        help="untrained G: scale of the paper's layer widths (default: 1 at 224 px, image size / 224 below)",
+        help="untrained G: scale of the paper's layer widths (default: image size / 224, at most 1; at most "
+        "0.25 with --image-range sigmoid, the default from 224 px)",
     )
     g.add_argument(
         "--steps",
@@ -226,6 +237,12 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         "in pixel mode)",
     )
     g.add_argument(
+        "--noise-schedule",
+        choices=NOISE_SCHEDULES,
+        help="constant: sigma throughout (the paper's); linear: sigma falls to 0 at the last step "
+        f"(default: {unt.noise.schedule} untrained, {pre.noise.schedule} pretrained)",
+    )
+    g.add_argument(
         "--regularizer",
         choices=REGULARIZERS,
         help=f"default: {pre.regularizer.kind} (eq. 4, {pre.regularizer.weight:g} * ||alpha||_2) pretrained, "
@@ -242,8 +259,9 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         choices=IMAGE_RANGES,
         help="bounded: G's image is soft-clipped into the pixel range (unchanged inside 10..90%% of it, "
         "saturating outside), so the written PNG is the image D scored; free: the paper's unbounded G, "
-        "whose image D may score far outside 0..255 and which is clipped when written (fixed at export; "
-        f"default: {pre.image_range})",
+        "whose image D may score far outside 0..255 and which is clipped when written; sigmoid: G's "
+        "(linear) output is decorrelated colours squashed by a sigmoid, as pixel mode's image (fixed at "
+        f"export; default: {pre.image_range}, sigmoid untrained from 224 px)",
     )
     g.add_argument(
         "--transforms",
@@ -270,7 +288,14 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         "--keep",
         type=integer(1, MAX_STEPS),
         default=pre.snapshots.keep,
-        help="the final image is the per-pixel median of the last KEEP snapshots (default: %(default)s)",
+        help="the final image is made from the last KEEP snapshots (default: %(default)s)",
+    )
+    g.add_argument(
+        "--pick",
+        choices=SNAPSHOT_PICKS,
+        help="the image written: median = the per-pixel median of the kept snapshots (the original "
+        "code's); best = of those snapshots and their median, the one D scores highest on the target "
+        f"(default: {unt.snapshots.pick} untrained, {pre.snapshots.pick} pretrained and pixel)",
     )
 
 
@@ -311,6 +336,8 @@ def spec_from_args(args, targets, base=None):
             "transforms": args.transforms,
             "snapshots": args.snapshots,
             "keep": args.keep,
+            "pick": args.pick,
+            "noise_schedule": args.noise_schedule,
         },
     )
 
@@ -340,4 +367,5 @@ def sources_from_args(args):
         args.decoder,
         args.g_width,
         args.seed,
+        getattr(args, "spectrum", None),
     )

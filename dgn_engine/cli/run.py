@@ -289,6 +289,7 @@ def check_fixed_options(args, art) -> None:
         "--mean": (args.mean, lambda v: tuple(v) == tuple(pp.mean)),
         "--std": (args.std, lambda v: tuple(v) == tuple(pp.std)),
         "--g-width": (args.g_width, lambda v: v == sources.get("g_width")),
+        "--spectrum": (args.spectrum, lambda v: same_file(v, sources.get("spectrum"))),
     }
     clash = [name for name, (value, agrees) in given.items() if value is not None and not agrees(value)]
     if clash:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..rng import NoiseStreams, TransformStreams
 from ..spec import RunSpec
-from ..targets import Target
+from ..targets import Target, objective_weights, weighted_activation
 from .backends.protocol import Backend
 from .outputs import median_image
 
@@ -65,7 +65,8 @@ def run_batch(
         last = step == spec.steps - 1
         read = step == 0 or (step + 1) % read_every == 0 or last
         params = transforms.next() if transforms else None
-        out = backend.step(noise.next(), read=read, image=step in keep or last, transform=params)
+        draw = noise.next() * spec.noise.scale(step, spec.steps)
+        out = backend.step(draw, read=read, image=step in keep or last, transform=params)
         if step in keep:
             snapshots.append(out.image)
         if last:
@@ -88,4 +89,18 @@ def run_batch(
         o.seconds = seconds / len(targets)
         if o.diverged is None and snapshots:
             o.image = median_image([s[row] for s in snapshots])
+    if spec.snapshots.pick == "best" and snapshots and outcomes[0].diverged is None:
+        for row, o in enumerate(outcomes):
+            o.image = best_snapshot(backend, o.target, spec, [o.image] + [s[row] for s in snapshots])
     return outcomes
+
+
+def best_snapshot(backend: Backend, target: Target, spec: RunSpec, candidates: list[np.ndarray]) -> np.ndarray:
+    """The candidate image on which D, without noise or transforms, scores the target highest (the
+    first of equals). Each is scored as its PNG's pixels, so the image written is the image chosen."""
+    pp = backend.preprocessing
+    candidates = [pp.to_model(pp.to_pixels(c)) for c in candidates]
+    acts = backend.classify(np.stack(candidates))
+    weights, _ = objective_weights([target], {n: a.shape[1:] for n, a in acts.items()}, spec.lam)
+    scores = weighted_activation(weights, acts)
+    return candidates[int(np.argmax(scores))]

@@ -80,7 +80,7 @@ def target_files(backend: Backend, settings: ResultSettings, outcomes: list[Outc
             record.update(_report(settings, o.target, seen[id(o)]))
             record["faithfulness"] = {
                 view: _brief(settings, o.target, acts[id(o)])
-                for view, acts in (("last_step", seen_last), ("median", seen_median), ("png", seen))
+                for view, acts in (("last_step", seen_last), (spec.snapshots.pick, seen_median), ("png", seen))
             }
             if settings.display == "original":
                 record["model_view"] = _report(settings, o.target, seen_true[id(o)])

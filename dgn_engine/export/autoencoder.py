@@ -104,12 +104,12 @@ def load_decoder(path: str, pp: Preprocessing | None = None) -> tuple[GeneratorP
     return plan, tensors, obj.get("training", {})
 
 
-def load_images(folder: str, pp: Preprocessing) -> np.ndarray:
+def load_images(folder: str, pp: Preprocessing, what: str = "--images") -> np.ndarray:
     """Every image under `folder`, center-cropped square and resized: uint8 [N, H, W, C]."""
     from PIL import Image
 
     if not os.path.isdir(folder):
-        raise UsageError(f"--images {folder!r} is not a folder")
+        raise UsageError(f"{what} {folder!r} is not a folder")
     files = sorted(
         os.path.join(d, f)
         for d, _, fs in os.walk(folder)
@@ -117,7 +117,7 @@ def load_images(folder: str, pp: Preprocessing) -> np.ndarray:
         if f.lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"))
     )
     if not files:
-        raise UsageError(f"--images {folder!r} holds no PNG/JPEG/BMP/GIF/WebP images")
+        raise UsageError(f"{what} {folder!r} holds no PNG/JPEG/BMP/GIF/WebP images")
     out = np.empty((len(files), pp.image_size, pp.image_size, pp.channels), np.uint8)
     for i, path in enumerate(progress.bar(iterable=files, desc="loading images", unit="img", leave=False)):
         try:

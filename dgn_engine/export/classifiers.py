@@ -6,7 +6,9 @@
 --classifier PATH.onnx          an ONNX file (converted by onnx2fx); its tensors are tapped by name
 --classifier PATH               a TorchScript file; its submodules are tapped by name where its graphs
                                 hold no control flow (traced archives), else class targets only
---classifier module:factory     factory() builds the module; --weights optionally a state dict
+--classifier module:factory     factory() builds the module (its `preprocessing` and `labels` attributes,
+                                where set, give its input format and class names); --weights optionally a
+                                state dict
 The file cannot always tell the input format: --image-size, --channels, --mean, --std say it.
 """
 
@@ -222,7 +224,8 @@ def load_classifier(
             apply_state_dict(module, state_dict_from_file(weights), weights)
             sources[weights] = sha256_file(weights)
         default = getattr(module, "preprocessing", None)
-        return Classifier(module, _preprocessing(default, image_size, channels, mean, std, name), name, sources)
+        pp = _preprocessing(default, image_size, channels, mean, std, name)
+        return Classifier(module, pp, name, sources, labels=_labels_of(module))
     if weights is not None and os.path.isfile(name):
         raise UsageError(f"classifier file {name!r} carries its own weights; leave out --weights")
     if os.path.isfile(name) and not zipfile.is_zipfile(name):  # TorchScript archives are zip files
@@ -264,6 +267,16 @@ def _onnx_classifier(path: str, image_size, channels, mean, std) -> Classifier:
     pp = _preprocessing(default, image_size, order, mean, std, f"ONNX file {path!r}")
     module, taps = convert_onnx(given, path)
     return Classifier(module, pp, path, {path: sha256_file(path)}, tap_points=taps)
+
+
+def _labels_of(module: nn.Module) -> list[str] | None:
+    """A factory's module may name its classes in a `labels` attribute (a list of strings)."""
+    labels = getattr(module, "labels", None)
+    if labels is None:
+        return None
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(n, str) for n in labels):
+        raise UsageError("a classifier module's `labels` attribute must be a list of class names (strings)")
+    return list(labels)
 
 
 def _seeded(build, seed: int) -> nn.Module:

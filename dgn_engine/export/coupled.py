@@ -9,17 +9,19 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .. import demo
 from ..errors import UsageError
 from ..kernels.layers import soft_pixel_range
+from ..kernels.maco import image_magnitude, maco_image, power_law_magnitude
 from ..kernels.objective import objective, regularizer
-from ..kernels.pixel import pixel_image
+from ..kernels.pixel import colour_sigmoid, pixel_image
 from ..kernels.transforms import transform
-from ..plan import GeneratorPlan, generator_plan, pixel_plan
-from ..spec import Hyper, RunSpec
+from ..plan import GeneratorPlan, generator_plan, pixel_plan, untrained_width
+from ..spec import PIXEL_MODES, Hyper, RunSpec
 from ..state import STEP_COUNT, trainable_shapes
 from ..targets import OUTPUT
 from ..update_rules import adam, adamax, adamax_step_size, nesterov
@@ -41,6 +43,7 @@ class CoupledStep:
         spec: RunSpec,
         taps: list[str] = (),
         decoder: dict[str, torch.Tensor] | None = None,
+        magnitude: np.ndarray | None = None,
     ):
         if spec.mode == "pretrained" and decoder is None:
             raise ValueError("pretrained mode needs the decoder's tensors")
@@ -52,6 +55,7 @@ class CoupledStep:
         self.tapped = Tapped(classifier, self.taps)
         self.layout = classifier.layout(self.taps)
         self.decoder = decoder
+        self.magnitude = magnitude  # maco mode's fixed Fourier magnitude [C, S, S//2+1]
         self.trainables = list(trainable_shapes(self.mode, plan))
 
     def to(self, dtype: torch.dtype, device: str | torch.device = "cpu") -> "CoupledStep":
@@ -69,8 +73,12 @@ class CoupledStep:
 
     def generate(self, params: dict[str, torch.Tensor], noise: torch.Tensor | None, sigma) -> torch.Tensor:
         pp = self.classifier.preprocessing
-        if self.mode == "pixel":
-            pixels = pixel_image(params["spectrum"], pp.order)
+        if self.mode in PIXEL_MODES:
+            if self.mode == "maco":
+                magnitude = torch.as_tensor(self.magnitude, dtype=params["phase"].dtype, device=params["phase"].device)
+                pixels = maco_image(params["phase"], magnitude, pp.order)
+            else:
+                pixels = pixel_image(params["spectrum"], pp.order)
             mean, std = pixels.new_tensor(pp.mean)[None, :, None, None], pixels.new_tensor(pp.std)[None, :, None, None]
             return (pixels - mean) / std
         f = self.features(params["alpha"], noise, sigma)
@@ -80,6 +88,10 @@ class CoupledStep:
             image = generator_forward(self.plan, f, *frozen_generator(self.decoder))
         if self.image_range == "free":
             return image
+        if self.image_range == "sigmoid":
+            pixels = colour_sigmoid(image, pp.order)
+            mean, std = pixels.new_tensor(pp.mean)[None, :, None, None], pixels.new_tensor(pp.std)[None, :, None, None]
+            return (pixels - mean) / std
         return soft_pixel_range(image, pp.mean, pp.std)
 
     def logits(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -152,6 +164,7 @@ class Sources:
     decoder: str | None = None
     g_width: float | None = None
     seed: int = 0  # of random classifier weights
+    spectrum: str | None = None  # maco mode: the photo folder whose mean Fourier magnitude is fixed
 
     def absolute(self) -> "Sources":
         """File paths made absolute, so that a manifest still finds them from elsewhere."""
@@ -165,6 +178,7 @@ class Sources:
                 "weights": fix(self.weights),
                 "decoder": fix(self.decoder),
                 "classifier": fix(self.classifier),
+                "spectrum": fix(self.spectrum),
             }
         )
 
@@ -190,20 +204,29 @@ def build_coupled(sources: Sources, spec: RunSpec, taps: list[str]) -> CoupledSt
         std=sources.std,
         seed=sources.seed,
     )
-    return couple(classifier, spec, taps, sources.decoder, sources.g_width)
+    return couple(classifier, spec, taps, sources.decoder, sources.g_width, sources.spectrum)
 
 
 def couple(
-    classifier: Classifier, spec: RunSpec, taps: list[str], decoder: str | None = None, g_width: float | None = None
+    classifier: Classifier,
+    spec: RunSpec,
+    taps: list[str],
+    decoder: str | None = None,
+    g_width: float | None = None,
+    spectrum: str | None = None,
 ) -> CoupledStep:
     """G for this classifier and mode (the decoder file in pretrained mode; the embedded demo brings
-    its own) coupled to it."""
+    its own; maco mode's magnitude from the photos in the folder `spectrum`, else a power law) coupled to it."""
     pp = classifier.preprocessing
     is_demo = classifier.name == demo.NAME
-    if spec.mode == "pixel":
+    if spectrum and spec.mode != "maco":
+        raise UsageError("a spectrum folder is maco mode's fixed Fourier magnitude; use mode maco or leave it out")
+    if spec.mode in PIXEL_MODES:
         if decoder or g_width:
-            raise UsageError("pixel mode optimises the image itself: leave out --decoder and --g-width")
-        plan, tensors = pixel_plan(pp.image_size, pp.channels), None
+            raise UsageError(f"{spec.mode} mode optimises the image itself: leave out --decoder and --g-width")
+        plan = pixel_plan(pp.image_size, pp.channels)
+        magnitude = _magnitude(spectrum, pp, classifier.sources) if spec.mode == "maco" else None
+        return CoupledStep(classifier, plan, spec, taps, magnitude=magnitude)
     elif spec.mode == "pretrained":
         path = decoder or (demo.decoder_weights() if is_demo else None)
         if not path:
@@ -215,6 +238,21 @@ def couple(
         key = demo.source_name(path) if not decoder else path
         classifier.sources[key] = sha256_file(path)
     else:
-        width = g_width or (demo.G_WIDTH if is_demo else min(1.0, pp.image_size / 224))
-        plan, tensors = generator_plan("untrained", pp.image_size, pp.channels, width), None
+        width = g_width or (demo.G_WIDTH if is_demo else untrained_width(pp.image_size, spec.image_range))
+        linear = spec.image_range == "sigmoid"
+        plan, tensors = generator_plan("untrained", pp.image_size, pp.channels, width, linear), None
     return CoupledStep(classifier, plan, spec, taps, tensors)
+
+
+def _magnitude(folder: str | None, pp, sources: dict[str, str]) -> np.ndarray:
+    """maco mode's magnitude: the mean of the folder's photos (recorded in `sources` by its digest), else
+    the 1/f power law."""
+    if not folder:
+        return power_law_magnitude(pp.channels, pp.image_size)
+    import hashlib
+
+    from .autoencoder import load_images
+
+    magnitude = image_magnitude(load_images(folder, pp, "spectrum folder"), pp.order)
+    sources[f"spectrum of {os.path.abspath(folder)}"] = hashlib.sha256(magnitude.tobytes()).hexdigest()
+    return magnitude

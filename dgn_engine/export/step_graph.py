@@ -12,7 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import UsageError
-from ..spec import Hyper, RunSpec
+from ..spec import PIXEL_MODES, Hyper, RunSpec
 from ..state import initial_state, state_shapes, trainable_shapes
 from ..targets import OUTPUT, Target, Term, objective_weights
 from ..transforms import parameters
@@ -50,8 +50,8 @@ def example_inputs(coupled: CoupledStep, spec: RunSpec, k: int) -> list[torch.Te
 
 
 def check_backends(spec: RunSpec, backends) -> None:
-    if "training-api" in backends and spec.mode == "pixel":
-        raise UsageError("the training-api backend has no pixel mode; use the step-graph backend")
+    if "training-api" in backends and spec.mode in PIXEL_MODES:
+        raise UsageError(f"the training-api backend has no {spec.mode} mode; use the step-graph backend")
     if "training-api" in backends and spec.transforms.enabled:
         raise UsageError(
             "--transforms: the training-api backend has no transforms; export it with --transforms none, "

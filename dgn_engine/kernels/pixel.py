@@ -53,11 +53,18 @@ def pixel_image(spectrum: torch.Tensor, order: str) -> torch.Tensor:
     size = spectrum.shape[2]
     like = {"dtype": spectrum.dtype, "device": spectrum.device}
     scaled = spectrum * torch.as_tensor(frequency_scale(size), **like)[None, None, :, :, None]
-    re, im = scaled[..., 0], scaled[..., 1]
-    cos_r, sin_r, cos_c, sin_c = (torch.as_tensor(m, **like) for m in fourier_bases(size))
-    # Re(sum_uv X[u,v] exp(2 pi i (u y + v x) / S)) / S^2, split into real products
-    x = cos_r @ re @ cos_c.T - sin_r @ re @ sin_c.T - sin_r @ im @ cos_c.T - cos_r @ im @ sin_c.T
-    x = x / (4.0 * size * size)
-    colours = torch.as_tensor(colour_matrix(order), **like)
-    x = torch.einsum("dc,kchw->kdhw", colours, x)
-    return torch.sigmoid(x)
+    return colour_sigmoid(inverse_dft(scaled[..., 0], scaled[..., 1]) / (4.0 * size * size), order)
+
+
+def inverse_dft(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
+    """Re(sum_uv X[u,v] exp(2 pi i (u y + v x) / S)) of a half spectrum X = re + i im [..., S, S//2+1]
+    -> [..., S, S], split into real matrix products."""
+    like = {"dtype": re.dtype, "device": re.device}
+    cos_r, sin_r, cos_c, sin_c = (torch.as_tensor(m, **like) for m in fourier_bases(re.shape[-2]))
+    return cos_r @ re @ cos_c.T - sin_r @ re @ sin_c.T - sin_r @ im @ cos_c.T - cos_r @ im @ sin_c.T
+
+
+def colour_sigmoid(x: torch.Tensor, order: str) -> torch.Tensor:
+    """Decorrelated colour channels [K, C, H, W] -> D's channel order with pixels in (0, 1)."""
+    colours = torch.as_tensor(colour_matrix(order), dtype=x.dtype, device=x.device)
+    return torch.sigmoid(torch.einsum("dc,kchw->kdhw", colours, x))
