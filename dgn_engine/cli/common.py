@@ -17,6 +17,7 @@ from ..spec import (
     MODES,
     NOISE_SCHEDULES,
     OPTIMIZERS,
+    PIXEL_MODES,
     REGULARIZERS,
     SNAPSHOT_PICKS,
     TRANSFORM_PRESETS,
@@ -345,17 +346,17 @@ def spec_from_args(args, targets, base=None):
 def sources_from_args(args):
     from ..export.coupled import Sources
 
-    if args.decoder and args.mode == "pixel":
-        raise UsageError("--decoder is the pretrained G; pixel mode has no G: leave out --decoder")
+    if args.decoder and args.mode in PIXEL_MODES:
+        raise UsageError(f"--decoder is the pretrained G; {args.mode} mode has no G: leave out --decoder")
     if args.decoder and args.mode == "untrained":
         raise UsageError(
             "--decoder is the pretrained G and untrained mode builds a fresh one; leave out "
             "--decoder, or use --mode pretrained"
         )
-    if getattr(args, "g_width", None) and (args.mode or "pretrained") != "untrained":
-        raise UsageError(
-            "--g-width scales the untrained G; in pretrained mode the decoder fixes G's widths, pixel mode has no G"
-        )
+    mode = args.mode or "pretrained"
+    if getattr(args, "g_width", None) and mode != "untrained":
+        why = "the decoder fixes G's widths" if mode == "pretrained" else f"{mode} mode has no G"
+        raise UsageError(f"--g-width scales the untrained G; {why}")
     return Sources(
         args.mode or "pretrained",
         args.classifier or "vgg16",

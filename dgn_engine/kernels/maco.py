@@ -17,7 +17,7 @@ STANDARDISE_EPS = 1e-5
 
 def power_law_magnitude(channels: int, size: int) -> np.ndarray:
     """The default spectrum [C, S, S//2+1]: 1 / frequency (natural images' average, roughly)."""
-    return np.broadcast_to(frequency_scale(size) / size, (channels, size, size // 2 + 1)).astype(np.float32)
+    return np.repeat((frequency_scale(size) / size)[None], channels, axis=0).astype(np.float32)
 
 
 def image_magnitude(pixels: np.ndarray, order: str) -> np.ndarray:
