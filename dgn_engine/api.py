@@ -304,7 +304,7 @@ def synthesize(
     seed: int = 0,
     out=None,
     progress: bool = True,
-    display: str = "model",
+    display: str | None = None,
     force: bool = False,
     precision: str = "float32",
     ray=None,
@@ -350,7 +350,7 @@ def synthesize(
             found,
             out,
             labels=labels,
-            display=display,
+            display=display or "model",
             force=force,
             progress=progress,
             steps=steps,
@@ -364,6 +364,9 @@ def synthesize(
     from .export.coupled import couple
 
     clf = _classifier(model, weights, image_size, channels, mean, std, labels, seed)
+    from . import demo
+
+    display = display or ("contrast" if clf.name == demo.NAME else "model")  # the demo decoder's images are dim
     spec = with_settings(mode_spec(clf, mode), texts, steps=steps, seed=seed, **settings)
     taps = sorted({layer for t in found for layer in t.layers})
     if decoder is not None and mode != "pretrained":

@@ -74,6 +74,14 @@ IMAGENET_TORCHVISION = Preprocessing(224, "RGB", (0.485, 0.456, 0.406), (0.229, 
 IMAGENET_CAFFE = Preprocessing(224, "BGR", (103.939 / 255, 116.779 / 255, 123.68 / 255), (1 / 255, 1 / 255, 1 / 255))
 
 
+def display_contrast(pixels: np.ndarray) -> np.ndarray:
+    """The picture D saw (uint8 [H, W, C]) stretched to the full 0..255 range: per image, its darkest
+    value to 0 and its brightest to 255, one linear map for every channel (colours keep their balance)."""
+    p = pixels.astype(np.float64)
+    lo, hi = p.min(), p.max()
+    return np.clip(np.rint((p - lo) * 255.0 / max(hi - lo, 1.0)), 0, 255).astype(np.uint8)
+
+
 def display_original(x: np.ndarray, order: str, sqrt: bool) -> np.ndarray:
     """The original code's display: per-image min-max to 0..1 (then a square root for untrained G)."""
     x = np.moveaxis(np.asarray(x, np.float64), -3, -1)

@@ -82,7 +82,7 @@ def load_judges(names: list[str], d) -> dict:
 def quality(
     model="demo",
     judges=(),
-    modes=("untrained", "pretrained", "pixel"),
+    modes=("untrained", "pretrained", "pixel", "maco"),
     transforms=("default",),
     classes: int = 10,
     steps: int | None = None,
@@ -92,6 +92,7 @@ def quality(
     weights: str | None = None,
     device: str = "auto",
     progress: bool = False,
+    spectrum: str | None = None,
     log=print,
 ) -> list[dict]:
     """One row per mode and transforms setting ("default": the mode's own); with several seeds each
@@ -124,6 +125,7 @@ def quality(
                     out=folder,
                     weights=weights,
                     decoder=decoder if mode == "pretrained" else None,
+                    spectrum=spectrum if mode == "maco" else None,
                     device=device,
                     progress=progress,
                     **settings,

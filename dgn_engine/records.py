@@ -78,7 +78,7 @@ class RunRecord(_Record):
     spec: dict
     results_key: str
     provenance: dict
-    display: Literal["model", "original"]
+    display: Literal["model", "contrast", "original"]
     progress: Progress
 
 

@@ -50,7 +50,7 @@ SMALL_G_UNTRAINED = {"sigma": 0.5, "lr": 0.01, "steps": 1000}
 # ReLU flattens half the image, its noise (sigma 2, or 0.5 falling to 0) slows the search, and it sees
 # no transforms. A linear head into decorrelated colours and a sigmoid, no noise, AdaMax 0.05, the
 # standard transforms, a quarter-width G (plan.untrained_width) and the best snapshot written.
-LARGE_G_UNTRAINED = {"sigma": 0.0, "lr": 0.05, "steps": 300}
+LARGE_G_UNTRAINED = {"sigma": 0.0, "lr": 0.05, "steps": 400}
 HYPER = (
     "lr",
     "beta1",

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dgn_engine.cli.main import main
 from tests.conftest import error_line
@@ -221,3 +222,17 @@ def test_write_error_stops_the_job_and_keeps_what_was_finished(tmp_path, artifac
     assert os.strerror(code) in err and "finished targets are kept" in err
     for f, v in before.items():
         assert snapshot(out)[f] == v
+
+
+def test_display_contrast_stretches_and_reports_both_views(tmp_path, artifacts):
+    """The picture D saw, one linear map per image to the full range; D's top-5 on the PNG written and
+    on the model view."""
+    out = str(tmp_path / "contrast")
+    assert (
+        main(run_argv(artifacts["pretrained"], out, "--target", "class:1", "--steps", "6", "--display", "contrast"))
+        == 0
+    )
+    rec = json.load(open(os.path.join(out, "targets", "class-1.json")))
+    assert rec["display"] == "contrast" and len(rec["model_view"]["top5"]) == 5
+    pixels = np.asarray(Image.open(os.path.join(out, "targets", "class-1.png")))
+    assert pixels.min() == 0 and pixels.max() == 255

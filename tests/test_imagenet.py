@@ -17,7 +17,7 @@ pytestmark = pytest.mark.imagenet
 D = "bench.imagenet_zoo:lite1"
 
 
-@pytest.mark.parametrize("mode", ["untrained", "pixel", "pretrained"])
+@pytest.mark.parametrize("mode", ["untrained", "pixel", "maco", "pretrained"])
 def test_lite1_in_each_mode(mode, tmp_path, monkeypatch):
     monkeypatch.setenv("DGN_ENGINE_CACHE", str(tmp_path / "cache"))
     decoder = None

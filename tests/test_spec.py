@@ -94,7 +94,7 @@ def test_untrained_defaults_follow_the_input_size():
     assert (small.noise.sigma, small.optimizer.lr, small.steps) == (0.5, 0.01, 1000)
     assert (small.image_range, small.snapshots.pick, small.transforms.enabled) == ("bounded", "median", False)
     # from 224 px: the ImageNet settings (LARGE_G_UNTRAINED), with a sigmoid output, transforms and the best snapshot
-    assert (large.noise.sigma, large.optimizer.lr, large.steps) == (0.0, 0.05, 300)
+    assert (large.noise.sigma, large.optimizer.lr, large.steps) == (0.0, 0.05, 400)
     assert (large.image_range, large.snapshots.pick, large.transforms.text()) == ("sigmoid", "best", "standard")
     assert default_spec("untrained", image_size=240) == large
     paper = default_spec("untrained")  # input size unknown: Table 1's numbers

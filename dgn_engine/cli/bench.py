@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--modes",
-        help="comma-separated modes (default: pretrained,untrained; with --quality untrained,pixel, and "
+        help="comma-separated modes (default: pretrained,untrained; with --quality untrained,pixel,maco, and "
         "pretrained too for the demo or with --decoder)",
     )
     p.add_argument(
@@ -79,6 +79,7 @@ def add_parser(sub) -> None:
     q.add_argument("--classifier", default="demo", help="D, as run takes it (default: %(default)s)")
     q.add_argument("--weights", metavar="FILE", help="D's weights, where --classifier needs them")
     q.add_argument("--decoder", metavar="FILE", help="the pretrained G, for pretrained mode")
+    q.add_argument("--spectrum", metavar="DIR", help="maco mode's photo folder (default: the 1/f power law)")
     q.add_argument(
         "--judge",
         action="append",
@@ -113,7 +114,7 @@ def quality_main(args) -> int:
         modes = parse_modes(args.modes)
     else:
         with_decoder = args.classifier == "demo" or args.decoder
-        modes = ["untrained", *(["pretrained"] * bool(with_decoder)), "pixel"]
+        modes = ["untrained", *(["pretrained"] * bool(with_decoder)), "pixel", "maco"]
     transforms = parse_transform_settings(args.transforms)
     if args.out:
         ensure_writable_dir(args.out)
@@ -129,6 +130,7 @@ def quality_main(args) -> int:
         args.decoder,
         args.weights,
         args.device,
+        spectrum=args.spectrum,
     )
     if args.json:
         write_json(args.json, rows)

@@ -107,11 +107,12 @@ def add_parser(sub) -> None:
     e.add_argument("--threads", type=THREADS, help="CPU threads (default: all cores)")
     e.add_argument(
         "--display",
-        choices=("model", "original"),
-        default="model",
-        help="model: the PNG is the image D saw, through its preprocessing; original: per-image "
-        "min-max (and a square root for untrained G), as the original code showed it "
-        "(default: %(default)s)",
+        choices=("model", "contrast", "original"),
+        help="model: the PNG is the image D saw, through its preprocessing; contrast: that image "
+        "stretched to the full 0..255 range (one linear map per image); original: per-image min-max in "
+        "D's input space (and a square root for untrained G), as the original code showed it. D's top-5 "
+        "is on the PNG written, and with contrast or original on the model view too (default: model; "
+        "contrast for the embedded demo, whose decoder's images are dim)",
     )
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=main)
@@ -166,6 +167,7 @@ def main(args) -> int:
         )
     # the demo's own defaults, not those its cached artifacts were first exported with (they fix the structure)
     is_demo = args.classifier == demo.NAME or (art is not None and not args.artifacts)
+    args = resolved(args, display=args.display or ("contrast" if is_demo else "model"))
     if is_demo:
         base = demo.spec(art.mode if art else args.mode or "pretrained")
     elif art:

@@ -26,7 +26,7 @@ from .target_files import ResultSettings, TargetFiles
 @dataclass
 class JobOptions:
     batch: int = 1
-    display: str = "model"  # model: the picture D saw ; original: per-image min-max (+ sqrt untrained)
+    display: str = "model"  # model: the picture D saw; contrast: it stretched; original: min-max (+ sqrt untrained)
     force: bool = False
     labels: list[str] | None = None
     progress: bool = True

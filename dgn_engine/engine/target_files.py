@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..preprocessing import display_original
+from ..preprocessing import display_contrast, display_original
 from ..spec import RunSpec
 from ..targets import OUTPUT, Target, objective_weights, weighted_activation
 from .backends.protocol import Backend
@@ -23,7 +23,7 @@ class ResultSettings:
     """What a target's files depend on besides its outcome (small: it travels to workers)."""
 
     spec: RunSpec
-    display: str  # model: the picture D saw ; original: per-image min-max (+ sqrt untrained)
+    display: str  # model: the picture D saw; contrast: it stretched to 0..255; original: min-max (+ sqrt untrained)
     labels: list[str] | None
     made_by: dict
     key: str
@@ -43,17 +43,18 @@ def target_files(backend: Backend, settings: ResultSettings, outcomes: list[Outc
     ok = [o for o in outcomes if o.image is not None]
     png = {}
     for o in ok:
-        pixels = (
-            display_original(o.image, pp.order, spec.mode == "untrained")
-            if settings.display == "original"
-            else pp.to_pixels(o.image)
-        )
+        if settings.display == "original":
+            pixels = display_original(o.image, pp.order, spec.mode == "untrained")
+        elif settings.display == "contrast":
+            pixels = display_contrast(pp.to_pixels(o.image))
+        else:
+            pixels = pp.to_pixels(o.image)
         png[id(o)] = png_bytes(pixels)
     seen = {}
     if ok:
         readback = np.stack([pp.to_model(decode_png(png[id(o)], pp.channels)) for o in ok])
         seen = _split(backend.classify(readback), ok)
-        if settings.display == "original":
+        if settings.display != "model":
             true = np.stack([pp.to_model(pp.to_pixels(o.image)) for o in ok])
             seen_true = _split(backend.classify(true), ok)
         # what the search saw last and the median before it became pixels: where the target is lost
@@ -82,7 +83,7 @@ def target_files(backend: Backend, settings: ResultSettings, outcomes: list[Outc
                 view: _brief(settings, o.target, acts[id(o)])
                 for view, acts in (("last_step", seen_last), (spec.snapshots.pick, seen_median), ("png", seen))
             }
-            if settings.display == "original":
+            if settings.display != "model":
                 record["model_view"] = _report(settings, o.target, seen_true[id(o)])
         else:
             png[id(o)] = png_bytes(np.zeros((8, 8, pp.channels), np.uint8))
