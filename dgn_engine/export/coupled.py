@@ -72,15 +72,13 @@ class CoupledStep:
         return F.relu(f) if self.mode == "pretrained" else f
 
     def generate(self, params: dict[str, torch.Tensor], noise: torch.Tensor | None, sigma) -> torch.Tensor:
+        """The image D sees, in its input space."""
         pp = self.classifier.preprocessing
-        if self.mode in PIXEL_MODES:
-            if self.mode == "maco":
-                magnitude = torch.as_tensor(self.magnitude, dtype=params["phase"].dtype, device=params["phase"].device)
-                pixels = maco_image(params["phase"], magnitude, pp.order)
-            else:
-                pixels = pixel_image(params["spectrum"], pp.order)
-            mean, std = pixels.new_tensor(pp.mean)[None, :, None, None], pixels.new_tensor(pp.std)[None, :, None, None]
-            return (pixels - mean) / std
+        if self.mode == "maco":
+            phase = params["phase"]
+            return self._model_space(maco_image(phase, phase.new_tensor(self.magnitude), pp.order))
+        if self.mode == "pixel":
+            return self._model_space(pixel_image(params["spectrum"], pp.order))
         f = self.features(params["alpha"], noise, sigma)
         if self.mode == "untrained":
             image = generator_forward(self.plan, f, *stacked_generator(self.plan, params), groups=f.shape[0])
@@ -89,10 +87,14 @@ class CoupledStep:
         if self.image_range == "free":
             return image
         if self.image_range == "sigmoid":
-            pixels = colour_sigmoid(image, pp.order)
-            mean, std = pixels.new_tensor(pp.mean)[None, :, None, None], pixels.new_tensor(pp.std)[None, :, None, None]
-            return (pixels - mean) / std
+            return self._model_space(colour_sigmoid(image, pp.order))
         return soft_pixel_range(image, pp.mean, pp.std)
+
+    def _model_space(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in (0, 1) through D's normalisation."""
+        pp = self.classifier.preprocessing
+        mean, std = pixels.new_tensor(pp.mean)[None, :, None, None], pixels.new_tensor(pp.std)[None, :, None, None]
+        return (pixels - mean) / std
 
     def logits(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """D's class logits and the taps."""
