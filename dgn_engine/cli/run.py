@@ -29,8 +29,9 @@ HELP = "synthesise preferred inputs for targets (classes, filters, neurons)"
 DESCRIPTION = """\
 Couples a generator G to the classifier D and, for each target, optimises G's free values by
 backpropagation through the frozen D so that G's image drives the target as high as possible.
-Writes OUT/targets/<id>.png (the median of the last snapshots, as the paper shows), <id>.json
-(final activation, top-5 of D on the written PNG, loss curve) and OUT/run.json. Running the same
+Writes OUT/targets/<id>.png (the median of the last snapshots, as the paper shows, or with --pick
+best the one D scores highest), <id>.json (final activation, top-5 of D on the written PNG, loss
+curve) and OUT/run.json. Running the same
 command again skips finished targets. Without --artifacts and classifier options it runs the
 embedded Fashion-MNIST demo (exported once into ~/.cache/dgn-engine where torch is installed,
 else its prebuilt artifacts shipped in the package).
