@@ -366,7 +366,7 @@ def synthesize(
     clf = _classifier(model, weights, image_size, channels, mean, std, labels, seed)
     from . import demo
 
-    display = display or ("contrast" if clf.name == demo.NAME else "model")  # the demo decoder's images are dim
+    display = display or (demo.DISPLAY if clf.name == demo.NAME else "model")
     spec = with_settings(mode_spec(clf, mode), texts, steps=steps, seed=seed, **settings)
     taps = sorted({layer for t in found for layer in t.layers})
     if decoder is not None and mode != "pretrained":

@@ -16,6 +16,7 @@ HIDDEN = (128,)
 CLASSES = 10
 PREPROCESSING = Preprocessing(32, "L", (0.2860,), (0.3530,))  # Fashion-MNIST padded to 32 px
 G_WIDTH = 0.25  # G's widths: the paper's scaled by a quarter
+DISPLAY = "contrast"  # the PNGs stretched to 0..255: the decoder's images are dim (D's top-1 kept, 10/10)
 BATCH = 5  # two batches for the ten classes
 TAPS = ("features.7", "features.17")  # the 2nd and the last conv layer, for filter targets
 

@@ -164,6 +164,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     # the defaults shown are the spec's own (the paper's Table 1 per mode), never copies
     pre, unt = default_spec("pretrained"), default_spec("untrained")
     small, pix = default_spec("untrained", image_size=32), default_spec("pixel")
+    large, mac = default_spec("untrained", image_size=224), default_spec("maco")
     g = p.add_argument_group("generator G and method")
     g.add_argument(
         "--mode",
@@ -192,8 +193,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--steps",
         type=integer(1, MAX_STEPS),
-        help=f"steps per target (default: {pre.steps} pretrained, {unt.steps} untrained ({small.steps} below 224 "
-        f"px), {pix.steps} pixel)",
+        help=f"steps per target (default: {pre.steps} pretrained, untrained {small.steps} below 224 px and "
+        f"{large.steps} from 224 px ({unt.steps} with --paper), {pix.steps} pixel, {mac.steps} maco)",
     )
     g.add_argument(
         "--seed",
@@ -219,9 +220,10 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--lr",
         type=finite,
-        help=f"learning rate (default: {pre.optimizer.lr:g} {pre.optimizer.name} pretrained, "
-        f"{unt.optimizer.lr:g} {unt.optimizer.name} untrained ({small.optimizer.lr:g} below 224 px), "
-        f"{pix.optimizer.lr:g} {pix.optimizer.name} pixel)",
+        help=f"learning rate (default: {pre.optimizer.lr:g} {pre.optimizer.name} pretrained; "
+        f"{unt.optimizer.name} untrained, {small.optimizer.lr:g} below 224 px and {large.optimizer.lr:g} from "
+        f"224 px ({unt.optimizer.lr:g} with --paper); {pix.optimizer.lr:g} {pix.optimizer.name} pixel, "
+        f"{mac.optimizer.lr:g} {mac.optimizer.name} maco)",
     )
     g.add_argument("--momentum", type=finite, help=f"Nesterov momentum (default: {pre.optimizer.momentum:g})")
     g.add_argument(
@@ -234,14 +236,14 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         metavar="SIGMA",
         help="feature noise: a number, or gaussian-dropout for the original code's "
         f"sqrt(0.05/0.95) = {GAUSSIAN_DROPOUT_SIGMA:.3f} (default: {pre.noise.sigma:g} {pre.noise.kind} "
-        f"pretrained, {unt.noise.sigma:g} {unt.noise.kind} untrained ({small.noise.sigma:g} below 224 px); none "
-        "in pixel mode)",
+        f"pretrained; {unt.noise.kind} untrained, {small.noise.sigma:g} below 224 px and {large.noise.sigma:g} "
+        f"from 224 px ({unt.noise.sigma:g} with --paper); none in pixel and maco modes)",
     )
     g.add_argument(
         "--noise-schedule",
         choices=NOISE_SCHEDULES,
         help="constant: sigma throughout (the paper's); linear: sigma falls to 0 at the last step "
-        f"(default: {unt.noise.schedule} untrained, {pre.noise.schedule} pretrained)",
+        f"(default: {unt.noise.schedule})",
     )
     g.add_argument(
         "--regularizer",
@@ -271,7 +273,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         "by 1 +- S and rotated by up to DEG degrees, drawn per target and step from the seed; the image "
         f"written is G's own. standard = {TRANSFORM_PRESETS['standard'].numbers()}; "
         "none is the paper's literal method. On or none is fixed at export, the strengths are not "
-        f"(default: {pre.transforms.text()})",
+        f"(default: {pre.transforms.text()} pretrained and untrained below 224 px, {large.transforms.text()} "
+        "untrained from 224 px, pixel and maco)",
     )
     g.add_argument(
         "--paper",
@@ -296,7 +299,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         choices=SNAPSHOT_PICKS,
         help="the image written: median = the per-pixel median of the kept snapshots (the original "
         "code's); best = of those snapshots and their median, the one D scores highest on the target "
-        f"(default: {unt.snapshots.pick} untrained, {pre.snapshots.pick} pretrained and pixel)",
+        f"(default: {large.snapshots.pick} untrained from 224 px, else {pre.snapshots.pick})",
     )
 
 

@@ -168,7 +168,7 @@ def main(args) -> int:
         )
     # the demo's own defaults, not those its cached artifacts were first exported with (they fix the structure)
     is_demo = args.classifier == demo.NAME or (art is not None and not args.artifacts)
-    args = resolved(args, display=args.display or ("contrast" if is_demo else "model"))
+    args = resolved(args, display=args.display or (demo.DISPLAY if is_demo else "model"))
     if is_demo:
         base = demo.spec(art.mode if art else args.mode or "pretrained")
     elif art:
