@@ -124,3 +124,18 @@ def test_maco_bad_input(tmp_path, capsys, decoder_file):
         (["--mode", "pixel", "--spectrum", str(tmp_path)], "maco mode's fixed Fourier magnitude"),
     ):
         assert words in error_line(capsys, [*base, *extra])
+
+
+def test_spectrum_folder_refuses_links_and_fifos(tmp_path, capsys):
+    """A photo folder is read, never followed out of: a link or a FIFO named like a photo is refused in
+    one line (a FIFO would block the read forever), and nothing in the folder changes."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a.png")
+    base = ["export", "--classifier", "tests.small_models:tiny_rgb", "--mode", "maco", "--out", str(tmp_path / "o")]
+    (folder / "link.png").symlink_to(folder / "a.png")
+    assert "link.png' is a link or not a plain file" in error_line(capsys, [*base, "--spectrum", str(folder)])
+    (folder / "link.png").unlink()
+    os.mkfifo(folder / "pipe.png")
+    assert "pipe.png' is a link or not a plain file" in error_line(capsys, [*base, "--spectrum", str(folder)])
+    assert sorted(os.listdir(folder)) == ["a.png", "pipe.png"]

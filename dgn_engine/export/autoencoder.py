@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 
 import numpy as np
 import torch
@@ -118,6 +119,9 @@ def load_images(folder: str, pp: Preprocessing, what: str = "--images") -> np.nd
     )
     if not files:
         raise UsageError(f"{what} {folder!r} holds no PNG/JPEG/BMP/GIF/WebP images")
+    for path in files:  # a link could point anywhere, and a FIFO or device would block or never end
+        if os.path.islink(path) or not stat.S_ISREG(os.lstat(path).st_mode):
+            raise UsageError(f"{what}: {path!r} is a link or not a plain file; move it out of {folder!r}")
     out = np.empty((len(files), pp.image_size, pp.image_size, pp.channels), np.uint8)
     for i, path in enumerate(progress.bar(iterable=files, desc="loading images", unit="img", leave=False)):
         try:
