@@ -5,6 +5,10 @@ each `prim::CallMethod` on a submodule runs that submodule's graph the same way,
 an identity module named after the submodule (`layer1.0`), whose hooks the taps read. The ATen ops
 run as torch ops, so autograd and make_fx see the same computation as the compiled archive. Graphs
 with control flow or other prim nodes are not interpreted: such archives keep class targets only.
+
+Only the graphs that forward runs are read, and only the submodules it calls are tap points: an archive
+may hold submodules its forward never calls (a detection head, an auxiliary classifier, a module that
+another method uses), which a traced archive keeps without any forward of their own.
 """
 
 from __future__ import annotations
@@ -26,19 +30,57 @@ _PRIM = {
 }
 
 
-def interpretable(archive: torch.jit.ScriptModule, example: torch.Tensor) -> bool:
-    """Whether every graph of the archive holds only ATen ops and the prim nodes above, and the
-    interpretation gives the archive's own output on `example`."""
-    for module in [archive, *archive.modules()]:
-        graph = getattr(module, "graph", None)
+def _forward_graph(module):
+    """The graph of the module's forward; None where it has none (reading `.graph` then raises)."""
+    try:
+        return module.graph
+    except (RuntimeError, AttributeError):
+        return None
+
+
+def called_modules(archive: torch.jit.ScriptModule) -> dict[str, torch.jit.ScriptModule] | None:
+    """The submodules that the archive's forward calls, directly or through the submodules it calls, by
+    qualified name (`layer1.0`) in the order of their first call; None where a graph that forward runs
+    holds anything but ATen ops and the prim nodes above, calls a method other than forward, or calls a
+    module that is not an attribute of a module (or where the archive has no forward). The graphs of the
+    submodules forward does not call are not read."""
+    found: dict[str, torch.jit.ScriptModule] = {}
+
+    def walk(module, prefix: str) -> bool:
+        graph = _forward_graph(module)
         if graph is None:
             return False
+        # the modules that values of this graph hold, by the value's number: (qualified name, module)
+        held = {next(iter(graph.inputs())).unique(): (prefix, module)}
         for node in graph.nodes():
             kind = node.kind()
             if not (kind.startswith("aten::") or kind in _PRIM):
                 return False
-            if kind == "prim::CallMethod" and node.s("name") != "forward":
-                return False
+            if kind == "prim::GetAttr":
+                owner = held.get(next(iter(node.inputs())).unique())
+                field = node.s("name")
+                value = getattr(owner[1], field, None) if owner is not None else None
+                if isinstance(value, torch.jit.ScriptModule):
+                    held[node.output().unique()] = (f"{owner[0]}.{field}" if owner[0] else field, value)
+            elif kind == "prim::CallMethod":
+                callee = held.get(next(iter(node.inputs())).unique())
+                if node.s("name") != "forward" or callee is None or not callee[0]:
+                    return False
+                name, submodule = callee
+                if name not in found:
+                    found[name] = submodule
+                    if not walk(submodule, name):
+                        return False
+        return True
+
+    return found if walk(archive, "") else None
+
+
+def interpretable(archive: torch.jit.ScriptModule, example: torch.Tensor) -> bool:
+    """Whether every graph that the archive's forward runs holds only ATen ops and the prim nodes above,
+    and the interpretation gives the archive's own output on `example`."""
+    if called_modules(archive) is None:
+        return False
     try:
         with torch.no_grad():
             ours, theirs = TorchScriptClassifier(archive)(example), archive(example)
@@ -48,14 +90,21 @@ def interpretable(archive: torch.jit.ScriptModule, example: torch.Tensor) -> boo
 
 
 class TorchScriptClassifier(nn.Module):
-    """The archive, interpreted; `taps[name]` is the identity module after submodule `name`."""
+    """The archive, interpreted; `taps[name]` is the identity module after submodule `name`, for each
+    submodule that forward calls (see `called_modules`; the archive must pass it)."""
 
     def __init__(self, archive: torch.jit.ScriptModule):
         super().__init__()
+        called = called_modules(archive)
+        if called is None:
+            raise ValueError("the archive's forward runs graphs that cannot be interpreted")
         self.archive = archive
         self.taps = nn.ModuleDict()
+        self._called = called
         self._tap_of, self._ops, self._stack = {}, {}, [""]  # the stack: submodules being run
-        for i, (name, _) in enumerate(n for n in archive.named_modules() if n[0]):
+        # tap points in the archive's own module order (its definition order), as for a module's layers
+        order = {name: i for i, (name, _) in enumerate(archive.named_modules())}
+        for i, name in enumerate(sorted(called, key=lambda n: order.get(n, len(order)))):
             self.taps[f"tap_{i}"] = nn.Identity()
             self._tap_of[name] = self.taps[f"tap_{i}"]
 
@@ -88,7 +137,7 @@ class TorchScriptClassifier(nn.Module):
         name = found.get(forward_op(op))
         if not name:
             return None
-        return name, dict(self.archive.named_modules())[name].original_name
+        return name, self._called[name].original_name
 
     def _run(self, module, prefix: str, args: list):
         graph = module.graph
