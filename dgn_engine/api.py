@@ -9,6 +9,11 @@ weights=, "demo", "module:factory") or an artifacts folder. With the step-graph 
 once into a cache keyed by the digests of D's and G's tensors and the settings the graph fixes, so the
 next call on the same model starts at once. `Engine` runs an artifacts folder and needs no torch.
 The CLI builds on the same pieces (spec.with_settings, the job, the results folder).
+
+Every public function here checks its arguments before any work (arguments.checked: pydantic's
+validate_call over the types of arguments.py): a bad one raises arguments.ArgumentError, a UsageError
+naming the call, the argument, its value and what is expected, e.g.
+`synthesize(image_size=32.5): expected an integer from 8 to 2,048`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,55 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from typing import Any
 
+from typing_extensions import Unpack
+
+from .arguments import (
+    ArgumentError,
+    ArtifactsFolder,
+    Backend,
+    Batch,
+    Channels,
+    ClassifierArg,
+    Columns,
+    Device,
+    Display,
+    EngineBackend,
+    EngineBackends,
+    EnginePrecision,
+    ExportSettings,
+    Flag,
+    GWidth,
+    ImageSize,
+    Labels,
+    Layers,
+    Log,
+    Mean,
+    MethodSettings,
+    Mode,
+    Model,
+    Path,
+    Precision,
+    Ray,
+    Results,
+    RunSettings,
+    Seed,
+    Shard,
+    Spec,
+    Std,
+    Steps,
+    Taps,
+    Targets,
+    Threads,
+    Tile,
+    Weights,
+    Workers,
+    check_out,
+    checked,
+    folder_problem,
+    refuse,
+)
 from .errors import UsageError
 from .results import Result, load_results
 from .spec import default_spec, with_settings
@@ -70,20 +123,21 @@ def _run(
             shutil.rmtree(folder, ignore_errors=True)
 
 
+@checked
 def run_job(
-    runner,
-    spec,
-    targets: list[Target],
-    out: str,
+    runner: Any,
+    spec: Spec,
+    targets: Targets,
+    out: Path,
     *,
-    batch: int,
-    labels,
-    display: str,
-    force: bool,
-    progress: bool,
-    layers: list[str],
-    log=None,
-    shard: tuple[int, int] | None = None,
+    batch: Batch,
+    labels: Labels | None,
+    display: Display | None,
+    force: Flag,
+    progress: Flag,
+    layers: Layers,
+    log: Log | None = None,
+    shard: Shard | None = None,
 ) -> None:
     """Check the targets and labels against D, then the resumable job writing `out`: what `dgn-engine run`
     and the functions above share once they hold a runner (engine.runners: here, or Ray) or a backend."""
@@ -95,7 +149,7 @@ def run_job(
     for t in targets:
         check_target(t, runner.layout, layers)
     if labels is not None and len(labels) != runner.layout[OUTPUT][0]:
-        raise UsageError(f"{len(labels)} labels for a classifier of {runner.layout[OUTPUT][0]} classes")
+        raise ArgumentError(f"labels: {len(labels)} names for a classifier of {runner.layout[OUTPUT][0]} classes")
     options = JobOptions(
         batch=batch,
         display=display,
@@ -107,13 +161,21 @@ def run_job(
     Job(runner, spec, out, options).run(log=log or (print if progress else _quiet))
 
 
-def ray_runner(art, backend: str, ray, workers=None, device="auto", threads=None, precision="float32", **kw):
+@checked
+def ray_runner(
+    art: Any,
+    backend: EngineBackend,
+    ray: Ray,
+    workers: Workers | None = None,
+    device: Device = "auto",
+    threads: Threads | None = None,
+    precision: EnginePrecision = "float32",
+    **kw: Any,
+):
     """A RayRunner (imports Ray). ray: True or "local" (a local Ray, or the one ray.init() started),
     "auto", "ray://HOST:PORT" or "HOST:PORT" (a cluster)."""
     from .engine.ray_runner import RayRunner
 
-    if ray is not True and not isinstance(ray, str):
-        raise UsageError(f"ray= takes True, 'local', 'auto', 'ray://HOST:PORT' or 'HOST:PORT', not {ray!r}")
     address = None if ray is True or ray == "local" else ray
     return RayRunner(art, backend, address, workers, device, threads, precision, **kw)
 
@@ -137,20 +199,23 @@ class Engine:
 
     ray: run the batches on Ray workers, one per GPU (CPU workers where the cluster has none; `workers`
     sets how many): True for a local Ray (or the one ray.init() started), "auto" or "ray://HOST:PORT" to
-    join a cluster. Needs the ray extra.
+    join a cluster. Needs the ray extra. device: "auto", "cpu" or "cuda"; precision: "float32" or "tf32".
     """
 
+    @checked
     def __init__(
         self,
-        artifacts,
-        device: str = "auto",
-        threads: int | None = None,
-        backend: str | None = None,
-        precision: str = "float32",
-        ray=None,
-        workers: int | None = None,
+        artifacts: ArtifactsFolder,
+        device: Device = "auto",
+        threads: Threads | None = None,
+        backend: EngineBackend | None = None,
+        precision: EnginePrecision = "float32",
+        ray: Ray | None = None,
+        workers: Workers | None = None,
     ):
         from .artifacts import Artifacts, load_artifacts
+
+        _check_together("Engine", {"ray": ray, "workers": workers})
 
         self.artifacts = artifacts if isinstance(artifacts, Artifacts) else load_artifacts(os.fspath(artifacts))
         self.backend_name = backend or self.artifacts.backends[0]
@@ -173,21 +238,23 @@ class Engine:
     def num_classes(self) -> int:
         return self.artifacts.manifest["num_classes"]
 
+    @checked
     def run(
         self,
-        targets,
-        out=None,
+        targets: Targets,
+        out: Path | None = None,
         *,
-        labels=None,
-        display: str = "model",
-        force: bool = False,
-        progress: bool = True,
-        **settings,
+        labels: Labels | None = None,
+        display: Display = "model",
+        force: Flag = False,
+        progress: Flag = True,
+        **settings: Unpack[RunSettings],
     ) -> list[Result]:
         """Results for `targets` (text, Target objects, or a list of them). Settings override the
         artifacts' own: steps, seed, lr, momentum, noise_sigma, reg_weight, lam, target_leak, snapshots,
         keep (the structure, e.g. the optimiser, is fixed by the export). `out` keeps the results
         folder (resumable: finished targets are not recomputed); None uses a temporary one."""
+        check_out("Engine.run", out)
         found = _targets(targets)
         spec = with_settings(self.artifacts.spec, [t.text for t in found], **settings)
         self.artifacts.check_spec(spec)
@@ -214,8 +281,10 @@ class Engine:
         )
 
 
-def _classifier(model, weights, image_size, channels, mean, std, labels, seed):
-    from .export.classifiers import classifier_from_module, load_classifier
+def _classifier(call, model, weights, image_size, channels, mean, std, labels, seed):
+    """D from `model` in any of its forms, refused (naming `model`) where the search cannot run through it:
+    tensors on the meta device, or an output with no gradient with respect to the image."""
+    from .export.classifiers import classifier_from_module, gradient_problem, load_classifier, module_problem
 
     if isinstance(model, (str, os.PathLike)):
         clf = load_classifier(
@@ -223,15 +292,83 @@ def _classifier(model, weights, image_size, channels, mean, std, labels, seed):
         )
         if labels is not None:
             clf.labels = list(labels)
-        return clf
-    if weights is not None:
-        raise UsageError("weights= is for a classifier given by name; load them into the module yourself")
-    return classifier_from_module(
-        model, image_size=image_size, channels=channels, mean=mean, std=std, labels=list(labels) if labels else None
-    )
+    else:
+        problem = module_problem(model)
+        if problem:
+            refuse(call, "model", model, problem)
+        clf = classifier_from_module(
+            model, image_size=image_size, channels=channels, mean=mean, std=std, labels=list(labels) if labels else None
+        )
+    problem = gradient_problem(clf)
+    if problem:
+        refuse(call, "model", model, problem)
+    return clf
 
 
-def mode_spec(clf, mode: str):
+def _check_together(call: str, given: dict) -> None:
+    """Checks between arguments, before any work: what one argument makes of another."""
+    mode, backend = given.get("mode"), given.get("backend")
+    if given.get("weights") is not None and not isinstance(given.get("model"), (str, os.PathLike)):
+        refuse(
+            call,
+            "weights",
+            given["weights"],
+            "weights are for a classifier given by name; load them into the module yourself",
+        )
+    if given.get("precision") == "float64" and backend not in (None, "torch"):
+        refuse(
+            call,
+            "precision",
+            "float64",
+            f"float64 runs on backend='torch' only; backend={backend!r} runs 'float32' or 'tf32'",
+        )
+    if given.get("ray") is not None and backend == "torch":
+        refuse(
+            call,
+            "ray",
+            given["ray"],
+            "Ray runs exported graphs on its workers; use backend='step-graph' (the default)",
+        )
+    if given.get("workers") is not None and given.get("ray") is None:
+        refuse(call, "workers", given["workers"], "sets how many Ray workers run the batches; give ray= too")
+    if given.get("decoder") is not None and mode != "pretrained":
+        refuse(
+            call, "decoder", given["decoder"], "the decoder is the pretrained G; use mode='pretrained' or leave it out"
+        )
+    if given.get("g_width") is not None and mode != "untrained":
+        why = "the decoder fixes G's widths" if mode == "pretrained" else f"{mode} mode has no G"
+        refuse(call, "g_width", given["g_width"], f"it scales the untrained G; {why}")
+    if given.get("spectrum") is not None and mode != "maco":
+        refuse(
+            call,
+            "spectrum",
+            given["spectrum"],
+            "the spectrum is maco mode's Fourier magnitude; use mode='maco' or leave it out",
+        )
+    mean, std, channels = given.get("mean"), given.get("std"), given.get("channels")
+    if mean is not None and std is not None and len(mean) != len(std):
+        refuse(call, "std", std, f"{len(std)} values where mean= has {len(mean)}; give one per channel")
+    n = None if channels is None else (1 if channels == "L" else 3)
+    for name in ("mean", "std"):
+        values = given.get(name)
+        if n is not None and values is not None and len(values) != n:
+            refuse(call, name, values, f"{len(values)} values for channels={channels!r}; expected {n}")
+
+
+def _check_cache(call: str) -> None:
+    """The export cache is a folder (or can become one) where a file is not in the way: one line now,
+    not a NotADirectoryError later. Whether it is writable is asked only when an export must be written
+    (a read-only cache that holds the export serves it)."""
+    from . import demo
+
+    exports = os.path.join(demo.cache_dir(), "exports")
+    problem = folder_problem(exports, writable=False)
+    if problem:
+        raise UsageError(f"{call}: the export cache {exports!r} {problem}; set DGN_ENGINE_CACHE to a writable folder")
+
+
+@checked
+def mode_spec(clf: ClassifierArg, mode: Mode):
     """A mode's defaults for this classifier: the paper's, or the embedded demo's own (as `run` has them)."""
     from . import demo
 
@@ -244,7 +381,8 @@ def _is_artifacts(model) -> bool:
     return isinstance(model, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(model), MANIFEST))
 
 
-def export_key(coupled, spec, batch: int, backends) -> str:
+@checked
+def export_key(coupled: Any, spec: Spec, batch: Batch, backends: EngineBackends) -> str:
     """What a cached export depends on: D's and G's tensors and every structural choice."""
     from . import __version__
     from .artifacts import FORMAT_VERSION
@@ -277,39 +415,49 @@ def _cached_export(coupled, spec, sources, batch: int, backends, progress: bool)
             return art
         except UsageError:
             pass  # damaged or half-written: made again
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    problem = folder_problem(os.path.dirname(folder))
+    if problem is None:
+        try:
+            os.makedirs(os.path.dirname(folder), exist_ok=True)
+        except OSError as e:
+            problem = f"cannot be created ({e.strerror or e})"
+    if problem:
+        raise UsageError(
+            f"the export cache {os.path.dirname(folder)!r} {problem}; set DGN_ENGINE_CACHE to a writable folder"
+        )
     return export_artifacts(
         coupled, spec, sources, batch, folder, force=True, log=print if progress else _quiet, backends=backends
     )
 
 
+@checked
 def synthesize(
-    model,
-    targets,
+    model: Model,
+    targets: Targets,
     *,
-    mode: str = "untrained",
-    steps: int | None = None,
-    image_size: int | None = None,
-    channels: str | None = None,
-    mean=None,
-    std=None,
-    labels=None,
-    weights: str | None = None,
-    decoder: str | None = None,
-    g_width: float | None = None,
-    spectrum: str | None = None,
-    device: str = "auto",
-    backend: str = "step-graph",
-    batch: int | None = None,
-    seed: int = 0,
-    out=None,
-    progress: bool = True,
-    display: str | None = None,
-    force: bool = False,
-    precision: str = "float32",
-    ray=None,
-    workers: int | None = None,
-    **settings,
+    mode: Mode = "untrained",
+    steps: Steps | None = None,
+    image_size: ImageSize | None = None,
+    channels: Channels | None = None,
+    mean: Mean | None = None,
+    std: Std | None = None,
+    labels: Labels | None = None,
+    weights: Weights | None = None,
+    decoder: Path | None = None,
+    g_width: GWidth | None = None,
+    spectrum: Path | None = None,
+    device: Device = "auto",
+    backend: Backend = "step-graph",
+    batch: Batch | None = None,
+    seed: Seed = 0,
+    out: Path | None = None,
+    progress: Flag = True,
+    display: Display | None = None,
+    force: Flag = False,
+    precision: Precision = "float32",
+    ray: Ray | None = None,
+    workers: Workers | None = None,
+    **settings: Unpack[MethodSettings],
 ) -> list[Result]:
     """Preferred inputs of `targets` for the classifier `model`; one Result per target, in order.
 
@@ -324,20 +472,36 @@ def synthesize(
     baseline, a Fourier-parameterised image), or "maco" (no G: only the phase of an image whose Fourier
     magnitude is fixed, that of the photos in the folder spectrum=DIR, else a 1/f power law). backend: "step-graph" (the
     exported graph in onnxruntime, exported once per model into the cache), "training-api", or
-    "torch" (the eager reference). precision: "float32", "tf32" (CUDA tensor cores, faster, ~1e-3
-    relative error per product) or "float64" (torch only). Other settings: lr, momentum, optimizer,
-    noise_sigma, regularizer,
+    "torch" (the eager reference). device: "auto", "cpu" or "cuda". precision: "float32", "tf32" (CUDA
+    tensor cores, faster, ~1e-3 relative error per product) or "float64" (backend="torch" only). Other
+    settings: lr, momentum, optimizer, noise_sigma, regularizer,
     reg_weight, lam, target_leak, image_range, snapshots, keep, transforms ("none", "standard",
     "jitter=J,scale=S,rotate=DEG"), paper=True (the paper's method to the letter) (defaults: the paper's
     for the mode, see spec.default_spec). ray: the batches on Ray workers (see Engine), `workers` of them.
+
+    The arguments are checked before any work: a bad one raises arguments.ArgumentError (a UsageError)
+    naming it, its value and what is expected; numbers are not read from text (image_size=32, not "32").
+    An in-memory module is checked on one input before anything is exported or written: one whose
+    output has no gradient with respect to the image (a forward under torch.no_grad(), integer
+    outputs) or whose tensors are on the meta device is refused. A float16, bfloat16 or float64 module
+    is run in float32, on a float32 copy, with a warning (the step graph is float32; precision="float64"
+    with backend="torch" then computes in float64 from those float32 weights).
     """
+    given = dict(locals(), **settings)
+    _check_together("synthesize", given)
+    check_out("synthesize", out)
     found = _targets(targets)
     texts = [t.text for t in found]
     if _is_artifacts(model):
         if backend == "torch":
-            raise UsageError(
-                "an artifacts folder runs on its exported graphs; for the torch reference pass the classifier itself"
+            raise ArgumentError(
+                "synthesize(backend='torch'): an artifacts folder runs on its exported graphs; for the torch "
+                "reference pass the classifier itself"
             )
+        fixed = ("image_size", "channels", "mean", "std", "weights", "decoder", "g_width", "spectrum", "batch")
+        for name in fixed:
+            if given[name] is not None:
+                refuse("synthesize", name, given[name], "the artifacts folder fixes it; leave it out (or export again)")
         engine = Engine(
             model,
             device=device,
@@ -357,20 +521,16 @@ def synthesize(
             seed=seed,
             **settings,
         )
-    if backend not in ("step-graph", "training-api", "torch"):
-        raise UsageError(f"backend must be step-graph, training-api or torch, got {backend!r}")
-    if ray is not None and backend == "torch":
-        raise UsageError("ray= runs exported graphs on its workers; use backend='step-graph' (the default)")
+    if backend != "torch":
+        _check_cache("synthesize")
     from .export.coupled import couple
 
-    clf = _classifier(model, weights, image_size, channels, mean, std, labels, seed)
+    clf = _classifier("synthesize", model, weights, image_size, channels, mean, std, labels, seed)
     from . import demo
 
     display = display or (demo.DISPLAY if clf.name == demo.NAME else "model")
     spec = with_settings(mode_spec(clf, mode), texts, steps=steps, seed=seed, **settings)
     taps = sorted({layer for t in found for layer in t.layers})
-    if decoder is not None and mode != "pretrained":
-        raise UsageError("decoder= is the pretrained G; use mode='pretrained' or leave it out")
     coupled = couple(clf, spec, taps, decoder, g_width, spectrum)
     layers = coupled.classifier.layer_names()
     for t in found:  # before any export
@@ -418,34 +578,38 @@ def synthesize(
     )
 
 
+@checked
 def export(
-    model,
-    out,
+    model: Model,
+    out: Path,
     *,
-    mode: str = "untrained",
-    taps=(),
-    batch: int = 1,
-    backends=("step-graph",),
-    weights: str | None = None,
-    decoder: str | None = None,
-    image_size: int | None = None,
-    channels: str | None = None,
-    mean=None,
-    std=None,
-    labels=None,
-    g_width: float | None = None,
-    spectrum: str | None = None,
-    seed: int = 0,
-    force: bool = False,
-    progress: bool = True,
-    **settings,
+    mode: Mode = "untrained",
+    taps: Taps = (),
+    batch: Batch = 1,
+    backends: EngineBackends = ("step-graph",),
+    weights: Weights | None = None,
+    decoder: Path | None = None,
+    image_size: ImageSize | None = None,
+    channels: Channels | None = None,
+    mean: Mean | None = None,
+    std: Std | None = None,
+    labels: Labels | None = None,
+    g_width: GWidth | None = None,
+    spectrum: Path | None = None,
+    seed: Seed = 0,
+    force: Flag = False,
+    progress: Flag = True,
+    **settings: Unpack[ExportSettings],
 ):
     """Write the artifacts folder `out` for `model` (the forms `synthesize` takes) and return it;
-    `Engine(out)` runs it anywhere onnxruntime is installed."""
+    `Engine(out)` runs it anywhere onnxruntime is installed. The arguments and the module are checked
+    as synthesize checks them, before anything is written."""
     from .export.coupled import couple
     from .export.manifest import export_artifacts
 
-    clf = _classifier(model, weights, image_size, channels, mean, std, labels, seed)
+    _check_together("export", dict(locals(), **settings))
+    check_out("export", out)
+    clf = _classifier("export", model, weights, image_size, channels, mean, std, labels, seed)
     spec = with_settings(mode_spec(clf, mode), (), seed=seed, **settings)
     coupled = couple(clf, spec, list(taps), decoder, g_width, spectrum)
     sources = _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed, spectrum)
@@ -469,7 +633,8 @@ def _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder
     return Sources(mode, name, weights, image_size, channels, mean, std, decoder, g_width, seed, spectrum).absolute()
 
 
-def grid(results: list[Result], columns: int = 10, tile: int = 128):
+@checked
+def grid(results: Results, columns: Columns = 10, tile: Tile = 128):
     """A labelled contact sheet of results (a PIL image; Jupyter shows it): each image with its name,
     its activation and whether it is D's top-1."""
     from .engine.gallery import contact_sheet

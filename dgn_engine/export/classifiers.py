@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import copy
 import importlib
+import itertools
 import os
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 
@@ -165,14 +167,74 @@ def classifier_from_module(
     labels: list[str] | None = None,
 ) -> Classifier:
     """An in-memory torch module as D (a copy: the caller's module keeps its mode, device and
-    gradients). Its input format comes from the arguments, else its `preprocessing` attribute."""
+    gradients). Its input format comes from the arguments, else its `preprocessing` attribute. A module
+    on the meta device is refused; one holding float16, bfloat16 or float64 tensors becomes a float32 copy,
+    with a warning (the exported step graph is float32)."""
     if not isinstance(module, nn.Module):
         raise UsageError(f"a classifier is a torch.nn.Module, a file or a name, not a {type(module).__name__}")
+    problem = module_problem(module)
+    if problem:
+        raise UsageError(f"the module {type(module).__name__}: {problem}")
     default = getattr(module, "preprocessing", None)
     default = default if isinstance(default, Preprocessing) else None
     what = f"the module {type(module).__name__}"
     pp = _preprocessing(default, image_size, channels, mean, std, what.replace("--", ""))
-    return Classifier(copy.deepcopy(module).cpu(), pp, f"<in-memory {type(module).__name__}>", {}, labels=labels)
+    copied = copy.deepcopy(module).cpu()
+    other = sorted({str(t.dtype).removeprefix("torch.") for t in _tensors(copied) if _other_float(t)})
+    if other:
+        warnings.warn(
+            f"the module {type(module).__name__} holds {' and '.join(other)} tensors; D runs in float32, "
+            "on a float32 copy (the module itself is unchanged)",
+            UserWarning,
+            stacklevel=2,
+        )
+        copied = copied.float()
+    return Classifier(copied, pp, f"<in-memory {type(module).__name__}>", {}, labels=labels)
+
+
+def _tensors(module: nn.Module):
+    return itertools.chain(module.parameters(), module.buffers())
+
+
+def _other_float(t: torch.Tensor) -> bool:
+    return t.is_floating_point() and t.dtype != torch.float32
+
+
+def module_problem(module: nn.Module) -> str | None:
+    """Why an in-memory module cannot be D, seen before it is copied; None where it can."""
+    if any(t.is_meta for t in _tensors(module)):
+        return (
+            "its tensors are on the meta device (shapes without values); materialise and load its weights "
+            "first, e.g. module.to_empty(device='cpu') then module.load_state_dict(...)"
+        )
+    return None
+
+
+def gradient_problem(clf: Classifier) -> str | None:
+    """Why D cannot be differentiated with respect to its input, which the search needs, seen on one
+    input (a forward and a backward pass at batch 1); None where it can. A wrong input format or output
+    shape is reported first, as such (Classifier.layout)."""
+    clf.layout()
+    pp = clf.preprocessing
+    x = torch.zeros(1, pp.channels, pp.image_size, pp.image_size, dtype=clf.dtype, requires_grad=True)
+    with torch.enable_grad():
+        out, _ = Tapped(clf, [])(x)
+        if not out.is_floating_point():
+            return (
+                f"it returns {str(out.dtype).removeprefix('torch.')} outputs, which have no gradient; "
+                "it must return the logits (or scores) as floats"
+            )
+        if not out.requires_grad:
+            return (
+                "its output does not depend differentiably on its input (its forward runs under "
+                "torch.no_grad() or inference_mode, detaches, or goes through numpy); the search needs "
+                "the gradient of its output with respect to the image"
+            )
+        try:
+            torch.autograd.grad(out.sum(), x)
+        except RuntimeError as e:
+            return f"its backward pass fails ({str(e).splitlines()[0][:160]})"
+    return None
 
 
 def load_classifier(
