@@ -10,14 +10,15 @@ Unknown extra fields are allowed (newer files stay readable where nothing they n
 from __future__ import annotations
 
 import json
-import os
-from typing import Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import UsageError
+from .files import Folder, read_plain_file
 
 SHA256 = r"^[0-9a-f]{64}$"
+MAX_BATCH = 4096  # targets per graph call: far past what any accelerator's memory holds at 32 px
 
 
 class _Record(BaseModel):
@@ -43,24 +44,27 @@ class PreprocessingRecord(_Record):
     std: list[float]
 
 
+Dim = Annotated[int, Field(ge=1, le=2**31)]
+
+
 class StateEntry(_Record):
     name: str
-    shape: list[int]
+    shape: list[Dim]
 
 
 class ManifestRecord(_Record):
     format_version: int
     backends: list[Literal["step-graph", "training-api"]] = Field(min_length=1)
     mode: Literal["untrained", "pretrained", "pixel", "maco"]
-    batch: int = Field(ge=1)
+    batch: int = Field(ge=1, le=MAX_BATCH)
     spec: dict
     hyper: list[str]
-    plan: dict
+    plan: dict[str, Any]
     preprocessing: PreprocessingRecord
-    num_classes: int = Field(ge=1)
+    num_classes: int = Field(ge=1, le=2**24)
     labels: Optional[list[str]] = None
     taps: list[str]
-    layout: dict[str, list[int]]
+    layout: dict[str, list[Dim]]
     state: list[StateEntry]
     graphs: dict[str, GraphEntry]
     files: dict[str, FileEntry]
@@ -85,7 +89,7 @@ class RunRecord(_Record):
 class TopEntry(_Record):
     class_: int = Field(alias="class", ge=0)
     name: str
-    score: float
+    score: Optional[float]  # null where D's output was not finite
 
 
 class TargetRecord(_Record):
@@ -97,7 +101,7 @@ class TargetRecord(_Record):
     mode: Literal["untrained", "pretrained", "pixel", "maco"]
     seed: int
     steps: int
-    loss_curve: list[list[float]]  # [step, loss, activation]
+    loss_curve: list[list[Optional[float]]]  # [step, loss, activation]; null where not finite
     seconds: float = Field(ge=0)
     diverged: Optional[str] = None
     final_activation: Optional[float] = None
@@ -124,21 +128,56 @@ def validated(data, model: type[_Record], path: str, what: str):
         ) from None
 
 
-def read_json_file(path: str, what: str, remedy: str = "remove it"):
-    """Parsed JSON, or one line (unreadable, a folder, not UTF-8, not JSON)."""
-    if os.path.isdir(path):
-        raise UsageError(f"{what} {path!r} is a folder, not a file; {remedy}")
+JSON_LIMIT = 64 * 2**20  # bytes of any JSON file read back (a manifest with 1,000 labels is ~100 KB)
+TEXT_LIMIT = 64 * 2**20  # bytes of a labels or targets file
+PNG_LIMIT = 256 * 2**20  # bytes of a result's PNG read back (a 4096 px RGB PNG is under 50 MiB)
+JSON_DEPTH = 64  # nesting of any JSON read back (the records nest 5 deep)
+
+
+def parse_json(data: bytes, path: str, what: str, remedy: str = "remove it"):
+    """Parsed JSON, or one line (not UTF-8, not JSON, nested deeper than any record, NaN)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except OSError as e:
-        raise UsageError(f"cannot read {what} {path!r}: {e.strerror}; {remedy}") from None
+        value = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except RecursionError:
+        value = None
+        deep = True
     except (UnicodeDecodeError, ValueError) as e:
         raise UsageError(f"{what} {path!r} is not valid JSON ({str(e).splitlines()[0][:120]}); {remedy}") from None
+    else:
+        deep = _depth(value) > JSON_DEPTH
+    if deep:
+        raise UsageError(f"{what} {path!r} nests deeper than {JSON_DEPTH} levels; it is not a record; {remedy}")
+    return value
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _depth(value) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if d <= JSON_DEPTH:
+                stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def read_json_file(path: str, what: str, remedy: str = "remove it"):
+    """Parsed JSON of a plain file of bounded size, or one line."""
+    return parse_json(read_plain_file(path, JSON_LIMIT, what), path, what, remedy)
 
 
 def read_record(path: str, model: type[_Record], what: str):
     return validated(read_json_file(path, what, _REMEDY[model]), model, path, what)
+
+
+def read_record_in(folder: Folder, name: str, model: type[_Record], what: str):
+    """A record in a folder the project owns: reached without following a link (see files.Folder)."""
+    path = folder.where(name)
+    return validated(parse_json(folder.read(name, JSON_LIMIT, what), path, what, _REMEDY[model]), model, path, what)
 
 
 _REMEDY = {
@@ -152,11 +191,8 @@ _REMEDY = {
 def read_lines(path: str, what: str) -> list[str]:
     """Non-empty lines that are not comments; UTF-8 with or without a byte-order mark."""
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
-    except IsADirectoryError:
-        raise UsageError(f"{what} {path!r} is a folder; give a text file") from None
-    except OSError as e:
-        raise UsageError(f"cannot read {what} {path!r}: {e.strerror}") from None
+        text = read_plain_file(path, TEXT_LIMIT, what).decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise UsageError(f"{what} {path!r} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]

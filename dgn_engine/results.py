@@ -3,6 +3,7 @@ from the files a run wrote, so that the image in hand is the PNG whose scores it
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from dataclasses import dataclass, field
@@ -11,7 +12,8 @@ import numpy as np
 from PIL import Image
 
 from .errors import UsageError
-from .records import TargetRecord, read_record
+from .files import Folder
+from .records import PNG_LIMIT, TargetRecord, read_record_in
 from .targets import Target, parse_target
 
 
@@ -54,25 +56,31 @@ class Result:
 def load_results(out: str, targets: list[Target], keep_paths: bool = True) -> list[Result]:
     """The results of `targets` in the folder `out`, in that order (images loaded into memory)."""
     results = []
-    for target in targets:
-        base = os.path.join(out, "targets", target.id)
-        rec = read_record(base + ".json", TargetRecord, "result").model_dump(by_alias=True)
-        if rec["target"] != target.text:
-            raise UsageError(f"{base}.json holds {rec['target']!r}, not {target.text!r}")
-        with Image.open(base + ".png") as img:
-            image = img.copy()
-        results.append(
-            Result(
-                target=parse_target(rec["target"]),
-                image=image,
-                activation=rec.get("final_activation"),
-                top5=[(t["class"], t["name"], t["score"]) for t in rec.get("top5", [])],
-                curve=[tuple(c) for c in rec["loss_curve"]],
-                seconds=rec["seconds"],
-                name=rec["name"],
-                diverged=rec.get("diverged"),
-                record=rec,
-                path=base + ".png" if keep_paths else None,
-            )
-        )
+    with Folder.open(out, what="results folder") as top, top.sub("targets", what="targets folder") as folder:
+        for target in targets:
+            results.append(_result(folder, target, keep_paths))
     return results
+
+
+def _result(folder: Folder, target: Target, keep_paths: bool) -> Result:
+    base = os.path.join(folder.path, target.id)
+    rec = read_record_in(folder, target.id + ".json", TargetRecord, "result").model_dump(by_alias=True)
+    if rec["target"] != target.text:
+        raise UsageError(f"{base}.json holds {rec['target']!r}, not {target.text!r}")
+    png = folder.read(target.id + ".png", PNG_LIMIT, "result image")
+    if hashlib.sha256(png).hexdigest() != rec["png_sha256"]:
+        raise UsageError(f"{base}.png is not the image its record reports; run the same command again")
+    with Image.open(io.BytesIO(png)) as img:
+        image = img.copy()
+    return Result(
+        target=parse_target(rec["target"]),
+        image=image,
+        activation=rec.get("final_activation"),
+        top5=[(t["class"], t["name"], t["score"]) for t in rec.get("top5", [])],
+        curve=[tuple(c) for c in rec["loss_curve"]],
+        seconds=rec["seconds"],
+        name=rec["name"],
+        diverged=rec.get("diverged"),
+        record=rec,
+        path=base + ".png" if keep_paths else None,
+    )

@@ -20,6 +20,7 @@ import numpy as np
 from .errors import UsageError
 
 OUTPUT = "output"  # the layout key of D's class outputs
+ID_PREFIX = 64  # characters of a target's text kept readable in its file name (+ 13 for the digest)
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _TERM = re.compile(rf"^(?:(?P<w>{_NUMBER})\*)?(?P<kind>class|channel|neuron):(?P<rest>.+)$")
@@ -108,13 +109,17 @@ class Target:
 
     @property
     def id(self) -> str:
-        """A file-name-safe identifier, unique per canonical text (a hash where layer names hold other
-        characters than letters, digits, '.', '-' and '_')."""
-        plain = self.text.replace(":", "-").replace("*", "x").replace("+", "_")
-        if re.fullmatch(r"[\w.\-]+", plain, re.ASCII):
-            return plain
-        digest = hashlib.sha256(self.text.encode()).hexdigest()[:8]
-        return re.sub(r"[^\w.\-]", "_", plain, flags=re.ASCII) + "-" + digest
+        """The target's file name (without extension), distinct for distinct texts on any file system
+        (also a case-insensitive one) and never longer than ID_LENGTH: `class-N` for a plain class, else
+        a readable prefix of the text and a digest of all of it."""
+        text = self.text
+        if re.fullmatch(r"class:\d{1,9}", text):
+            return text.replace(":", "-")
+        plain = text.replace(":", "-").replace("*", "x").replace("+", "_")
+        prefix = re.sub(r"[^\w.\-]", "_", plain, flags=re.ASCII)[:ID_PREFIX].lstrip(
+            ".-"
+        )  # not hidden, not read as an option
+        return f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
     @property
     def key(self) -> int:
@@ -132,7 +137,9 @@ class Target:
 
 def _int(text: str, what: str, spec: str) -> int:
     if not re.fullmatch(r"\d+", text):
-        raise UsageError(f"target {spec!r}: {what} must be a non-negative integer, got {text!r}")
+        raise UsageError(f"target {spec!r}: {what} must be a non-negative integer, got {text[:40]!r}")
+    if len(text.lstrip("0")) > 18:  # past any tensor's size (and Python's int-parsing limit)
+        raise UsageError(f"target {spec[:80]!r}: {what} has {len(text)} digits; no classifier has that many")
     return int(text)
 
 

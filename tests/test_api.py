@@ -12,6 +12,7 @@ from PIL import Image
 
 import dgn_engine as dgn
 from dgn_engine.cli.main import main
+from dgn_engine.targets import parse_target
 from tests.small_models import tiny_rgb
 
 SETTINGS = dict(steps=6, seed=4, progress=False)
@@ -35,7 +36,7 @@ def test_synthesize_gives_the_clis_images(tmp_path, cache):
     """Same module, settings and batch: the API's results are the CLI's, PNG for PNG, on the torch
     reference and on the step graph."""
     model = tiny_rgb()
-    ids = ["class-3", "channel-features.3-2"]
+    ids = [parse_target(t).id for t in ("class:3", "channel:features.3:2")]
     ours = dgn.synthesize(model, TARGETS, backend="torch", **SETTINGS)
     cli = ["--classifier", "tests.small_models:tiny_rgb", "--mode", "untrained", "--steps", "6", "--seed", "4"]
     targets = ["--target", "class:3", "--target", "channel:features.3:2"]

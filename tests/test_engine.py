@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from dgn_engine.cli.main import main
+from dgn_engine.targets import parse_target
 from tests.conftest import error_line
 
 LABELS = ["tee", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
@@ -140,7 +141,7 @@ def test_divergence_stops_its_batch_and_the_job_goes_on(tmp_path, artifacts):
     for t in targets:
         argv += ["--target", t]
     assert main(argv) == 0
-    bad = load(out, "1e_38xclass-0")
+    bad = load(out, parse_target("1e38*class:0").id)
     assert bad["diverged"] and "loss became" in bad["diverged"]
     assert load(out, "class-1")["diverged"] == bad["diverged"]  # the whole batch stopped
     assert load(out, "class-3")["diverged"] is None and np.isfinite(load(out, "class-3")["final_activation"])
@@ -204,20 +205,20 @@ def test_other_spec_in_out_folder_is_refused_and_kept(tmp_path, artifacts, capsy
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES])
 def test_write_error_stops_the_job_and_keeps_what_was_finished(tmp_path, artifacts, capsys, monkeypatch, code):
-    import dgn_engine.engine.jobs as jobs
+    from dgn_engine.files import Folder
 
-    real, calls = jobs.atomic_write, []
+    real, calls = Folder.write, []
 
-    def failing(path, data):
-        calls.append(path)
+    def failing(folder, name, data):
+        calls.append(name)
         if len(calls) > 3:  # the first batch's three PNGs, then the disk "fills"
-            raise OSError(code, os.strerror(code), path)
-        real(path, data)
+            raise OSError(code, os.strerror(code), name)
+        real(folder, name, data)
 
     out = tmp_path / "o"
     assert main(run_argv(artifacts["pretrained"], out, "--target", "class:7", "--steps", "3")) == 0
     before = snapshot(out)
-    monkeypatch.setattr(jobs, "atomic_write", failing)
+    monkeypatch.setattr(Folder, "write", failing)
     err = error_line(capsys, run_argv(artifacts["pretrained"], out, "--all-classes", "--steps", "3"))
     assert os.strerror(code) in err and "finished targets are kept" in err
     for f, v in before.items():

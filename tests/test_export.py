@@ -93,7 +93,7 @@ def test_manifest(artifacts, decoder_file):
     assert u["trainable_per_target"] == artifacts["untrained"].plan.trainable_count()
     # every file but the manifest, with the size and digest it was written with
     path = artifacts["pretrained"].path
-    assert set(m["files"]) == set(os.listdir(path)) - {"manifest.json"}
+    assert set(m["files"]) == set(os.listdir(path)) - {"manifest.json", ".lock"}  # the lock is no artifact
     for f, entry in m["files"].items():
         data = open(os.path.join(path, f), "rb").read()
         assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -122,7 +122,12 @@ def test_export_bad_input(tmp_path, capsys, artifacts):
     assert "already holds artifacts; use --force" in err
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    assert "not empty" in error_line(capsys, base + ["--out", str(tmp_path / "busy")])
+    assert "holds 'notes.txt', which an export did not write" in error_line(
+        capsys, base + ["--out", str(tmp_path / "busy")]
+    )
+    # --force replaces artifacts, never anyone else's files
+    err = error_line(capsys, base + ["--out", str(tmp_path / "busy"), "--force"])
+    assert "which an export did not write" in err and (tmp_path / "busy" / "notes.txt").read_text() == "mine"
     gray = str(tmp_path / "gray.pt")
     write_calibrated_decoder(gray, 28, "L")
     err = error_line(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dgn_engine.cli.main import main
+from dgn_engine.targets import parse_target
 
 CLASSIFIER = ["--classifier", "tests.small_models:tiny_rgb"]
 
@@ -61,7 +62,7 @@ def test_same_seed_same_results(tmp_path, tiny_decoder, mode):
     ]
     run(tmp_path / "a", *extra)
     run(tmp_path / "b", *extra)
-    for tid in ("class-2", "channel-features.3-1"):
+    for tid in ("class-2", parse_target("channel:features.3:1").id):
         a, b = record(tmp_path / "a", tid), record(tmp_path / "b", tid)
         assert a["loss_curve"] == b["loss_curve"] and a["top5"] == b["top5"]
         assert (tmp_path / "a/targets" / f"{tid}.png").read_bytes() == (
@@ -82,7 +83,7 @@ def test_batch_equals_single_runs(tmp_path, tiny_decoder, mode):
         extra += ["--target", t]
     run(tmp_path / "batched", *extra, "--batch", "3")
     run(tmp_path / "single", *extra, "--batch", "1")
-    for t in ["class-0", "class-1", "0.5xclass-2_class-3"]:
+    for t in ["class-0", "class-1", parse_target("0.5*class:2+class:3").id]:
         a, b = (
             np.array(record(tmp_path / "batched", t)["loss_curve"]),
             np.array(record(tmp_path / "single", t)["loss_curve"]),

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dgn_engine.cli.main import main
+from dgn_engine.targets import parse_target
 from tests.conftest import error_line
 
 SMALL = ["--classifier", "tests.small_models:tiny_rgb"]
@@ -39,10 +40,12 @@ def test_results_record_what_made_them(tmp_path, artifacts):
     assert main(run_argv(art, out, "--target", "class:1", "--steps", "3")) == 0
     rec, run = record(out, "class-1"), json.loads((out / "run.json").read_text())
     for made in (rec, run):
-        assert made["provenance"]["artifacts_manifest_sha256"] == art.manifest_sha256
+        assert made["provenance"]["artifacts_sha256"] == art.results_digest
         assert set(made["provenance"]["files_sha256"]) == {"weights.bin", "step.onnx", "render.onnx", "classifier.onnx"}
-        assert made["provenance"]["source_files_sha256"] == art.manifest["sha256"]  # the decoder file's digest
-        assert any(k.endswith("decoder.pt") for k in made["provenance"]["source_files_sha256"])
+        # the decoder file's digest, by content (its path is not part of what made the results)
+        decoder = [d for k, d in art.manifest["sha256"].items() if k.endswith("decoder.pt")]
+        assert made["provenance"]["source_files_sha256"] == sorted(set(art.manifest["sha256"].values()))
+        assert decoder and decoder[0] in made["provenance"]["source_files_sha256"]
         assert made["display"] == "model" and made["dgn_engine"] and made["spec"]["steps"] == 3
         assert made["results_key"] == run["results_key"]
     import hashlib
@@ -119,7 +122,7 @@ def test_resume_refuses_other_artifacts_and_other_display(tmp_path, artifacts, d
     assert "holds results made otherwise (display model -> original)" in err
     other = export(tmp_path / "other", "pretrained", 3, decoder_file, "--taps", "features.3", "--noise-sigma", "0.07")
     err = error_line(capsys, run_argv(other, out, "--all-classes", "--steps", "3"))
-    assert "artifacts_manifest_sha256" in err
+    assert "artifacts_sha256" in err
     assert files(out) == before
     assert main(run_argv(art, out, "--all-classes", "--steps", "3", "--display", "original", "--force")) == 0
     assert all(record(out, f"class-{c}")["display"] == "original" for c in range(10))
@@ -324,7 +327,7 @@ def test_garbage_run_json_is_one_line_and_force_repairs_it(tmp_path, artifacts, 
 def test_run_json_that_is_a_folder(tmp_path, artifacts, capsys):
     out = tmp_path / "o"
     (out / "run.json").mkdir(parents=True)
-    assert "is not a file" in error_line(capsys, run_argv(artifacts["pretrained"], out, "--target", "class:1"))
+    assert "is not a plain file" in error_line(capsys, run_argv(artifacts["pretrained"], out, "--target", "class:1"))
 
 
 def test_deleted_gallery_is_rebuilt(tmp_path, artifacts):
@@ -356,7 +359,7 @@ def test_negative_weight_target_needs_no_equals_sign(tmp_path, artifacts):
     assert (
         main(run_argv(artifacts["pretrained"], tmp_path / "o", "--target", "-1*class:1+class:2", "--steps", "2")) == 0
     )
-    assert record(tmp_path / "o", "-1xclass-1_class-2")["target"] == "-1*class:1+class:2"
+    assert record(tmp_path / "o", parse_target("-1*class:1+class:2").id)["target"] == "-1*class:1+class:2"
 
 
 # -- options ---------------------------------------------------------------------------------------
@@ -369,7 +372,7 @@ ART = "{art}"
     [
         (
             ["run", "--artifacts", ART, "--target", "class:1", "--threads", "-4"],
-            "argument --threads: must be between 1",
+            "argument --threads: must be at least 1",
         ),
         (
             ["run", "--artifacts", ART, "--target", "class:1", "--steps", str(10**20)],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 
 from ..errors import UsageError
 from ..preprocessing import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
@@ -140,7 +141,17 @@ def ensure_writable_dir(path: str, what: str = "output folder") -> None:
         raise UsageError(f"the {what} {path!r} is not writable; choose another")
 
 
-THREADS = integer(1, 4096)
+def THREADS(text: str) -> int:  # noqa: N802 (an argparse type, named as the others)
+    """An argparse type: CPU threads, at most this machine's cores (more only slow every thread down)."""
+    value = integer(1)(text)
+    cores = os.cpu_count() or 1
+    if value > cores:
+        print(
+            f"dgn-engine: warning: --threads {value} is more than the {cores} cores here; using {cores}",
+            file=sys.stderr,
+        )
+        return cores
+    return value
 
 
 def set_threads(n: int | None) -> None:

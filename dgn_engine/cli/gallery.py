@@ -32,20 +32,20 @@ def add_parser(sub) -> None:
 def main(args) -> int:
     from ..engine.gallery import build_gallery, merge_results, summary_line
     from ..engine.lock import FolderLock
+    from ..engine.results_folder import TARGETS, open_results
 
-    for folder in args.results:
-        if not os.path.isdir(os.path.join(folder, "targets")):
-            raise UsageError(f"{folder!r} holds no results (no targets/ folder); give the --out of a run")
+    for path in args.results:
+        with open_results(path, create=False) as folder:
+            if folder.kind(TARGETS) != "folder":
+                raise UsageError(f"{path!r} holds no results (no targets/ folder); give the --out of a run")
     if len(args.results) > 1 and not args.into:
         raise UsageError("several results folders: name the folder that merges them with --into DIR")
-    out = args.into or args.results[0]
     if args.into:
-        ensure_writable_dir(out, "--into folder")
-        os.makedirs(out, exist_ok=True)
-    with FolderLock(out):
+        ensure_writable_dir(args.into, "--into folder")
+    with open_results(args.into or args.results[0], create=bool(args.into)) as out, FolderLock(out):
         if args.into:
-            print(f"merged {merge_results(args.results, out)} results into {out!r}")
+            print(f"merged {merge_results(args.results, out)} results into {out.path!r}")
         summary = build_gallery(out)
     print(summary_line(summary))
-    print(f"open {os.path.join(os.path.abspath(out), 'index.html')}")
+    print(f"open {os.path.join(os.path.abspath(out.path), 'index.html')}")
     return 0

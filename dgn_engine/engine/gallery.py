@@ -3,7 +3,10 @@ sheets of up to 100 targets, and summary.json, built from a results folder alone
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import html
+import io
 import json
 import os
 import sys
@@ -12,86 +15,97 @@ from statistics import median
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..digests import sha256_file
 from ..errors import UsageError
-from ..files import atomic_write, write_json
-from ..records import RunRecord, TargetRecord, read_record
+from ..files import Folder, finite
+from ..records import PNG_LIMIT, RunRecord, TargetRecord, read_record_in
 from .outputs import png_bytes
+from .results_folder import TARGETS, open_results, run_records
 
 SHEET_SIZE = 100  # targets per contact sheet, 10 x 10
 CAPTION = 14  # pixels of caption under each tile of a contact sheet
 
 
-def valid_results(out: str, warn, doing: str = "left out of the gallery"):
-    """(record, JSON path, PNG path) of each valid result in the folder; a file that is not one is named."""
-    folder = os.path.join(out, "targets")
-    for f in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+def valid_results(out: Folder, warn, doing: str = "left out of the gallery"):
+    """(record, PNG bytes) of each valid result in the folder; a file that is not one is named."""
+    folder = out.sub(TARGETS, what="targets folder") if out.kind(TARGETS) == "folder" else None
+    for f in folder.names() if folder else []:
         if not f.endswith(".json") or f.startswith("."):
             continue
-        path = os.path.join(folder, f)
         try:
-            rec = read_record(path, TargetRecord, "result")
+            rec = read_record_in(folder, f, TargetRecord, "result")
+            png = folder.read(rec.id + ".png", PNG_LIMIT, "result image")
         except UsageError as e:
             warn(f"dgn-engine: warning: {doing}: {e}")
             continue
-        png = os.path.join(folder, rec.id + ".png")
-        if not os.path.isfile(png) or sha256_file(png) != rec.png_sha256:
+        if f != rec.id + ".json" or hashlib.sha256(png).hexdigest() != rec.png_sha256 or not _decodable(png):
             warn(
-                f"dgn-engine: warning: {doing}: {png!r} is missing or not the image its "
+                f"dgn-engine: warning: {doing}: {folder.where(rec.id + '.png')!r} is not the image its "
                 f"result {f} reports; run the same command again to recompute it"
             )
             continue
-        yield rec, path, png
+        yield rec, png
 
 
-def _target_order(out: str, warn) -> list[str]:
+def _decodable(png: bytes) -> bool:
+    """A PNG of a size Pillow agrees to decode (it refuses a decompression bomb)."""
+    try:
+        with Image.open(io.BytesIO(png)) as im:
+            return im.format == "PNG" and im.size[0] * im.size[1] <= Image.MAX_IMAGE_PIXELS
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def _target_order(out: Folder, warn) -> list[str]:
     """The job's target order, from its run record (a shard's holds the whole job's list too)."""
-    shards = sorted(f for f in os.listdir(out) if f.startswith("run-shard-") and f.endswith(".json"))
-    for name in ["run.json", *shards]:
-        run_file = os.path.join(out, name)
-        if os.path.isfile(run_file):
-            try:
-                return list(read_record(run_file, RunRecord, "run record").spec.get("targets", []))
-            except UsageError as e:
-                warn(f"dgn-engine: warning: {e}")
+    for name in run_records(out):
+        try:
+            return list(read_record_in(out, name, RunRecord, "run record").spec.get("targets", []))
+        except UsageError as e:
+            warn(f"dgn-engine: warning: {e}")
     return []
 
 
-def _records(out: str, warn) -> list[dict]:
-    """The valid results of the folder, in the run's target order."""
-    records = {rec.target: rec.model_dump(by_alias=True) for rec, _, _ in valid_results(out, warn)}
+def _records(out: Folder, warn) -> list[tuple[dict, bytes]]:
+    """The valid results of the folder (record, PNG bytes), in the run's target order."""
+    records = {rec.target: (rec.model_dump(by_alias=True), png) for rec, png in valid_results(out, warn)}
     ranked = [records.pop(t) for t in _target_order(out, warn) if t in records]
     return ranked + [records[t] for t in sorted(records)]
 
 
-def merge_results(sources: list[str], into: str, warn=None) -> int:
+def merge_results(sources: list[str], into: Folder, warn=None) -> int:
     """Copy the valid results of `sources` (shards of one job) into `into`; returns how many were
     copied. Results of other settings, weights or artifacts (another results key) are refused."""
     warn = warn or _stderr
-    os.makedirs(os.path.join(into, "targets"), exist_ok=True)
+    targets = into.sub(TARGETS, create=True, what="targets folder")
     seen: dict[str, str] = {}  # results key -> the folder it was first seen in
     copied = 0
-    folders = [into] + [s for s in sources if os.path.abspath(s) != os.path.abspath(into)]
-    for i, folder in enumerate(folders):
-        for rec, js, png in valid_results(folder, warn, doing="not merged"):
-            seen.setdefault(rec.results_key, folder)
-            if len(seen) > 1:
-                first, other = list(seen.items())[:2]
-                raise UsageError(
-                    f"{first[1]!r} and {other[1]!r} hold results made otherwise (results keys {first[0]} and "
-                    f"{other[0]}); merge only the shards of one job"
-                )
-            if i == 0:  # already there
+    for i, path in enumerate([into.path] + sources):
+        with open_results(path, create=False) if i else contextlib.nullcontext(into) as folder:
+            if i and os.path.samefile(folder.path, into.path):
                 continue
-            for src in (png, js):  # the PNG first: a JSON never points at a missing image
-                with open(src, "rb") as f:
-                    atomic_write(os.path.join(into, "targets", os.path.basename(src)), f.read())
-            copied += 1
+            for rec, png in valid_results(folder, warn, doing="not merged"):
+                seen.setdefault(rec.results_key, path)
+                if len(seen) > 1:
+                    first, other = list(seen.items())[:2]
+                    raise UsageError(
+                        f"{first[1]!r} and {other[1]!r} hold results made otherwise (results keys {first[0]} and "
+                        f"{other[0]}); merge only the shards of one job"
+                    )
+                if i == 0:  # already there
+                    continue
+                # the PNG first: a JSON never points at a missing image
+                targets.write(rec.id + ".png", png)
+                targets.write_json(rec.id + ".json", rec.model_dump(by_alias=True))
+                copied += 1
     return copied
 
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def _number(value, form: str) -> str:
+    return "n/a" if value is None else format(value, form)
 
 
 def _name(rec: dict) -> str:
@@ -101,7 +115,7 @@ def _name(rec: dict) -> str:
 def summarise(records: list[dict]) -> dict:
     finished = [r for r in records if r.get("diverged") is None]
     classy = [r for r in finished if "class:" in r["target"]]
-    acts = [r["final_activation"] for r in finished if "final_activation" in r]
+    acts = [r["final_activation"] for r in finished if r.get("final_activation") is not None]
     return {
         "targets": len(records),
         "diverged": len(records) - len(finished),
@@ -141,14 +155,14 @@ def contact_sheet(
     return sheet
 
 
-def _sheets(out: str, records: list[dict]) -> list[str]:
+def _sheets(out: Folder, records: list[tuple[dict, bytes]]) -> list[str]:
     names = []
     for i in range(0, len(records), SHEET_SIZE):
         chunk = records[i : i + SHEET_SIZE]
-        images = [Image.open(os.path.join(out, "targets", r["id"] + ".png")) for r in chunk]
-        sheet = contact_sheet(images, [_name(r) for r in chunk])
+        images = [Image.open(io.BytesIO(png)) for _, png in chunk]
+        sheet = contact_sheet(images, [_name(r) for r, _ in chunk])
         name = f"sheet-{i // SHEET_SIZE + 1:03d}.png"
-        atomic_write(os.path.join(out, name), png_bytes(np.asarray(sheet)))
+        out.write(name, png_bytes(np.asarray(sheet)))
         names.append(name)
     return names
 
@@ -205,16 +219,17 @@ detail.addEventListener("click", () => {{ detail.style.display = "none"; }});
 """
 
 
-def build_gallery(out: str, warn=_stderr) -> dict:
+def build_gallery(out: Folder, warn=_stderr) -> dict:
     """Write index.html, the contact sheets and summary.json for the results in `out`."""
-    records = _records(out, warn)
+    with_png = _records(out, warn)
+    records = [r for r, _ in with_png]
     summary = summarise(records)
-    sheets = _sheets(out, records)
+    sheets = _sheets(out, with_png)
     cards, data = [], []
     for i, rec in enumerate(records):
         png = f"targets/{rec['id']}.png"
         act = rec.get("final_activation")
-        act_text = "diverged" if rec.get("diverged") else f"{act:.4g}" if act is not None else ""
+        act_text = "diverged" if rec.get("diverged") else _number(act, ".4g")
         hit = rec.get("top1_is_target")
         mark = (
             ""
@@ -226,7 +241,7 @@ def build_gallery(out: str, warn=_stderr) -> dict:
             f'alt="{html.escape(rec["target"])}" loading="lazy"><div>{html.escape(_name(rec))}</div>'
             f"<div>activation {html.escape(act_text)} {mark}</div></a>"
         )
-        top5 = ", ".join(f"{t['name']} {t['score']:.3g}" for t in rec.get("top5", []))
+        top5 = ", ".join(f"{t['name']} {_number(t['score'], '.3g')}" for t in rec.get("top5", []))
         text = (
             f"final activation {act_text}; classifier's top-5 on this image: {top5}; "
             f"{rec['steps']} steps, seed {rec['seed']}, {rec['mode']} mode, {rec['seconds']:.2f} s"
@@ -234,14 +249,15 @@ def build_gallery(out: str, warn=_stderr) -> dict:
         if rec.get("diverged"):
             text = f"diverged: {rec['diverged']}"
         data.append({"png": png, "name": _name(rec), "text": text, "curve": [c[:2] for c in rec["loss_curve"]]})
-    title = os.path.basename(os.path.abspath(out))
+    title = os.path.basename(os.path.abspath(out.path))
     page = PAGE.format(
         title=html.escape(title),
         summary=html.escape(summary_line(summary)),
         sheets=" ".join(f'<a href="{s}">{s}</a>' for s in sheets) or "none",
         cards="\n".join(cards),
-        data=json.dumps(data).replace("</", "<\\/"),
+        # no "<" at all in the embedded data: no label can end the script element or open a comment
+        data=json.dumps(finite(data), allow_nan=False).replace("<", "\\u003c"),
     )
-    atomic_write(os.path.join(out, "index.html"), page.encode())
-    write_json(os.path.join(out, "summary.json"), summary)
+    out.write("index.html", page.encode())
+    out.write_json("summary.json", finite(summary))
     return summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -10,17 +11,18 @@ import time
 from dataclasses import dataclass
 
 from .. import __version__, progress
-from ..digests import sha256_file, sha256_json
+from ..digests import sha256_json
 from ..errors import UsageError
-from ..files import atomic_write, write_json
-from ..records import RunRecord, TargetRecord, read_record
+from ..files import finite
+from ..records import PNG_LIMIT, RunRecord, TargetRecord, read_record_in
 from ..spec import RunSpec
 from ..targets import Target, parse_target
 from .gallery import build_gallery, summary_line
 from .lock import FolderLock
 from .loop import Interrupted
+from .results_folder import TARGETS, open_results, run_records
 from .runners import Runner
-from .target_files import ResultSettings, TargetFiles
+from .target_files import ResultSettings, TargetFiles, relabelled
 
 
 @dataclass
@@ -68,10 +70,10 @@ def differences(old: dict, new: dict, most: int = 4) -> str:
 
 
 class _StopFlag:
-    """Ctrl-C and SIGTERM set a flag that the loop checks between steps, so a write in progress
-    completes and the run records that it was interrupted."""
+    """Ctrl-C, SIGTERM and SIGHUP (a closed terminal) set a flag that the loop checks between steps,
+    so a write in progress completes and the run records that it was interrupted."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
     def __init__(self):
         self.set = False
@@ -107,55 +109,59 @@ class Job:
             batches = batches[index::count]
         self.batch_list, self.targets = batches, [t for b in batches for t in b]
         self.suffix = f"-shard-{options.shard[0]}-of-{options.shard[1]}" if options.shard else ""
-        self.run_file = os.path.join(out_dir, f"run{self.suffix}.json")
+        self.run_name = f"run{self.suffix}.json"
+        self.run_file = os.path.join(out_dir, self.run_name)
         self.made_by = made_by(spec, options.display, runner.provenance())
         self.key = sha256_json(self.made_by)[:16]
         labels = options.labels or runner.labels
         self.settings = ResultSettings(spec, options.display, labels, self.made_by, self.key)
-        self.dir = os.path.join(out_dir, "targets")
-        self.damaged = self.done = 0
+        self.damaged = self.done = self.renamed = 0
+        self.folder = self.tdir = None  # files.Folder handles, opened by run()
 
     # -- files ---------------------------------------------------------------------------------
-    def _paths(self, target: Target) -> tuple[str, str]:
-        base = os.path.join(self.dir, target.id)
-        return base + ".png", base + ".json"
-
     def is_done(self, target: Target) -> bool:
-        """Its JSON is a valid record made as this run would make it, and its PNG the one the JSON's
-        scores are of (a PNG cut short, emptied or replaced is recomputed)."""
-        png, js = self._paths(target)
-        if not os.path.isfile(js):
+        """Its JSON is a valid record of this very target made as this run would make it, and its PNG
+        the one the JSON's scores are of (a PNG cut short, emptied, replaced or copied from another
+        target is recomputed)."""
+        js = target.id + ".json"
+        if self.tdir.kind(js) is None:
             return False
         try:
-            record = read_record(js, TargetRecord, "result")
+            record = read_record_in(self.tdir, js, TargetRecord, "result")
+            if record.target != target.text or record.id != target.id:
+                raise UsageError("the record of another target")
+            if record.results_key != self.key:
+                return False
+            if hashlib.sha256(self.tdir.read(target.id + ".png", PNG_LIMIT)).hexdigest() != record.png_sha256:
+                raise UsageError("not the image its record reports")
         except UsageError:
             self.damaged += 1
             return False
-        if record.results_key != self.key:
-            return False
-        if not os.path.isfile(png) or sha256_file(png) != record.png_sha256:
-            self.damaged += 1
-            return False
+        self._relabel(target, record.model_dump(by_alias=True, exclude_unset=True))
         return True
+
+    def _relabel(self, target: Target, record: dict) -> None:
+        """Labels name classes and change nothing else: a finished result named with other labels gets
+        the current names (and the gallery is rebuilt), never a mix of old and new names."""
+        new = relabelled(record, self.settings, target)
+        if new != record:
+            self.tdir.write_json(target.id + ".json", finite(new))
+            self.renamed += 1
 
     def _prepare(self) -> None:
         """Under the lock: what a killed run was writing goes, and a folder made otherwise is refused."""
         if not self.options.shard:  # a shard sharing the folder cannot tell its own leftovers from the others' files
-            for folder in (self.out, self.dir):
-                for f in os.listdir(folder):
+            for folder in (self.folder, self.tdir):
+                for f in folder.names():
                     if f.startswith(".tmp-"):
-                        os.unlink(os.path.join(folder, f))
-        if os.path.lexists(self.run_file) and not os.path.isfile(self.run_file):
-            raise UsageError(f"{self.run_file!r} is not a file; remove it, or use another --out")
-        records = [self.run_file] + sorted(
-            os.path.join(self.out, f)
-            for f in os.listdir(self.out)
-            if f.startswith("run") and f.endswith(".json") and os.path.join(self.out, f) != self.run_file
-        )
-        for run_file in records if not self.options.force else []:
-            if not os.path.isfile(run_file):
+                        folder.remove(f)
+        if self.folder.kind(self.run_name) not in (None, "file"):
+            raise UsageError(f"{self.run_file!r} is not a plain file; remove it, or use another --out")
+        records = [self.run_name] + [n for n in run_records(self.folder) if n != self.run_name]
+        for run_name in records if not self.options.force else []:
+            if self.folder.kind(run_name) is None:
                 continue
-            old = read_record(run_file, RunRecord, "run record")
+            old = read_record_in(self.folder, run_name, RunRecord, "run record")
             if old.results_key != self.key:
                 settings = {k: v for k, v in old.spec.items() if k != "targets"}
                 previous = {
@@ -171,8 +177,8 @@ class Job:
 
     def _write_run(self, done: int, seconds: float, state: str) -> None:
         shard = {"shard": f"{self.options.shard[0]}/{self.options.shard[1]}"} if self.options.shard else {}
-        write_json(
-            self.run_file,
+        self.folder.write_json(
+            self.run_name,
             {
                 **shard,
                 **self.made_by,
@@ -194,16 +200,14 @@ class Job:
 
     # -- running -------------------------------------------------------------------------------
     def run(self, log=print) -> dict:
-        try:
-            os.makedirs(self.dir, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"cannot create the output folder {self.out!r}: {e.strerror}") from None
-        if not os.access(self.dir, os.W_OK | os.X_OK):
-            raise UsageError(f"the output folder {self.out!r} is not writable; choose another --out")
-        shard_locks = [FolderLock(self.out, shared=True), FolderLock(self.out, f".lock{self.suffix}")]
         with contextlib.ExitStack() as held:
-            for lock in shard_locks if self.options.shard else [FolderLock(self.out)]:
+            self.folder = held.enter_context(open_results(self.out, create=True))
+            if not os.access(self.out, os.W_OK | os.X_OK):
+                raise UsageError(f"the output folder {self.out!r} is not writable; choose another --out")
+            shard_locks = [FolderLock(self.folder, shared=True), FolderLock(self.folder, f".lock{self.suffix}")]
+            for lock in shard_locks if self.options.shard else [FolderLock(self.folder)]:
                 held.enter_context(lock)
+            self.tdir = held.enter_context(self.folder.sub(TARGETS, create=True, what="targets folder"))
             self._prepare()
             try:
                 return self._run(log)
@@ -218,11 +222,13 @@ class Job:
         done = self.done = len(finished)
         if self.damaged:
             log(f"recomputing {self.damaged} target(s) whose result files are damaged or do not match")
+        if self.renamed:
+            log(f"renamed the classes of {self.renamed} finished target(s) with the current labels")
         if done == len(self.targets):
             log(f"nothing to do: all {len(self.targets)} targets{self._of_shard()} in {self.out!r} are finished")
-            if self._record_is_stale():  # a --force over a damaged run.json, a deleted gallery
+            if self.renamed or self._record_is_stale():  # new labels, a --force over a damaged run.json
                 self._write_run(done, 0.0, "finished")
-                log(summary_line(build_gallery(self.out)))
+                log(summary_line(build_gallery(self.folder)))
             return {"computed": 0, "done": done, "total": len(self.targets), "summary": None}
         if done:
             log(f"resuming: {done} of {len(self.targets)} targets{self._of_shard()} already finished")
@@ -261,7 +267,7 @@ class Job:
         finally:
             bar.close()
         self._write_run(done, time.perf_counter() - started, "finished")
-        summary = build_gallery(self.out)
+        summary = build_gallery(self.folder)
         log(summary_line(summary))
         log(f"gallery: {os.path.join(os.path.abspath(self.out), 'index.html')}")
         return {
@@ -276,16 +282,15 @@ class Job:
         return f" of shard {self.options.shard[0]}/{self.options.shard[1]}" if self.options.shard else ""
 
     def _record_is_stale(self) -> bool:
-        if not os.path.isfile(os.path.join(self.out, "index.html")):
+        if self.folder.kind("index.html") != "file":
             return True
         try:
-            record = read_record(self.run_file, RunRecord, "run record")
+            record = read_record_in(self.folder, self.run_name, RunRecord, "run record")
         except UsageError:
             return True
         return record.results_key != self.key or record.progress.state != "finished"
 
     def _write_results(self, files: list[TargetFiles]) -> None:
         for f in files:  # the record after its PNG: a target is finished once its JSON names that PNG
-            png, js = self._paths(f.target)
-            atomic_write(png, f.png)
-            write_json(js, f.record)
+            self.tdir.write(f.target.id + ".png", f.png)
+            self.tdir.write_json(f.target.id + ".json", finite(f.record))

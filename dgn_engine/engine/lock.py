@@ -12,6 +12,7 @@ import sys
 import time
 
 from ..errors import UsageError
+from ..files import Folder, reason
 
 LOCK_FILE = ".lock"
 
@@ -22,7 +23,7 @@ except ImportError:  # not POSIX: no lock, as before
 
 
 class FolderLock:
-    def __init__(self, folder: str, name: str = LOCK_FILE, shared: bool = False):
+    def __init__(self, folder: Folder, name: str = LOCK_FILE, shared: bool = False):
         # shards of one job share the folder's lock and each holds its own exclusively: they run side
         # by side, while a whole run (or the gallery) waits for all of them
         self.folder, self.name, self.shared = folder, name, shared
@@ -31,18 +32,18 @@ class FolderLock:
     def __enter__(self) -> "FolderLock":
         if fcntl is None:
             return self
-        path = os.path.join(self.folder, self.name)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        path = self.folder.where(self.name)
+        try:  # never through a link: a link planted there would make this run overwrite its target
+            fd = self.folder.open_file(self.name, os.O_RDWR | os.O_CREAT)
         except OSError as e:
-            raise UsageError(f"cannot create the lock file {path!r}: {e.strerror}; choose another --out") from None
+            raise UsageError(f"the lock file {path!r} is {reason(e)}; remove it, or use another --out") from None
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
             holder = os.read(fd, 400).decode(errors="replace").strip() or "a process that has not said who it is"
             os.close(fd)
             raise UsageError(
-                f"{self.folder!r} is being written by another run ({holder}); wait for it to "
+                f"{self.folder.path!r} is being written by another run ({holder}); wait for it to "
                 "finish, or use another --out"
             ) from None
         command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]

@@ -162,7 +162,8 @@ class RayRunner:
     ):
         self.art, self.address, self.log = art, address, log
         self.name, self.labels, self.layout = backend, art.labels, art.layout
-        art.check_files()  # a damaged folder is refused here, before it is shipped
+        with art.reading():  # a damaged folder is refused here, before it is shipped
+            self.files = art.read_files()
         self.ray = ray_module()
         self.connected = connect(address)
         self.workers = []
@@ -192,11 +193,7 @@ class RayRunner:
                 f"({cpus} in all; ray status lists its resources); add nodes, or lower --threads"
             )
         count = max(1, min(workers or room, most or room))
-        files = {}
-        for name in [MANIFEST, *self.art.manifest["files"]]:
-            with open(os.path.join(self.art.path, name), "rb") as f:
-                files[name] = f.read()
-        self.shipped = [ray.put(files)]  # in a list: workers fetch it themselves, when they load
+        self.shipped = [ray.put(self.files)]  # in a list: workers fetch it themselves, when they load
         # two threads: progress() answers while run() works
         actor = ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS, max_concurrency=2)(BatchWorker)
         job = uuid.uuid4().hex[:8]

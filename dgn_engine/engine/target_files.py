@@ -73,7 +73,7 @@ def target_files(backend: Backend, settings: ResultSettings, outcomes: list[Outc
             "steps": spec.steps,
             "backend": backend.name,
             "loss_curve": o.curve,
-            "last_step_activation": o.last_activation,
+            "last_step_activation": o.last_activation,  # NaN where diverged: written as null
             "seconds": round(o.seconds, 3),
             "diverged": o.diverged,
         }
@@ -90,6 +90,18 @@ def target_files(backend: Backend, settings: ResultSettings, outcomes: list[Outc
         record["png_sha256"] = hashlib.sha256(png[id(o)]).hexdigest()
         files.append(TargetFiles(o.target, png[id(o)], record))
     return files
+
+
+def relabelled(record: dict, settings: ResultSettings, target: Target) -> dict:
+    """The record with its class names from `settings.labels` (names are the only thing labels change)."""
+    new = dict(record, name=_target_name(settings, target))
+    for view in ("top5",):
+        if view in new:
+            new[view] = [dict(t, name=_class_name(settings, t["class"])) for t in new[view]]
+    if "model_view" in new:
+        mv = new["model_view"]
+        new["model_view"] = dict(mv, top5=[dict(t, name=_class_name(settings, t["class"])) for t in mv["top5"]])
+    return new
 
 
 def _class_name(settings: ResultSettings, c: int) -> str:

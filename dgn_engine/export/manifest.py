@@ -7,6 +7,7 @@ import hashlib
 import math
 import os
 import shutil
+import stat
 import tempfile
 import time
 
@@ -14,7 +15,7 @@ import onnx
 import torch
 
 from .. import __version__, demo
-from ..artifacts import BACKEND_FILES, FORMAT_VERSION, MANIFEST, load_artifacts
+from ..artifacts import BACKEND_FILES, FORMAT_VERSION, LOCK, MANIFEST, folder_lock, load_artifacts
 from ..digests import sha256_file
 from ..errors import UsageError
 from ..files import write_json
@@ -29,6 +30,7 @@ BACKENDS = tuple(BACKEND_FILES)
 WEIGHTS_FILE = "weights.bin"
 EXTERNAL_MIN_BYTES = 1024  # smaller constants stay inside the graph files
 ALIGN = 4096
+TMP_PREFIX = ".export-"
 
 
 def save_with_shared_weights(models: dict[str, onnx.ModelProto], folder: str) -> None:
@@ -68,14 +70,34 @@ def _versions() -> dict:
     return {"dgn_engine": __version__, "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort}
 
 
+# every name an export writes into its folder (its lock and its temporary folders included)
+OWN_FILES = {MANIFEST, WEIGHTS_FILE, LOCK, "step.onnx", "training.onnx", "checkpoint", "render.onnx", "classifier.onnx"}
+
+
+def _own(name: str) -> bool:
+    return name in OWN_FILES or name.startswith(TMP_PREFIX)
+
+
 def prepare_out(out: str, force: bool) -> None:
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out!r} is a file; give a folder")
-    if os.path.isdir(out) and os.listdir(out):
-        if not os.path.isfile(os.path.join(out, MANIFEST)) and not force:
-            raise UsageError(f"--out {out!r} is not empty and holds no artifacts; choose an empty folder")
-        if not force:
-            raise UsageError(f"--out {out!r} already holds artifacts; use --force to replace them")
+    names = os.listdir(out) if os.path.isdir(out) else []
+    foreign = sorted(n for n in names if not _own(n))
+    if foreign:  # never anyone else's files, --force or not
+        raise UsageError(
+            f"--out {out!r} holds {foreign[0]!r}, which an export did not write; choose an empty or new folder"
+        )
+    if MANIFEST in names and not force:
+        raise UsageError(f"--out {out!r} already holds artifacts; use --force to replace them")
+
+
+def _clean_interrupted(out: str) -> None:
+    """The temporary folders of exports into `out` that were killed (an export holds the folder's lock
+    alone, so none of them is in use); only real folders of that name, never through a link."""
+    for name in os.listdir(out):
+        path = os.path.join(out, name)
+        if name.startswith(TMP_PREFIX) and stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def export_artifacts(
@@ -95,9 +117,25 @@ def export_artifacts(
     started = time.perf_counter()
     backends = [b for b in BACKENDS if b in backends]
     models, io, files = trace_graphs(coupled, spec, k, backends)
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out {out!r}: {e.strerror}") from None
+    with folder_lock(out, exclusive=True):  # runs loading these graphs finish first; new ones wait
+        _clean_interrupted(out)
+        _write(coupled, spec, sources, k, out, backends, models, io, files, started)
+    art = load_artifacts(out)
+    size = sum(e["size"] for e in art.manifest["files"].values())
+    log(
+        f"exported {coupled.mode} mode for {' and '.join(backends)}, batch {k}, to {out!r} in "
+        f"{time.perf_counter() - started:.1f} s ({size / 2**20:.1f} MiB)"
+    )
+    return art
+
+
+def _write(coupled, spec, sources, k, out, backends, models, io, files, started) -> None:
+    """The files written into a temporary folder inside `out`, then moved in (manifest last)."""
+    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out)
     try:
         save_with_shared_weights(models, tmp)
         for name, data in files.items():
@@ -137,7 +175,6 @@ def export_artifacts(
             "export_seconds": round(time.perf_counter() - started, 2),
         }
         write_json(os.path.join(tmp, MANIFEST + ".part"), manifest)
-        os.makedirs(out, exist_ok=True)
         if os.path.exists(os.path.join(out, MANIFEST)):
             os.unlink(os.path.join(out, MANIFEST))
         for f in sorted(os.listdir(tmp)):
@@ -146,12 +183,6 @@ def export_artifacts(
         os.replace(os.path.join(tmp, MANIFEST + ".part"), os.path.join(out, MANIFEST))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
-    log(
-        f"exported {coupled.mode} mode for {' and '.join(backends)}, batch {k}, to {out!r} in "
-        f"{time.perf_counter() - started:.1f} s ({size / 2**20:.1f} MiB)"
-    )
-    return load_artifacts(out)
 
 
 def export_demo(mode: str, out: str, log=print, backends=("step-graph",), spec=None):

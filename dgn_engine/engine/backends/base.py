@@ -24,7 +24,6 @@ class ArtifactsBackend:
                 f"{' or '.join(ENGINE_PRECISIONS)}; {precision} is the torch backend's (--backend torch)"
             )
         art.require(self.name)
-        art.check_files()  # a flipped byte in weights.bin would otherwise run as another D
         self.art, self.threads = art, threads
         self.mode, self.k = art.mode, art.batch
         self.preprocessing, self.layout, self.labels = art.preprocessing, art.layout, art.labels
@@ -33,7 +32,15 @@ class ArtifactsBackend:
         self.transforms = art.spec.transforms.enabled
         self.providers, self.device_type = providers(device, precision)
         self.precision = precision if self.device_type == "cuda" else "float32"  # what really runs
-        self._classifier = None
+        # every graph is checked against its digest and loaded before the first step, while an export
+        # into the folder waits: all of a run's outputs come from one export
+        with art.reading():
+            art.check_files()  # a flipped byte in weights.bin would otherwise run as another D
+            self._classifier = session(art.graph("classifier"), self.providers, threads)
+            self.load()
+
+    def load(self) -> None:
+        """The subclass's own graphs, loaded under the artifacts' lock (see __init__)."""
 
     def padded(self, targets: list[Target], spec: RunSpec) -> list[Target]:
         """The batch's targets repeated up to K (rows are independent; the extras are dropped)."""
@@ -44,17 +51,16 @@ class ArtifactsBackend:
         return targets + [targets[-1]] * (self.k - len(targets))
 
     def provenance(self) -> dict:
-        """The manifest's digest covers everything the graphs are made of: it records the sha256 of
-        every file of the artifacts and of the sources they were exported from."""
+        """What the results depend on: every graph file's digest, the digests of the files they were
+        exported from, and the manifest's facts, but not its timing, tool versions or source paths,
+        so that the same model exported again (another cache, another day) gives the same key."""
         return {
             "backend": self.name,
             "precision": self.precision,
-            "artifacts_manifest_sha256": self.art.manifest_sha256,
+            "artifacts_sha256": self.art.results_digest,
             "files_sha256": {f: e["sha256"] for f, e in sorted(self.art.manifest["files"].items())},
-            "source_files_sha256": dict(self.art.manifest["sha256"]),
-        }  # D's and the decoder's files
+            "source_files_sha256": sorted(set(self.art.manifest["sha256"].values())),  # D's, the decoder's
+        }
 
     def classify(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        if self._classifier is None:
-            self._classifier = session(self.art.graph("classifier"), self.providers, self.threads)
         return classify_in_batches(self._classifier, images, self.k)

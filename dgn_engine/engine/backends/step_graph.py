@@ -25,7 +25,6 @@ class StepGraphBackend(ArtifactsBackend):
 
     def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None, precision: str = "float32"):
         super().__init__(art, device, threads, precision)
-        self.session = session(art.graph("step"), self.providers, threads)
         if self.device_type == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             # onnxruntime-gpu lists CUDA even where it cannot start (no GPU, no CUDA libraries)
             if device == "cuda":
@@ -36,6 +35,9 @@ class StepGraphBackend(ArtifactsBackend):
             self.providers, self.device_type, self.precision = ["CPUExecutionProvider"], "cpu", "float32"
         self.state_names = [s["name"] for s in art.manifest["state"]]
         self.binding = None
+
+    def load(self) -> None:
+        self.session = session(self.art.graph("step"), self.providers, self.threads)
 
     def _value(self, array: np.ndarray):
         return ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, np.float32), self.device_type, 0)

@@ -53,24 +53,27 @@ class TrainingApiBackend(ArtifactsBackend):
                 "onnxruntime-training==1.19.2 (CUDA 11.8, cuDNN 8, Python 3.10/3.11), or use the "
                 "step-graph backend with onnxruntime-gpu"
             )
+        self.asked_device = device
         super().__init__(art, device, threads, precision)
-        # the CUDA build lists CUDA even where CUDA 11.8 / cuDNN 8 cannot start: --device auto falls back
-        tries = [self.device_type] + (["cpu"] if device == "auto" and self.device_type == "cuda" else [])
-        for i, self.device_type in enumerate(tries):
-            try:
-                self.module = self._module(art)
-                break
-            except Exception as e:  # onnxruntime raises its own exception types
-                if i == len(tries) - 1:
-                    raise UsageError(
-                        f"onnxruntime-training cannot load the artifacts in {art.path!r}: "
-                        f"{str(e).splitlines()[0][:200]}"
-                    ) from None
         if self.device_type == "cpu":
             self.providers = ["CPUExecutionProvider"]
         self.inputs = self.module.input_names(True)
         self.outputs = self.module.output_names(True)
         self.trainables = list(trainable_shapes(self.mode, self.plan))
+
+    def load(self) -> None:
+        # the CUDA build lists CUDA even where CUDA 11.8 / cuDNN 8 cannot start: --device auto falls back
+        tries = [self.device_type] + (["cpu"] if self.asked_device == "auto" and self.device_type == "cuda" else [])
+        for i, self.device_type in enumerate(tries):
+            try:
+                self.module = self._module(self.art)
+                break
+            except Exception as e:  # onnxruntime raises its own exception types
+                if i == len(tries) - 1:
+                    raise UsageError(
+                        f"onnxruntime-training cannot load the artifacts in {self.art.path!r}: "
+                        f"{str(e).splitlines()[0][:200]}"
+                    ) from None
 
     def _module(self, art: Artifacts):
         C = self.C
