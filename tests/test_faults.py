@@ -97,7 +97,9 @@ def test_sigkill_at_random_points(tmp_path, tmp_path_factory, artifacts, whole, 
         assert not [f for f in os.listdir(out / "targets") if f.startswith(".tmp-")]
 
 
-@pytest.mark.parametrize("sig, code, by", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+@pytest.mark.parametrize(
+    "sig, code, by", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM"), (signal.SIGHUP, 129, "SIGHUP")]
+)
 def test_sigint_and_sigterm_stop_cleanly(tmp_path, artifacts, whole, sig, code, by):
     art = artifacts["pretrained"]
     out = tmp_path / "o"

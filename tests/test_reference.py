@@ -35,15 +35,16 @@ def record(out, target_id):
 )
 def test_reference_run_raises_the_target_activation(tmp_path, tiny_decoder, mode, target, steps, image_range, factor):
     extra = ["--decoder", tiny_decoder] if mode == "pretrained" else []
-    run(tmp_path, "--mode", mode, "--target", target, "--steps", str(steps), "--image-range", image_range, *extra)
-    rec = record(tmp_path, target.replace(":", "-"))
+    out = tmp_path / "o"  # tmp_path holds the decoder file: not a results folder
+    run(out, "--mode", mode, "--target", target, "--steps", str(steps), "--image-range", image_range, *extra)
+    rec = record(out, target.replace(":", "-"))
     curve = np.array(rec["loss_curve"])
     # the activation of each step's noisy forward pass (sigma = 2 in untrained mode): average 5 readings
     first, last = curve[:5, 2].mean(), curve[-5:, 2].mean()
     assert first > 0
     assert last > factor * first, (first, last)
     assert rec["diverged"] is None and rec["final_activation"] > first
-    assert os.path.getsize(tmp_path / "targets" / (rec["id"] + ".png")) > 100
+    assert os.path.getsize(out / "targets" / (rec["id"] + ".png")) > 100
 
 
 @pytest.mark.parametrize("mode", ["untrained", "pretrained"])

@@ -78,10 +78,12 @@ def test_shards_run_side_by_side_but_a_whole_run_waits_for_them(artifacts, tmp_p
     """While a shard holds the folder (its lock on .lock is shared), another shard starts and a whole
     run or the gallery is refused in one line, since it would clean up the shards' files in flight."""
     from dgn_engine.engine.lock import FolderLock
+    from dgn_engine.files import Folder
 
     art, out = artifacts["pretrained"], tmp_path / "shared"
     out.mkdir()
-    with FolderLock(str(out), shared=True), FolderLock(str(out), ".lock-shard-0-of-2"):  # shard 0 running
+    folder = Folder.open(str(out))
+    with FolderLock(folder, shared=True), FolderLock(folder, ".lock-shard-0-of-2"):  # shard 0 running
         assert main(run_argv(art, out, "--shard", "1/2")) == 0
         assert "is being written by another run" in error_line(capsys, run_argv(art, out))
         assert "is being written by another run" in error_line(capsys, ["gallery", str(out)])

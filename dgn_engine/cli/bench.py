@@ -6,7 +6,7 @@ import argparse
 import os
 
 from ..errors import UsageError
-from .common import THREADS, add_device_option, ensure_writable_dir, integer
+from .common import THREADS, add_device_option, ensure_writable_dir, folder, integer
 
 HELP = "time the engine's backends against torch eager (and torch.compile) on the same work"
 DESCRIPTION = """\
@@ -98,7 +98,7 @@ def add_parser(sub) -> None:
         help="comma-separated: default (each mode's), none, standard; settings with numbers "
         "(jitter=J,scale=S,rotate=DEG) are separated by ';' (default: %(default)s)",
     )
-    q.add_argument("--out", metavar="DIR", help="keep the runs here (default: a temporary folder)")
+    q.add_argument("--out", type=folder, metavar="DIR", help="keep the runs here (default: a temporary folder)")
     p.set_defaults(func=main)
 
 

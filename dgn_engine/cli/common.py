@@ -51,6 +51,13 @@ def floats(text: str) -> tuple[float, ...]:
     return values
 
 
+def folder(text: str) -> str:
+    """An argparse type: a folder's path (an empty one would mean the current folder by accident)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder, got an empty path")
+    return text
+
+
 def integer(lo: int, hi: int | None = None):
     """An argparse type: an integer in [lo, hi]."""
 

@@ -9,6 +9,7 @@ from .common import (
     add_classifier_options,
     add_method_options,
     classifier_spec,
+    folder,
     integer,
     need_torch,
     read_lines,
@@ -36,7 +37,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "export", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="the artifacts folder to write")
+    p.add_argument("--out", required=True, type=folder, metavar="DIR", help="the artifacts folder to write")
     p.add_argument(
         "--batch",
         type=integer(1, 4096),

@@ -6,7 +6,7 @@ import argparse
 import os
 
 from ..errors import UsageError
-from .common import ensure_writable_dir
+from .common import ensure_writable_dir, folder
 
 HELP = "build index.html, contact sheets and summary.json for a results folder (or merge several)"
 DESCRIPTION = """\
@@ -25,7 +25,9 @@ def add_parser(sub) -> None:
         "gallery", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("results", nargs="+", metavar="RESULTS_DIR", help="a folder written by dgn-engine run")
-    p.add_argument("--into", metavar="DIR", help="merge the RESULTS_DIRs into this folder and build its gallery")
+    p.add_argument(
+        "--into", type=folder, metavar="DIR", help="merge the RESULTS_DIRs into this folder and build its gallery"
+    )
     p.set_defaults(func=main)
 
 
@@ -35,8 +37,8 @@ def main(args) -> int:
     from ..engine.results_folder import TARGETS, open_results
 
     for path in args.results:
-        with open_results(path, create=False) as folder:
-            if folder.kind(TARGETS) != "folder":
+        with open_results(path, create=False) as results:
+            if results.kind(TARGETS) != "folder":
                 raise UsageError(f"{path!r} holds no results (no targets/ folder); give the --out of a run")
     if len(args.results) > 1 and not args.into:
         raise UsageError("several results folders: name the folder that merges them with --into DIR")

@@ -41,19 +41,29 @@ def _joined_values(argv: list[str]) -> list[str]:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM outside the optimisation loop (which stops between steps by itself): handled as Ctrl-C."""
+    """SIGTERM or SIGHUP outside the optimisation loop (which stops between steps by itself)."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
 
 
-def _terminate(*_):
-    raise Terminated()
+def _terminate(signum, _frame):
+    raise Terminated(signal.Signals(signum).name)
+
+
+STOPPING = tuple(getattr(signal, s) for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s))
+EXIT_CODE = {"SIGTERM": 143, "SIGHUP": 129}  # 128 + the signal's number, as a shell reports it
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
-    try:
-        previous = signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:  # not the main thread
-        previous = None
+    previous = {}
+    for sig in STOPPING:
+        try:
+            previous[sig] = signal.signal(sig, _terminate)
+        except ValueError:  # not the main thread
+            pass
     try:
         args = p.parse_args(_joined_values(sys.argv[1:] if argv is None else list(argv)))
         if not getattr(args, "func", None):
@@ -63,22 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"dgn-engine: error: {e}", file=sys.stderr)
         return UsageError.exit_code
-    except Terminated:
-        print("\ndgn-engine: stopped by SIGTERM; run the same command again to resume", file=sys.stderr)
-        return 143
+    except Terminated as e:
+        print(f"\ndgn-engine: stopped by {e.name}; run the same command again to resume", file=sys.stderr)
+        return EXIT_CODE[e.name]
     except KeyboardInterrupt:
         print("\ndgn-engine: stopped; run the same command again to resume", file=sys.stderr)
         return 130
     except Interrupted as e:
-        by = "SIGTERM" if e.signal == "SIGTERM" else "Ctrl-C"
+        by = e.signal if e.signal in EXIT_CODE else "Ctrl-C"
         print(
             f"\ndgn-engine: stopped by {by}; finished targets are kept; run the same command again to resume",
             file=sys.stderr,
         )
-        return 143 if e.signal == "SIGTERM" else 130
+        return EXIT_CODE.get(e.signal, 130)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 if __name__ == "__main__":

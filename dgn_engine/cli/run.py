@@ -16,6 +16,7 @@ from .common import (
     add_method_options,
     classifier_spec,
     ensure_writable_dir,
+    folder,
     integer,
     need_torch,
     read_lines,
@@ -48,7 +49,7 @@ def add_parser(sub) -> None:
     what.add_argument("--targets-file", metavar="FILE", help="targets, one per line")
     what.add_argument("--all-classes", action="store_true", help="every class of D, one target each")
     what.add_argument("--labels", metavar="FILE", help="class names, one per line, for the results")
-    p.add_argument("--out", required=True, metavar="DIR", help="results folder (created if missing)")
+    p.add_argument("--out", required=True, type=folder, metavar="DIR", help="results folder (created if missing)")
     p.add_argument(
         "--force", action="store_true", help="recompute targets in OUT whose results were made with other settings"
     )

@@ -118,8 +118,9 @@ def made_of(coupled: CoupledStep) -> dict:
     preprocessing and taps, and the files they were read from."""
     clf = coupled.classifier
     return {
-        "classifier": clf.name,
-        "source_files_sha256": dict(clf.sources),
+        # a file's digest says what it is wherever it lies; a factory or in-memory module has only its name
+        "classifier": None if clf.sources else clf.name,
+        "source_files_sha256": sorted(set(clf.sources.values())),
         "classifier_tensors_sha256": tensors_sha256(clf.module.state_dict()),
         "decoder_tensors_sha256": tensors_sha256(coupled.decoder) if coupled.decoder is not None else None,
         "plan": coupled.plan.to_json(),
