@@ -37,7 +37,7 @@ def make_backend(name, art):
 
         return engine_backend(name, art, "cpu")
     from dgn_engine.engine.backends.torch_reference import TorchBackend
-    from dgn_engine.export.coupled import Sources, build_coupled
+    from dgn_engine.exporter.coupled import Sources, build_coupled
 
     return TorchBackend(build_coupled(Sources.from_json(art.manifest["sources"]), art.spec, []), "float32", "cpu")
 

@@ -284,7 +284,7 @@ class Engine:
 def _classifier(call, model, weights, image_size, channels, mean, std, labels, seed):
     """D from `model` in any of its forms, refused (naming `model`) where the search cannot run through it:
     tensors on the meta device, or an output with no gradient with respect to the image."""
-    from .export.classifiers import classifier_from_module, gradient_problem, load_classifier, module_problem
+    from .exporter.classifiers import classifier_from_module, gradient_problem, load_classifier, module_problem
 
     if isinstance(model, (str, os.PathLike)):
         clf = load_classifier(
@@ -405,7 +405,7 @@ def _cached_export(coupled, spec, sources, batch: int, backends, progress: bool)
     """The artifacts of this G + D, exported once into the cache and reused while they are whole."""
     from . import demo
     from .artifacts import load_artifacts
-    from .export.manifest import export_artifacts
+    from .exporter.manifest import export_artifacts
 
     folder = os.path.join(demo.cache_dir(), "exports", export_key(coupled, spec, batch, backends))
     if os.path.isdir(folder):
@@ -523,7 +523,7 @@ def synthesize(
         )
     if backend != "torch":
         _check_cache("synthesize")
-    from .export.coupled import couple
+    from .exporter.coupled import couple
 
     clf = _classifier("synthesize", model, weights, image_size, channels, mean, std, labels, seed)
     from . import demo
@@ -604,8 +604,8 @@ def export(
     """Write the artifacts folder `out` for `model` (the forms `synthesize` takes) and return it;
     `Engine(out)` runs it anywhere onnxruntime is installed. The arguments and the module are checked
     as synthesize checks them, before anything is written."""
-    from .export.coupled import couple
-    from .export.manifest import export_artifacts
+    from .exporter.coupled import couple
+    from .exporter.manifest import export_artifacts
 
     _check_together("export", dict(locals(), **settings))
     check_out("export", out)
@@ -627,7 +627,7 @@ def export(
 
 def _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed, spectrum=None):
     """What the export records it was made from (absolute paths), for `model` in any of its forms."""
-    from .export.coupled import Sources
+    from .exporter.coupled import Sources
 
     name = clf.name if not isinstance(model, (str, os.PathLike)) else os.fspath(model)
     return Sources(mode, name, weights, image_size, channels, mean, std, decoder, g_width, seed, spectrum).absolute()

@@ -100,8 +100,8 @@ def artifacts_for(size: str, mode: str, k: int, cache: str, backends=("step-grap
     out = os.path.join(cache, f"{_file_safe(size)}-{mode}-k{k}-{'+'.join(backends)}")
     if os.path.isfile(os.path.join(out, MANIFEST)):
         return load_artifacts(out)
-    from .export.coupled import build_coupled
-    from .export.manifest import export_artifacts
+    from .exporter.coupled import build_coupled
+    from .exporter.manifest import export_artifacts
     from .spec import default_spec
 
     sources = bench_sources(size, mode, cache)
@@ -118,22 +118,22 @@ def _file_safe(name: str) -> str:
 def bench_sources(size: str, mode: str, cache: str):
     """demo, full (VGG-16 with random weights) or any classifier name (its own weights), with a
     random decoder of the classifier's size in pretrained mode: timing does not depend on the values."""
-    from .export.coupled import Sources
+    from .exporter.coupled import Sources
 
     if size == "demo":
         return Sources(mode, "demo")
     classifier, weights = ("vgg16", "random") if size == "full" else (size, None)
     decoder = None
     if mode == "pretrained":
-        from .export.classifiers import resolve_preprocessing
+        from .exporter.classifiers import resolve_preprocessing
 
         pp = resolve_preprocessing(classifier, weights)
         decoder = os.path.join(cache, f"decoder-random-{pp.image_size}-{pp.order}.pt")
         if not os.path.isfile(decoder):
             import torch
 
-            from .export.autoencoder import save_decoder
-            from .export.generator import Decoder
+            from .exporter.autoencoder import save_decoder
+            from .exporter.generator import Decoder
             from .plan import generator_plan
 
             torch.manual_seed(0)
@@ -165,7 +165,7 @@ def run_row(row: dict) -> dict:
         import torch
 
         from .engine.backends.torch_reference import TorchBackend
-        from .export.coupled import Sources, build_coupled
+        from .exporter.coupled import Sources, build_coupled
 
         if row.get("threads"):
             torch.set_num_threads(row["threads"])

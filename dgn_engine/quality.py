@@ -65,7 +65,7 @@ def judge(paths: list[str], classes: list[int], d, judges: dict) -> dict:
 
 def load_judges(names: list[str], d) -> dict:
     """Judges by name or file (as --classifier takes them), each checked to have D's classes."""
-    from .export.classifiers import load_classifier
+    from .exporter.classifiers import load_classifier
 
     judges, n_d = {}, logits_count(d)
     for name in names:
@@ -100,11 +100,11 @@ def quality(
     import tempfile
 
     from . import api, demo
-    from .export.classifiers import load_classifier
+    from .exporter.classifiers import load_classifier
 
     d = load_classifier(model, weights)
     if not judges and d.name == demo.NAME:
-        judges = [f"dgn_engine.export.demo_judges:{j}" for j in ("resnet", "mlp")]
+        judges = [f"dgn_engine.exporter.demo_judges:{j}" for j in ("resnet", "mlp")]
     loaded = load_judges(list(judges), d)
     n_classes = logits_count(d)
     chosen = sample_classes(n_classes, classes)

@@ -5,7 +5,7 @@ from tests import small_models
 
 @pytest.fixture
 def tiny_classifier():
-    from dgn_engine.export.classifiers import load_classifier
+    from dgn_engine.exporter.classifiers import load_classifier
 
     return load_classifier("tests.small_models:tiny_rgb")
 

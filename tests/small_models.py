@@ -3,9 +3,9 @@
 import torch
 import torch.nn as nn
 
-from dgn_engine.export.autoencoder import save_decoder
-from dgn_engine.export.generator import Decoder
-from dgn_engine.export.vgg import vgg_style
+from dgn_engine.exporter.autoencoder import save_decoder
+from dgn_engine.exporter.generator import Decoder
+from dgn_engine.exporter.vgg import vgg_style
 from dgn_engine.plan import generator_plan
 from dgn_engine.preprocessing import Preprocessing
 

@@ -147,10 +147,10 @@ def test_engine_needs_no_torch(tmp_path, artifacts):
 def test_export_cache_is_reused(cache, monkeypatch):
     """The second call on the same model exports nothing (here the export of test_result_object's
     call, same weights and settings, serves all of them); other weights key another export."""
-    import dgn_engine.export.manifest as manifest
+    import dgn_engine.exporter.manifest as manifest
     from dgn_engine.api import export_key
-    from dgn_engine.export.classifiers import classifier_from_module
-    from dgn_engine.export.coupled import couple
+    from dgn_engine.exporter.classifiers import classifier_from_module
+    from dgn_engine.exporter.coupled import couple
     from dgn_engine.spec import default_spec
 
     real, calls = manifest.export_artifacts, []
@@ -173,3 +173,10 @@ def test_export_cache_is_reused(cache, monkeypatch):
     spec = default_spec("untrained")
     keys = [export_key(couple(classifier_from_module(m), spec, []), spec, 1, ["step-graph"]) for m in (model, other)]
     assert keys[0] != keys[1] and os.path.isdir(cache / "exports" / keys[0])
+
+
+def test_export_stays_the_function_after_the_exporter_is_imported():
+    """The torch side is the package dgn_engine.exporter: importing it never hides dgn.export."""
+    import dgn_engine.exporter.manifest  # noqa: F401
+
+    assert callable(dgn.export) and dgn.export.__module__ == "dgn_engine.api"

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 import dgn_engine as dgn
 from dgn_engine import demo
-from dgn_engine.api import export  # not dgn.export: once dgn_engine.export.* is imported, that name is the subpackage
+from dgn_engine.api import export  # not dgn.export: once dgn_engine.exporter.* is imported, that name is the subpackage
 from dgn_engine.arguments import ArgumentError
 from dgn_engine.errors import UsageError
 from tests.small_models import tiny_rgb
@@ -308,7 +308,7 @@ def test_a_module_that_cannot_be_differentiated_is_refused_before_anything_is_wr
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
 def test_a_float16_or_float64_module_runs_in_float32_with_a_warning(empty_cache, tmp_path, dtype):
-    from dgn_engine.export.classifiers import classifier_from_module
+    from dgn_engine.exporter.classifiers import classifier_from_module
 
     model = tiny_rgb().to(dtype)
     with pytest.warns(UserWarning, match=f"{str(dtype)[6:]} tensors; D runs in float32"):

@@ -33,7 +33,7 @@ def test_demo_end_to_end(tmp_path, cache, capsys, mode):
 
 @pytest.mark.parametrize("mode", ["pretrained", "untrained"])
 def test_shipped_artifacts_equal_a_fresh_export(tmp_path, mode):
-    from dgn_engine.export.manifest import export_demo
+    from dgn_engine.exporter.manifest import export_demo
 
     fresh = export_demo(mode, str(tmp_path / mode), log=lambda *_: None)
     shipped = load_artifacts(demo.shipped_artifacts(mode))

@@ -13,7 +13,7 @@ from dgn_engine.cli.main import main
 from dgn_engine.engine.backends.step_graph import StepGraphBackend
 from dgn_engine.engine.loop import run_batch
 from dgn_engine.errors import UsageError
-from dgn_engine.export.verify import verify
+from dgn_engine.exporter.verify import verify
 from dgn_engine.spec import default_spec
 from dgn_engine.targets import parse_target
 from tests.conftest import error_line, export

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not _cuda_ok(), reason="no CUDA device usable by
 def test_step_graph_on_cuda_matches_float64(artifacts, mode):
     torch = pytest.importorskip("torch")
     from dgn_engine.engine.backends.step_graph import StepGraphBackend
-    from dgn_engine.export.verify import verify
+    from dgn_engine.exporter.verify import verify
 
     art = artifacts[mode]
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the reference may stay on the CPU

@@ -14,7 +14,7 @@ import dgn_engine as dgn
 from dgn_engine.cli.main import main
 from dgn_engine.engine.backends.step_graph import StepGraphBackend
 from dgn_engine.engine.selfcheck import selfcheck
-from dgn_engine.export.verify import verify
+from dgn_engine.exporter.verify import verify
 from dgn_engine.kernels.maco import image_magnitude, maco_image, power_law_magnitude
 from dgn_engine.kernels.pixel import colour_matrix
 from dgn_engine.spec import default_spec

@@ -11,7 +11,7 @@ import torch
 from dgn_engine.cli.main import main
 from dgn_engine.engine.backends.step_graph import StepGraphBackend
 from dgn_engine.engine.selfcheck import selfcheck
-from dgn_engine.export.verify import verify
+from dgn_engine.exporter.verify import verify
 from dgn_engine.kernels.pixel import colour_matrix, frequency_scale, pixel_image
 from dgn_engine.spec import TRANSFORM_PRESETS, default_spec
 from dgn_engine.update_rules import adam

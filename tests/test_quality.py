@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import quality  # noqa: E402
 
 from dgn_engine import demo  # noqa: E402
-from dgn_engine.export.classifiers import load_classifier  # noqa: E402
+from dgn_engine.exporter.classifiers import load_classifier  # noqa: E402
 from tests.conftest import error_line  # noqa: E402
 
 
@@ -20,7 +20,7 @@ def test_judges_are_other_trained_classifiers():
     card = json.load(open(demo.path("judges.json")))
     d = load_classifier(demo.NAME).module
     for name in ("resnet", "mlp"):
-        judge = load_classifier(f"dgn_engine.export.demo_judges:{name}")
+        judge = load_classifier(f"dgn_engine.exporter.demo_judges:{name}")
         assert judge.preprocessing == demo.PREPROCESSING
         assert type(judge.module) is not type(d) and card[name]["test_accuracy"] > 0.85
         assert card[name]["seed"] != 0  # D's seed

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from dgn_engine.artifacts import load_artifacts
 from dgn_engine.cli.main import main
-from dgn_engine.export.classifiers import Tapped, load_classifier
+from dgn_engine.exporter.classifiers import Tapped, load_classifier
 from tests.conftest import error_line
 
 SIZE = 16

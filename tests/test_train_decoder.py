@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from dgn_engine.cli.main import main
-from dgn_engine.export.autoencoder import load_decoder
-from dgn_engine.export.classifiers import load_classifier
+from dgn_engine.exporter.autoencoder import load_decoder
+from dgn_engine.exporter.classifiers import load_classifier
 
 
 def make_images(folder, n=40, size=40):

@@ -62,7 +62,7 @@ def _backend(art, name="training-api"):
 def test_matches_float64_reference(both, mode):
     """Each of 6 steps, started from float64's state: onnxruntime's own autodiff plus our numpy update
     within verify's tolerance (5x torch float32's own error against float64, floor 1e-4)."""
-    from dgn_engine.export.verify import verify
+    from dgn_engine.exporter.verify import verify
 
     art = both[mode]
     ok, report = verify(art, 6, "cpu", log=lambda *_: None, engine_backends=[_backend(art)])
@@ -114,7 +114,7 @@ def test_graph_versions_are_ones_it_loads(both):
 def test_too_new_onnx_is_refused_in_one_line(monkeypatch):
     """onnx newer than 1.17 writes IR versions it refuses: export says so before any work."""
     from dgn_engine.errors import UsageError
-    from dgn_engine.export import training_api
+    from dgn_engine.exporter import training_api
 
     monkeypatch.setattr(training_api.onnx, "__version__", "1.23.0")
     with pytest.raises(UsageError, match="onnx==1.17.0"):
@@ -306,7 +306,7 @@ def test_transformer_and_pre_activation_classifiers(tmp_path, name):
     which onnxruntime-training would turn into batch-statistics BatchNorm: another D). Each step
     matches float64 within verify's tolerance (the DenseNet's loss was 29% off before)."""
     from dgn_engine.artifacts import load_artifacts
-    from dgn_engine.export.verify import verify
+    from dgn_engine.exporter.verify import verify
 
     assert (
         main(

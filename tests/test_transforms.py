@@ -12,7 +12,7 @@ import torch
 from dgn_engine.cli.main import main
 from dgn_engine.engine.backends.step_graph import StepGraphBackend
 from dgn_engine.engine.selfcheck import selfcheck
-from dgn_engine.export.verify import verify
+from dgn_engine.exporter.verify import verify
 from dgn_engine.kernels.transforms import transform
 from dgn_engine.rng import TransformStreams
 from dgn_engine.spec import TRANSFORM_PRESETS, Transforms, parse_transforms

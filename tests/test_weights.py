@@ -8,8 +8,8 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from dgn_engine.errors import UsageError
-from dgn_engine.export.classifiers import load_classifier
-from dgn_engine.export.vgg import VGG16_CONVS, vgg_style
+from dgn_engine.exporter.classifiers import load_classifier
+from dgn_engine.exporter.vgg import VGG16_CONVS, vgg_style
 from dgn_engine.preprocessing import IMAGENET_CAFFE, IMAGENET_TORCHVISION
 
 SMALL_CONVS = (4, 4, "M", 8, "M")
@@ -94,7 +94,7 @@ def test_keras1_layout_small(tmp_path):
     layers = keras1_layers(SMALL_CONVS, 3, 12, (6,), 5, rng)
     path = str(tmp_path / "small.h5")
     write_keras1(path, layers)
-    from dgn_engine.export.weights import apply_state_dict, keras1_state_dict
+    from dgn_engine.exporter.weights import apply_state_dict, keras1_state_dict
 
     module = small_factory()
     apply_state_dict(module, keras1_state_dict(path, module), path)
@@ -158,7 +158,7 @@ def test_vgg16_keras1_layout_full_size(vgg16_keras_file):
 
 
 def test_vgg16_torchvision_layout_full_size(tmp_path):
-    from dgn_engine.export.vgg import vgg16
+    from dgn_engine.exporter.vgg import vgg16
 
     state = {k: torch.randn(v.shape) * 0.01 for k, v in vgg16().state_dict().items()}
     path = str(tmp_path / "vgg16.pth")
@@ -174,7 +174,7 @@ def test_vgg16_torchvision_layout_full_size(tmp_path):
 
 
 def test_wrong_architecture_names_first_misfit(tmp_path):
-    from dgn_engine.export.vgg import vgg16
+    from dgn_engine.exporter.vgg import vgg16
 
     state = vgg16().state_dict()
     state["features.2.weight"] = torch.zeros(32, 64, 3, 3)
@@ -189,7 +189,7 @@ def test_wrong_architecture_names_first_misfit(tmp_path):
 
 
 def test_truncated_files(tmp_path, vgg16_keras_file):
-    from dgn_engine.export.vgg import vgg16
+    from dgn_engine.exporter.vgg import vgg16
 
     pth = str(tmp_path / "t.pth")
     torch.save(vgg16().features[0].state_dict(), pth)

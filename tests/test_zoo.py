@@ -15,8 +15,8 @@ from dgn_engine.cli.main import main
 from dgn_engine.engine.backends.step_graph import StepGraphBackend
 from dgn_engine.engine.backends.torch_reference import TorchBackend
 from dgn_engine.engine.loop import run_batch
-from dgn_engine.export.coupled import Sources, build_coupled
-from dgn_engine.export.verify import RELATIVE_TO_FLOAT32, verify
+from dgn_engine.exporter.coupled import Sources, build_coupled
+from dgn_engine.exporter.verify import RELATIVE_TO_FLOAT32, verify
 from dgn_engine.targets import parse_target
 from tests import zoo
 from tests.conftest import error_line
@@ -68,7 +68,7 @@ def _gradient_error(module, size):
     torch float64: (onnxruntime's relative L2 error, torch float32's)."""
     import onnxruntime
 
-    from dgn_engine.export.tracing import trace_onnx
+    from dgn_engine.exporter.tracing import trace_onnx
 
     def grad(x, w):
         x = x.detach().requires_grad_(True)
@@ -130,7 +130,7 @@ def _form(name, form, tmp_path):
     if form == "torchscript":
         return torch.jit.trace(module, torch.randn(1, 3, size, size)), size
     if form.startswith("onnx"):
-        from dgn_engine.export.classifiers import load_classifier
+        from dgn_engine.exporter.classifiers import load_classifier
 
         path = tmp_path / "d.onnx"
         if form == "onnx":
@@ -244,7 +244,7 @@ def test_torchscript_archive(tmp_path, name):
 def test_torchscript_taps_read_the_blocks(tmp_path, name):
     """A traced archive's submodules are tapped by name: the activation is exactly what the module's
     own block returns (forward hook on the original), and the class outputs are the archive's."""
-    from dgn_engine.export.classifiers import Tapped, load_classifier
+    from dgn_engine.exporter.classifiers import Tapped, load_classifier
 
     module = zoo.ZOO[name]()
     size = module.preprocessing.image_size
@@ -296,7 +296,7 @@ def test_onnx_file(tmp_path, name):
     module = zoo.ZOO[name]()
     size = module.preprocessing.image_size
     path = onnx_file(tmp_path / f"{name}.onnx", module, size)
-    from dgn_engine.export.classifiers import load_classifier
+    from dgn_engine.exporter.classifiers import load_classifier
 
     d = load_classifier(path)
     tap = [n for n, shape in d.layout(d.layer_names()).items() if len(shape) == 3][-1]  # the last feature map

@@ -23,11 +23,11 @@ from PIL import Image
 
 from dgn_engine import demo
 from dgn_engine.cli.main import main as cli
-from dgn_engine.export.autoencoder import load_decoder
-from dgn_engine.export.classifiers import load_classifier
-from dgn_engine.export.manifest import export_demo
-from dgn_engine.export.vgg import vgg_style
-from dgn_engine.export.weights import sha256_file
+from dgn_engine.exporter.autoencoder import load_decoder
+from dgn_engine.exporter.classifiers import load_classifier
+from dgn_engine.exporter.manifest import export_demo
+from dgn_engine.exporter.vgg import vgg_style
+from dgn_engine.exporter.weights import sha256_file
 
 DATA = "/usr/share/datasets/fashion-mnist"
 LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

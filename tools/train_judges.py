@@ -1,4 +1,4 @@
-"""Train the demo's two judges (dgn_engine/export/demo_judges.py): a small ResNet and an MLP on
+"""Train the demo's two judges (dgn_engine/exporter/demo_judges.py): a small ResNet and an MLP on
 Fashion-MNIST, other architectures and seeds than the demo's D, so that they judge its preferred
 inputs without having seen the search. Deterministic with its seeds and thread count.
 
@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from train_demo import accuracy, fit, load_split  # noqa: E402
 
 from dgn_engine import demo  # noqa: E402
-from dgn_engine.export.demo_judges import ARCHITECTURES, weights_file  # noqa: E402
+from dgn_engine.exporter.demo_judges import ARCHITECTURES, weights_file  # noqa: E402
 
 SEEDS = {"resnet": 1, "mlp": 2}  # the demo's D used seed 0
 EPOCHS = {"resnet": 4, "mlp": 8}

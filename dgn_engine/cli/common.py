@@ -323,7 +323,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
 
 def classifier_spec(args):
     """The mode's defaults for the classifier the options name (they depend on its input size)."""
-    from ..export.classifiers import resolve_preprocessing
+    from ..exporter.classifiers import resolve_preprocessing
 
     pp = resolve_preprocessing(
         args.classifier or "vgg16",
@@ -365,7 +365,7 @@ def spec_from_args(args, targets, base=None):
 
 
 def sources_from_args(args):
-    from ..export.coupled import Sources
+    from ..exporter.coupled import Sources
 
     if args.decoder and args.mode in PIXEL_MODES:
         raise UsageError(f"--decoder is the pretrained G; {args.mode} mode has no G: leave out --decoder")

@@ -74,16 +74,16 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     need_torch("export")
-    from ..export.coupled import build_coupled
-    from ..export.manifest import export_artifacts, prepare_out
-    from ..export.step_graph import check_backends
+    from ..exporter.coupled import build_coupled
+    from ..exporter.manifest import export_artifacts, prepare_out
+    from ..exporter.step_graph import check_backends
     from ..targets import parse_target
 
     backends = args.backend or ["step-graph"]
     spec = spec_from_args(args, [], base=classifier_spec(args))
     check_backends(spec, backends)
     if "training-api" in backends:
-        from ..export.training_api import training_api
+        from ..exporter.training_api import training_api
 
         training_api()  # installed, or one line saying how
     prepare_out(args.out, args.force)

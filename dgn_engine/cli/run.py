@@ -253,7 +253,7 @@ def demo_artifacts(mode: str, backend: str, wanted: RunSpec | None = None):
             ) from None
         return load_artifacts(demo.shipped_artifacts(mode))
     from .. import __version__
-    from ..export.manifest import export_demo
+    from ..exporter.manifest import export_demo
 
     settings = sha256_json(spec.structure())[:8]  # what the graphs fix
     name = f"demo-{mode}-{backend}-{demo.fingerprint()}-{settings}-v{FORMAT_VERSION}-{__version__}"
@@ -332,7 +332,7 @@ def make_backend(args, art, spec, targets: list[str]):
         return engine_backend(args.backend, art, args.device, args.threads, args.precision), art.manifest["taps"]
     need_torch("--backend torch")
     from ..engine.backends.torch_reference import TorchBackend
-    from ..export.coupled import Sources, build_coupled
+    from ..exporter.coupled import Sources, build_coupled
 
     set_threads(args.threads)
     taps = sorted({layer for t in targets for layer in parse_target(t).layers})

@@ -44,8 +44,8 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     need_torch("train-decoder")
-    from ..export.autoencoder import load_images, train_decoder
-    from ..export.classifiers import resolve_preprocessing
+    from ..exporter.autoencoder import load_images, train_decoder
+    from ..exporter.classifiers import resolve_preprocessing
 
     if not 0 <= args.heldout < 1:
         raise UsageError("--heldout must lie in [0, 1)")

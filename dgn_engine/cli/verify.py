@@ -71,7 +71,7 @@ def main(args) -> int:
         print("verify: all checks within tolerance" if ok else "verify: FAILED")
         return 0 if ok else 1
     need_torch("verify (the torch reference; or use --no-torch)")
-    from ..export.verify import check_sources, verify
+    from ..exporter.verify import check_sources, verify
     from .common import set_threads
 
     set_threads(args.threads)

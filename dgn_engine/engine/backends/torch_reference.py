@@ -1,4 +1,4 @@
-"""The torch reference backend: the coupled step (export/coupled.py) run eagerly, float32, TF32 or
+"""The torch reference backend: the coupled step (exporter/coupled.py) run eagerly, float32, TF32 or
 float64, on CPU or CUDA. The one backend that needs torch: the engine imports it only when asked for."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ...targets import Target, objective_weights
 from .protocol import StepReadout
 
 if TYPE_CHECKING:
-    from ...export.coupled import CoupledStep
+    from ...exporter.coupled import CoupledStep
 
 DTYPES = {"float32": torch.float32, "tf32": torch.float32, "float64": torch.float64}
 

@@ -2,7 +2,7 @@
 
 Other architectures and seeds than the demo's D (a VGG-style net): a small residual network and a
 plain MLP, trained by tools/train_judges.py on the same data and input format (32 px, gray, the
-demo's mean and std). As `--classifier` names: dgn_engine.export.demo_judges:resnet and :mlp.
+demo's mean and std). As `--classifier` names: dgn_engine.exporter.demo_judges:resnet and :mlp.
 """
 
 from __future__ import annotations
