@@ -31,6 +31,7 @@ def test_demo_end_to_end(tmp_path, cache, capsys, mode):
     assert any(cache.iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pretrained", "untrained"])
 def test_shipped_artifacts_equal_a_fresh_export(tmp_path, mode):
     from dgn_engine.exporter.manifest import export_demo

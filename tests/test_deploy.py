@@ -7,6 +7,8 @@ import venv
 
 import pytest
 
+pytestmark = pytest.mark.deploy
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

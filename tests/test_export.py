@@ -40,6 +40,7 @@ def test_verify_command(artifacts, capsys):
     assert "torch-float32" in out and "step-graph" in out and "tolerance" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["untrained", "pretrained"])
 def test_batch_equals_single_runs(tmp_path, artifacts, decoder_file, mode):
     """K targets in one graph (rows, or grouped generators) = K runs of a batch-1 graph."""
@@ -68,6 +69,7 @@ def test_only_standard_onnx_domains(artifacts):
             assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}, name
 
 
+@pytest.mark.slow
 def test_export_twice_gives_the_same_graph(tmp_path, artifacts, decoder_file):
     again = export(tmp_path / "again", "untrained", 3, decoder_file, "--taps", "features.3")
     for f in ("step.onnx", "render.onnx", "classifier.onnx", "weights.bin"):

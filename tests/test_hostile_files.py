@@ -229,6 +229,20 @@ def test_damaged_manifest_values_are_one_line(tmp_path, artifacts, capsys, chang
     assert fragment in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [lambda m: m.__setitem__("batch", 4), lambda m: m["graphs"]["step"]["inputs"][0].__setitem__("shape", [3, 7])],
+    ids=["batch", "graph input"],
+)
+def test_a_manifest_that_disagrees_with_its_graphs_is_one_line(tmp_path, artifacts, capsys, change):
+    path = _copy(artifacts["pretrained"], tmp_path)
+    _edit_manifest(path, change)
+    for file, entry in load_artifacts(path).manifest["files"].items():  # still the graphs the export wrote
+        assert hashlib.sha256(open(os.path.join(path, file), "rb").read()).hexdigest() == entry["sha256"]
+    err = error_line(capsys, run_argv(path, tmp_path / "o", "--target", "class:1"))
+    assert "it was changed; export the artifacts again" in err or "the manifest was changed" in err
+
+
 def test_an_export_waits_for_a_run_loading_the_folder(tmp_path, artifacts):
     """Readers share the artifacts' lock while they check and load the graphs; an export takes it alone."""
     art = artifacts["pretrained"]

@@ -4,6 +4,8 @@ import os
 
 import pytest
 
+pytestmark = pytest.mark.notebook
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "examples", "quickstart.ipynb")
 

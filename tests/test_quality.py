@@ -5,6 +5,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import quality  # noqa: E402
@@ -12,6 +13,8 @@ import quality  # noqa: E402
 from dgn_engine import demo  # noqa: E402
 from dgn_engine.exporter.classifiers import load_classifier  # noqa: E402
 from tests.conftest import error_line  # noqa: E402
+
+pytestmark = pytest.mark.quality
 
 
 def test_judges_are_other_trained_classifiers():

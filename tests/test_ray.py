@@ -20,6 +20,8 @@ from tests.test_faults import results
 
 ray = pytest.importorskip("ray")
 
+pytestmark = pytest.mark.ray
+
 STEPS = "200"  # about a second per batch of 3 on one thread: long enough to kill a worker mid-batch
 
 

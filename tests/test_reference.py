@@ -33,6 +33,7 @@ def record(out, target_id):
         ("pretrained", "class:0", 300, "free", 20),
     ],
 )
+@pytest.mark.slow  # hundreds of eager steps per case
 def test_reference_run_raises_the_target_activation(tmp_path, tiny_decoder, mode, target, steps, image_range, factor):
     extra = ["--decoder", tiny_decoder] if mode == "pretrained" else []
     out = tmp_path / "o"  # tmp_path holds the decoder file: not a results folder

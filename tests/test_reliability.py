@@ -142,6 +142,7 @@ def _wait_for(condition, seconds=120):
     assert condition()
 
 
+@pytest.mark.slow
 def test_second_writer_is_refused_and_a_dead_ones_lock_never_blocks(tmp_path, artifacts, capsys):
     """Case 2: two runs on one --out; the second says who holds the folder. After the holder is
     killed (SIGKILL, no cleanup) the lock is gone with it."""

@@ -4,6 +4,7 @@ scores highest, scored as the PNG's own pixels, so D's verdict on the file is th
 import json
 
 import numpy as np
+import pytest
 
 import dgn_engine as dgn
 from tests.small_models import tiny_rgb
@@ -16,6 +17,7 @@ def _records(results):
     return [json.load(open(r.path[: -len(".png")] + ".json")) for r in results]
 
 
+@pytest.mark.slow
 def test_best_pick_is_what_the_png_scores(tmp_path, monkeypatch):
     monkeypatch.setenv("DGN_ENGINE_CACHE", str(tmp_path / "cache"))
     model = tiny_rgb()

@@ -139,6 +139,7 @@ def vgg16_keras_file(tmp_path_factory):
     return path, layers
 
 
+@pytest.mark.slow  # the full-size VGG-16 (528 MB of weights)
 def test_vgg16_keras1_layout_full_size(vgg16_keras_file):
     """The real VGG-16 reads the original 37-layer Keras-1 file: kernels flipped, dense transposed."""
     path, layers = vgg16_keras_file
@@ -157,6 +158,7 @@ def test_vgg16_keras1_layout_full_size(vgg16_keras_file):
     assert clf.num_classes == 1000
 
 
+@pytest.mark.slow  # the full-size VGG-16 (528 MB of weights)
 def test_vgg16_torchvision_layout_full_size(tmp_path):
     from dgn_engine.exporter.vgg import vgg16
 

@@ -22,6 +22,8 @@ from tests import zoo
 from tests.conftest import error_line
 from tests.small_models import write_calibrated_decoder
 
+pytestmark = pytest.mark.zoo
+
 # a block of each net (not a leaf), so that channel targets read a whole block's output
 BLOCK = {
     "resnet_basic": "layer1.1",

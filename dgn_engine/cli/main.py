@@ -57,6 +57,9 @@ EXIT_CODE = {"SIGTERM": 143, "SIGHUP": 129}  # 128 + the signal's number, as a s
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # paths of bytes that are not UTF-8 print as escapes, not a traceback
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     p = parser()
     previous = {}
     for sig in STOPPING:

@@ -52,7 +52,8 @@ class FolderLock:
             os.write(
                 fd,
                 f"pid {os.getpid()} on {socket.gethostname()} since "
-                f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command}\n".encode(),
+                # surrogateescape: a path of bytes that are not UTF-8 is written back as those bytes
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command}\n".encode(errors="surrogateescape"),
             )
         except OSError:
             pass

@@ -8,7 +8,7 @@ from ...artifacts import Artifacts
 from ...errors import UsageError
 from ...spec import ENGINE_PRECISIONS, RunSpec
 from ...targets import Target
-from .onnx_session import classify_in_batches, providers, session
+from .onnx_session import check_io, classify_in_batches, providers, session
 
 
 class ArtifactsBackend:
@@ -37,6 +37,12 @@ class ArtifactsBackend:
         with art.reading():
             art.check_files()  # a flipped byte in weights.bin would otherwise run as another D
             self._classifier = session(art.graph("classifier"), self.providers, threads)
+            check_io(self._classifier, art.manifest["graphs"]["classifier"], art.graph("classifier"))
+            if self._classifier.get_inputs()[0].shape[0] != art.batch:
+                raise UsageError(
+                    f"the artifacts in {art.path!r} hold graphs of batch {self._classifier.get_inputs()[0].shape[0]}, "
+                    f"their manifest says {art.batch}: it was changed; export the artifacts again"
+                )
             self.load()
 
     def load(self) -> None:

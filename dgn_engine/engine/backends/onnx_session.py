@@ -75,6 +75,20 @@ def session(path: str, provider_list: list, threads: int | None = None, profile_
         raise UsageError(f"onnxruntime cannot load {path!r}: {str(e).splitlines()[0][:200]}") from None
 
 
+def check_io(sess, entry: dict, path: str) -> None:
+    """The graph's own inputs and outputs (names and static shapes) are those its manifest records: a
+    manifest edited to another batch or layout is refused before the first step, not failed inside it."""
+    for kind, ours in (("inputs", sess.get_inputs()), ("outputs", sess.get_outputs())):
+        got = [(v.name, list(v.shape)) for v in ours]
+        recorded = [(v.get("name"), v.get("shape")) for v in entry[kind]]
+        if got != recorded:
+            wrong = next((g, r) for g, r in zip(got + [None] * len(recorded), recorded + [None] * len(got)) if g != r)
+            raise UsageError(
+                f"the graph {path!r} has {kind} {wrong[0]}, its manifest records {wrong[1]}: the manifest was "
+                "changed; export the artifacts again"
+            )
+
+
 def pad_rows(rows: np.ndarray, k: int) -> np.ndarray:
     """A short batch padded with zero rows to the graphs' static batch k."""
     if len(rows) == k:

@@ -16,7 +16,7 @@ from ...spec import RunSpec
 from ...state import initial_state
 from ...targets import Target, objective_weights
 from .base import ArtifactsBackend
-from .onnx_session import ort, pad_rows, session
+from .onnx_session import check_io, ort, pad_rows, session
 from .protocol import StepReadout
 
 
@@ -38,6 +38,7 @@ class StepGraphBackend(ArtifactsBackend):
 
     def load(self) -> None:
         self.session = session(self.art.graph("step"), self.providers, self.threads)
+        check_io(self.session, self.art.manifest["graphs"]["step"], self.art.graph("step"))
 
     def _value(self, array: np.ndarray):
         return ort().OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, np.float32), self.device_type, 0)
