@@ -470,3 +470,18 @@ def test_a_class_index_of_thousands_of_digits_is_one_line(tmp_path, artifacts, c
 def test_threads_beyond_the_cores_are_capped(tmp_path, artifacts, capsys):
     assert main(run_argv(artifacts["pretrained"], tmp_path / "o", "--target", "class:1", "--threads", "4096")) == 0
     assert f"using {os.cpu_count()}" in capsys.readouterr().err
+
+
+def test_a_folder_name_that_is_not_utf8(tmp_path, artifacts, capsys, monkeypatch):
+    """A byte that is not UTF-8 in --out and in the current folder's path: the run, its messages and its
+    page work (the name shows with a "?"), no UnicodeEncodeError after the targets were computed."""
+    odd = os.fsdecode(b"caf\xe9")  # Latin-1 bytes: a lone surrogate in Python's str
+    os.mkdir(os.fsencode(tmp_path) + b"/caf\xe9")
+    monkeypatch.chdir(os.path.join(tmp_path, odd))
+    assert (
+        main(["run", "--artifacts", artifacts["pretrained"].path, "--out", odd, "--steps", "2", "--target", "class:1"])
+        == 0
+    )
+    assert "Traceback" not in capsys.readouterr().err
+    page = open(os.path.join(odd, "index.html"), "rb").read().decode("utf-8")  # valid UTF-8
+    assert "<title>dgn-engine: caf?</title>" in page  # the byte shows as "?"

@@ -258,6 +258,6 @@ def build_gallery(out: Folder, warn=_stderr) -> dict:
         # no "<" at all in the embedded data: no label can end the script element or open a comment
         data=json.dumps(finite(data), allow_nan=False).replace("<", "\\u003c"),
     )
-    out.write("index.html", page.encode(errors="replace"))  # a folder name that is not UTF-8 shows as U+FFFD
+    out.write("index.html", page.encode(errors="replace"))  # a folder name that is not UTF-8 shows a "?"
     out.write_json("summary.json", finite(summary))
     return summary

@@ -131,8 +131,8 @@ def load_images(folder: str, pp: Preprocessing, what: str = "--images") -> np.nd
                 s = min(w, h)
                 img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
                 arr = np.asarray(img.resize((pp.image_size, pp.image_size), Image.BILINEAR))
-        except OSError as e:
-            raise UsageError(f"cannot read image {path!r}: {e}") from None
+        except (OSError, Image.DecompressionBombError) as e:  # Pillow's pixel limit: a bomb is refused
+            raise UsageError(f"cannot read image {path!r}: {str(e)[:200]}") from None
         out[i] = arr[..., None] if pp.channels == 1 else arr
     return out
 
