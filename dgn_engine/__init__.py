@@ -5,11 +5,10 @@ results = dgn.synthesize(model, ["class:3", dgn.Class(9) + 0.5 * dgn.Channel("la
 dgn.grid(results)
 """
 
-__version__ = "0.1.0"
-
-from .api import Engine, export, grid, synthesize  # noqa: E402
-from .results import Result  # noqa: E402
-from .targets import Channel, Class, Neuron, Target, all_classes  # noqa: E402
+from ._version import __version__
+from .api import Engine, export, grid, synthesize
+from .results import Result
+from .targets import Channel, Class, Neuron, Target, all_classes
 
 __all__ = [
     "synthesize",

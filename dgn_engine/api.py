@@ -105,7 +105,7 @@ def _run(
     """The results job over `runner` (or a backend), into `out` (a temporary folder when None), read back."""
     folder = out if out is not None else tempfile.mkdtemp(prefix="dgn-engine-")
     try:
-        run_job(
+        done = run_job(
             runner,
             spec,
             targets,
@@ -117,6 +117,8 @@ def _run(
             progress=progress,
             layers=layers,
         )
+        if out is not None and progress and done.get("gallery"):  # a temporary folder's page is gone on return
+            print(f"gallery: {done['gallery']}")
         return load_results(str(folder), targets, keep_paths=out is not None)
     finally:
         if out is None:
@@ -138,9 +140,10 @@ def run_job(
     layers: Layers,
     log: Log | None = None,
     shard: Shard | None = None,
-) -> None:
+) -> dict:
     """Check the targets and labels against D, then the resumable job writing `out`: what `dgn-engine run`
-    and the functions above share once they hold a runner (engine.runners: here, or Ray) or a backend."""
+    and the functions above share once they hold a runner (engine.runners: here, or Ray) or a backend.
+    Returns the job's counts and, where it (re)built the gallery, the path of its index.html."""
     from .engine.jobs import Job, JobOptions
     from .engine.runners import LocalRunner
 
@@ -158,7 +161,7 @@ def run_job(
         progress=progress,
         shard=shard,
     )
-    Job(runner, spec, out, options).run(log=log or (print if progress else _quiet))
+    return Job(runner, spec, out, options).run(log=log or (print if progress else _quiet))
 
 
 @checked
@@ -384,7 +387,7 @@ def _is_artifacts(model) -> bool:
 @checked
 def export_key(coupled: Any, spec: Spec, batch: Batch, backends: EngineBackends) -> str:
     """What a cached export depends on: D's and G's tensors and every structural choice."""
-    from . import __version__
+    from ._version import __version__
     from .artifacts import FORMAT_VERSION
     from .digests import sha256_json
     from .engine.backends.torch_reference import made_of
@@ -425,6 +428,8 @@ def _cached_export(coupled, spec, sources, batch: int, backends, progress: bool)
         raise UsageError(
             f"the export cache {os.path.dirname(folder)!r} {problem}; set DGN_ENGINE_CACHE to a writable folder"
         )
+    if progress:  # tracing says nothing for its seconds: say what is happening and that it happens once
+        print(f"exporting this classifier's {coupled.mode} mode to ONNX, once (the next calls reuse it): {folder}")
     return export_artifacts(
         coupled, spec, sources, batch, folder, force=True, log=print if progress else _quiet, backends=backends
     )

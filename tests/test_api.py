@@ -180,3 +180,32 @@ def test_export_stays_the_function_after_the_exporter_is_imported():
     import dgn_engine.exporter.manifest  # noqa: F401
 
     assert callable(dgn.export) and dgn.export.__module__ == "dgn_engine.api"
+
+
+def test_what_synthesize_says(tmp_path, monkeypatch, capsys):
+    """The first call says that it exports (tracing is silent for seconds) and names the gallery only
+    where the folder outlives the call."""
+    monkeypatch.setenv("DGN_ENGINE_CACHE", str(tmp_path / "cache"))
+    settings = dict(mode="pixel", steps=2, progress=True)
+    dgn.synthesize(tiny_rgb(), "class:1", **settings)
+    said = capsys.readouterr().out
+    assert "exporting this classifier's pixel mode to ONNX, once" in said and "gallery:" not in said
+    dgn.synthesize(tiny_rgb(), "class:1", out=tmp_path / "kept", **settings)
+    said = capsys.readouterr().out
+    assert "exporting" not in said  # reused
+    assert f"gallery: {tmp_path / 'kept' / 'index.html'}" in said
+
+
+def test_contact_sheet_captions_wrap_instead_of_being_cut():
+    from PIL import Image, ImageDraw
+
+    from dgn_engine.engine.gallery import CAPTION_LINES, _wrap, contact_sheet
+
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    assert _wrap(draw, "T-shirt/top", 60) == ["T-shirt/top"]
+    long = _wrap(draw, "0.5*class:9+channel:features.28:17+channel:features.28:18", 60)
+    assert len(long) == CAPTION_LINES and long[-1].endswith("...")
+    assert all(draw.textlength(line) <= 60 for line in long)
+    tiles = [Image.new("RGB", (28, 28))] * 3
+    sheet = contact_sheet(tiles, ["T-shirt/top", "Ankle boot", "a very long class name indeed"], tile=64)
+    assert sheet.size == (3 * 64, 64 + 14 * CAPTION_LINES)  # room for the wrapped caption

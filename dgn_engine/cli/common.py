@@ -103,8 +103,8 @@ def add_classifier_options(p: argparse.ArgumentParser, default: str | None = "vg
         "--classifier",
         default=default,
         metavar="NAME",
-        help="vgg16 (the real VGG-16), demo (the embedded Fashion-MNIST demo), a TorchScript file, "
-        "or module:factory (a Python function returning a torch module) (default: "
+        help="vgg16 (the real VGG-16), demo (the embedded Fashion-MNIST demo), a TorchScript file (.pt), "
+        "an ONNX file (.onnx), or module:factory (a Python function returning a torch module) (default: "
         + (default or "the embedded demo")
         + ")",
     )
@@ -129,9 +129,15 @@ def add_classifier_options(p: argparse.ArgumentParser, default: str | None = "vg
         "--mean",
         type=floats,
         metavar="M[,M,M]",
-        help="per-channel mean on the 0..1 pixel scale: input = (pixel/255 - mean) / std",
+        help="per-channel mean on the 0..1 pixel scale: input = (pixel/255 - mean) / std (default: the "
+        "weights' own, ImageNet's for vgg16 (Caffe's for .h5), else 0)",
     )
-    g.add_argument("--std", type=floats, metavar="S[,S,S]", help="per-channel std on the 0..1 pixel scale")
+    g.add_argument(
+        "--std",
+        type=floats,
+        metavar="S[,S,S]",
+        help="per-channel std on the 0..1 pixel scale (default: the weights' own, ImageNet's for vgg16, else 1)",
+    )
 
 
 def ensure_writable_dir(path: str, what: str = "output folder") -> None:
@@ -188,7 +194,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         "--mode",
         choices=MODES,
         help="pretrained: G is a trained decoder and only alpha (3,200 values at 224 px) is "
-        "optimised (needs --decoder); untrained: all of G is optimised from a random start; pixel: no G, "
+        "optimised (needs --decoder, except the demo, which ships one); untrained: all of G is optimised from "
+        "a random start; pixel: no G, "
         "the classic baseline (the image itself, Fourier-parameterised with decorrelated colours, Adam, "
         "transforms on); maco: no G, magnitude-constrained optimisation (Fel et al. 2023: only the phase of "
         "an image whose Fourier magnitude is fixed to a natural-image spectrum is optimised) "
@@ -210,18 +217,21 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--steps",
+        metavar="N",
         type=integer(1, MAX_STEPS),
         help=f"steps per target (default: {pre.steps} pretrained, untrained {small.steps} below 224 px and "
         f"{large.steps} from 224 px ({unt.steps} with --paper), {pix.steps} pixel, {mac.steps} maco)",
     )
     g.add_argument(
         "--seed",
+        metavar="N",
         type=integer(0, 2**63 - 1),
         default=pre.seed,
         help="seeds G's start and the noise (default: %(default)s)",
     )
     g.add_argument(
         "--lambda",
+        metavar="X",
         dest="lam",
         type=finite,
         default=pre.lam,
@@ -229,6 +239,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--target-leak",
+        metavar="X",
         type=finite,
         default=pre.target_leak,
         help="slope of a class target's term below zero: 1 lets a target whose logit starts "
@@ -237,13 +248,16 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--lr",
+        metavar="X",
         type=finite,
         help=f"learning rate (default: {pre.optimizer.lr:g} {pre.optimizer.name} pretrained; "
         f"{unt.optimizer.name} untrained, {small.optimizer.lr:g} below 224 px and {large.optimizer.lr:g} from "
         f"224 px ({unt.optimizer.lr:g} with --paper); {pix.optimizer.lr:g} {pix.optimizer.name} pixel, "
         f"{mac.optimizer.lr:g} {mac.optimizer.name} maco)",
     )
-    g.add_argument("--momentum", type=finite, help=f"Nesterov momentum (default: {pre.optimizer.momentum:g})")
+    g.add_argument(
+        "--momentum", type=finite, metavar="X", help=f"Nesterov momentum (default: {pre.optimizer.momentum:g})"
+    )
     g.add_argument(
         "--optimizer",
         choices=OPTIMIZERS,
@@ -271,6 +285,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--reg-weight",
+        metavar="X",
         type=finite,
         help=f"regulariser weight (default: {pre.regularizer.weight:g} pretrained, "
         f"{unt.regularizer.weight:g} untrained)",
@@ -302,12 +317,14 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--snapshots",
+        metavar="N",
         type=integer(1, MAX_STEPS),
         default=pre.snapshots.count,
         help="images taken over the run (default: %(default)s)",
     )
     g.add_argument(
         "--keep",
+        metavar="N",
         type=integer(1, MAX_STEPS),
         default=pre.snapshots.keep,
         help="the final image is made from the last KEEP snapshots (default: %(default)s)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from .. import __version__
+from .._version import __version__
 from ..engine.loop import Interrupted
 from ..errors import UsageError
 from . import bench, export, gallery, run, train_decoder, verify

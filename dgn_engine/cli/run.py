@@ -49,12 +49,14 @@ def add_parser(sub) -> None:
     what.add_argument("--targets-file", metavar="FILE", help="targets, one per line")
     what.add_argument("--all-classes", action="store_true", help="every class of D, one target each")
     what.add_argument("--labels", metavar="FILE", help="class names, one per line, for the results")
-    p.add_argument("--out", required=True, type=folder, metavar="DIR", help="results folder (created if missing)")
-    p.add_argument(
+    results = p.add_argument_group("results")
+    results.add_argument("--out", required=True, type=folder, metavar="DIR", help="results folder (created if missing)")
+    results.add_argument(
         "--force", action="store_true", help="recompute targets in OUT whose results were made with other settings"
     )
-    p.add_argument("--artifacts", metavar="DIR", help="an artifacts folder made by dgn-engine export")
-    p.add_argument(
+    source = p.add_argument_group("what runs")
+    source.add_argument("--artifacts", metavar="DIR", help="an artifacts folder made by dgn-engine export")
+    source.add_argument(
         "--backend",
         choices=("step-graph", "training-api", "torch"),
         help="step-graph: the exported step graph in onnxruntime; training-api: the training model "
@@ -69,6 +71,7 @@ def add_parser(sub) -> None:
     e.add_argument(
         "--batch",
         type=integer(1),
+        metavar="K",
         help="targets optimised together (default: the artifacts' batch; 1 for --backend torch)",
     )
     add_device_option(e)
@@ -106,7 +109,7 @@ def add_parser(sub) -> None:
         "per product (the CPU runs float32 then); float64: --backend torch only. run.json "
         "records what ran (default: %(default)s)",
     )
-    e.add_argument("--threads", type=THREADS, help="CPU threads (default: all cores)")
+    e.add_argument("--threads", type=THREADS, metavar="N", help="CPU threads (default: all cores)")
     e.add_argument(
         "--display",
         choices=("model", "contrast", "original"),
@@ -215,7 +218,7 @@ def finish(runner, args, spec: RunSpec, labels, batch: int, layers: list[str]) -
     from ..api import run_job
     from ..targets import parse_target
 
-    run_job(
+    done = run_job(
         runner,
         spec,
         [parse_target(t) for t in spec.targets],
@@ -229,6 +232,8 @@ def finish(runner, args, spec: RunSpec, labels, batch: int, layers: list[str]) -
         log=print,
         shard=args.shard,
     )
+    if done.get("gallery"):
+        print(f"gallery: {done['gallery']}")
     return 0
 
 
@@ -252,7 +257,7 @@ def demo_artifacts(mode: str, backend: str, wanted: RunSpec | None = None):
                 "torch: pip install 'dgn-engine[export]'"
             ) from None
         return load_artifacts(demo.shipped_artifacts(mode))
-    from .. import __version__
+    from .._version import __version__
     from ..exporter.manifest import export_demo
 
     settings = sha256_json(spec.structure())[:8]  # what the graphs fix

@@ -9,6 +9,7 @@ import html
 import io
 import json
 import os
+import re
 import sys
 from statistics import median
 
@@ -139,20 +140,49 @@ def summary_line(s: dict) -> str:
 def contact_sheet(
     images: list[Image.Image], captions: list[str], columns: int = 10, tile: int | None = None
 ) -> Image.Image:
-    """Tiles of the images (nearest-neighbour scaled to one size) with a caption under each."""
+    """Tiles of the images (nearest-neighbour scaled to one size) with a caption under each, wrapped
+    to the tile's width (at most CAPTION_LINES lines per line of the caption's own)."""
     tile = tile or max(min(max(im.size[0] for im in images), 224), 64)
     cols = min(columns, len(images))
     rows = (len(images) + cols - 1) // cols
-    lines = max(c.count("\n") + 1 for c in captions)
-    height = tile + CAPTION * lines
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    wrapped = [[w for part in c.split("\n") for w in _wrap(draw, part, tile - 4)] for c in captions]
+    height = tile + CAPTION * max(len(w) for w in wrapped)
     sheet = Image.new("RGB", (cols * tile, rows * height), "white")
     draw = ImageDraw.Draw(sheet)
-    for j, (im, caption) in enumerate(zip(images, captions)):
+    for j, (im, lines) in enumerate(zip(images, wrapped)):
         x, y = (j % cols) * tile, (j // cols) * height
         sheet.paste(im.convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
-        for i, line in enumerate(caption.split("\n")):
-            draw.text((x + 2, y + tile + 1 + CAPTION * i), line[: tile // 6], fill="black")
+        for i, line in enumerate(lines):
+            draw.text((x + 2, y + tile + 1 + CAPTION * i), line, fill="black")
     return sheet
+
+
+CAPTION_LINES = 2
+
+
+def _wrap(draw, text: str, width: int) -> list[str]:
+    """`text` in lines no wider than `width` pixels, broken after spaces and / _ - + , where it can;
+    past CAPTION_LINES lines the last one ends in '...'."""
+    lines, line = [], ""
+    for piece in re.split(r"(?<=[\s/_\-+,])", text):
+        if draw.textlength(line + piece) <= width:
+            line += piece
+            continue
+        if line:
+            lines.append(line.rstrip())
+        line = piece
+        while draw.textlength(line) > width:  # longer than the tile by itself: cut it
+            cut = max(k for k in range(1, len(line) + 1) if k == 1 or draw.textlength(line[:k]) <= width)
+            lines.append(line[:cut])
+            line = line[cut:]
+    lines.append(line.rstrip())
+    if len(lines) > CAPTION_LINES:
+        last = lines[CAPTION_LINES - 1]
+        while last and draw.textlength(last + "...") > width:
+            last = last[:-1]
+        lines = lines[: CAPTION_LINES - 1] + [last + "..."]
+    return lines
 
 
 def _sheets(out: Folder, records: list[tuple[dict, bytes]]) -> list[str]:

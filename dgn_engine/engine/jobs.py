@@ -10,7 +10,8 @@ import signal
 import time
 from dataclasses import dataclass
 
-from .. import __version__, progress
+from .. import progress
+from .._version import __version__
 from ..digests import sha256_json
 from ..errors import UsageError
 from ..files import finite
@@ -229,7 +230,14 @@ class Job:
             if self.renamed or self._record_is_stale():  # new labels, a --force over a damaged run.json
                 self._write_run(done, 0.0, "finished")
                 log(summary_line(build_gallery(self.folder)))
-            return {"computed": 0, "done": done, "total": len(self.targets), "summary": None}
+                return {
+                    "gallery": self.gallery,
+                    "computed": 0,
+                    "done": done,
+                    "total": len(self.targets),
+                    "summary": None,
+                }
+            return {"gallery": None, "computed": 0, "done": done, "total": len(self.targets), "summary": None}
         if done:
             log(f"resuming: {done} of {len(self.targets)} targets{self._of_shard()} already finished")
         started = time.perf_counter()
@@ -269,14 +277,19 @@ class Job:
         self._write_run(done, time.perf_counter() - started, "finished")
         summary = build_gallery(self.folder)
         log(summary_line(summary))
-        log(f"gallery: {os.path.join(os.path.abspath(self.out), 'index.html')}")
         return {
+            "gallery": self.gallery,
             "computed": computed,
             "done": done,
             "total": len(self.targets),
             "seconds": time.perf_counter() - started,
             "summary": summary,
         }
+
+    @property
+    def gallery(self) -> str:
+        """The page the run (re)built; the caller says where it is, if the folder outlives the call."""
+        return os.path.join(os.path.abspath(self.out), "index.html")
 
     def _of_shard(self) -> str:
         return f" of shard {self.options.shard[0]}/{self.options.shard[1]}" if self.options.shard else ""

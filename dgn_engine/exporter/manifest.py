@@ -14,7 +14,8 @@ import time
 import onnx
 import torch
 
-from .. import __version__, demo
+from .. import demo
+from .._version import __version__
 from ..artifacts import BACKEND_FILES, FORMAT_VERSION, LOCK, MANIFEST, folder_lock, load_artifacts
 from ..digests import sha256_file
 from ..errors import UsageError
