@@ -194,15 +194,24 @@ def _run_artifacts(art, backend: str, spec, found, out, *, ray, workers, device,
 
 
 class Engine:
-    """An artifacts folder (made by `dgn-engine export` or `dgn.export`) run in onnxruntime, on CUDA
+    """An artifacts folder (made by ``dgn-engine export`` or ``dgn.export``) run in onnxruntime, on CUDA
     or CPU; no torch needed.
 
-        engine = dgn.Engine("art", device="cuda")
-        results = engine.run(dgn.all_classes(1000), out="results", steps=300)
+    Args:
+        artifacts: the artifacts folder (or a loaded ``artifacts.Artifacts``).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        threads: CPU threads (default: all cores).
+        backend: ``"step-graph"`` or ``"training-api"`` (default: the first the artifacts serve).
+        precision: ``"float32"`` or ``"tf32"``.
+        ray: run the batches on Ray workers, one per GPU (CPU workers where the cluster has none):
+            True for a local Ray (or the one ``ray.init()`` started), ``"auto"`` or ``"ray://HOST:PORT"``
+            to join a cluster. Needs the ray extra.
+        workers: how many Ray workers.
 
-    ray: run the batches on Ray workers, one per GPU (CPU workers where the cluster has none; `workers`
-    sets how many): True for a local Ray (or the one ray.init() started), "auto" or "ray://HOST:PORT" to
-    join a cluster. Needs the ray extra. device: "auto", "cpu" or "cuda"; precision: "float32" or "tf32".
+    Example:
+        >>> import dgn_engine as dgn
+        >>> engine = dgn.Engine("art", device="cuda")
+        >>> results = engine.run(dgn.all_classes(engine.num_classes), out="results", steps=300)
     """
 
     @checked
@@ -253,10 +262,24 @@ class Engine:
         progress: Flag = True,
         **settings: Unpack[RunSettings],
     ) -> list[Result]:
-        """Results for `targets` (text, Target objects, or a list of them). Settings override the
-        artifacts' own: steps, seed, lr, momentum, noise_sigma, reg_weight, lam, target_leak, snapshots,
-        keep (the structure, e.g. the optimiser, is fixed by the export). `out` keeps the results
-        folder (resumable: finished targets are not recomputed); None uses a temporary one."""
+        """Preferred inputs of `targets`, run on this engine's artifacts.
+
+        Args:
+            targets: one target or a list (text or ``Target`` objects); every layer they read must be
+                tapped by the artifacts.
+            out: a results folder to keep (resumable); None uses a temporary one.
+            labels: class names for the results (default: the artifacts' own).
+            display, force, progress: as for ``synthesize``.
+            **settings: override the artifacts' numbers: steps, seed, lr, momentum, noise_sigma,
+                reg_weight, lam, target_leak, snapshots, keep (the structure, such as the optimiser, is
+                fixed by the export).
+
+        Returns:
+            One ``Result`` per target, in order.
+
+        Example:
+            >>> results = dgn.Engine("art").run(["class:3", "channel:features.28:17"], steps=200)
+        """
         check_out("Engine.run", out)
         found = _targets(targets)
         spec = with_settings(self.artifacts.spec, [t.text for t in found], **settings)
@@ -464,33 +487,61 @@ def synthesize(
     workers: Workers | None = None,
     **settings: Unpack[MethodSettings],
 ) -> list[Result]:
-    """Preferred inputs of `targets` for the classifier `model`; one Result per target, in order.
+    """Preferred inputs of `targets` for the classifier `model`: images that drive each target up.
 
-        results = dgn.synthesize(resnet, ["class:1", dgn.Channel("layer3", 17)], steps=300)
-        results[0]            # shows the image in Jupyter
-        results[0].top5       # D's top-5 on the written PNG
+    Args:
+        model: D. An ``nn.Module`` (its input format from ``image_size``/``mean``/``std``, else its
+            ``preprocessing`` attribute), a TorchScript (.pt) or ONNX (.onnx) file, ``"vgg16"`` (with
+            ``weights=FILE`` or ``"random"``), ``"demo"``, ``"module:factory"``, or an artifacts folder
+            (which then fixes D, G and the input format).
+        targets: one target or a list: text (``"class:3"``, ``"0.5*class:9+class:339"``,
+            ``"channel:layer3:17"``) or objects (``dgn.Class(3) + 0.5 * dgn.Channel("layer3", 17)``).
+        mode: ``"untrained"`` (all of G optimised, no decoder needed), ``"pretrained"`` (only the
+            features of a trained decoder, ``decoder=FILE`` made by ``dgn-engine train-decoder``),
+            ``"pixel"`` (no G: the classic baseline, a Fourier-parameterised image) or ``"maco"`` (no G:
+            only the phase of an image whose Fourier magnitude is fixed, that of the photos in
+            ``spectrum=DIR``, else a 1/f power law).
+        steps: optimisation steps per target (default: the mode's, see ``spec.default_spec``).
+        image_size, channels, mean, std: D's input format where the model cannot tell: pixels
+            ``image_size`` square, ``"RGB"``, ``"BGR"`` or ``"L"``, input = (pixel / 255 - mean) / std.
+        labels: class names, one per class, for the results and the gallery.
+        weights: D's weights file, for a classifier given by name.
+        decoder, g_width, spectrum: G's decoder file (pretrained), width scale (untrained), photo
+            folder (maco).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        backend: ``"step-graph"`` (the exported graph in onnxruntime, exported once per model into the
+            cache), ``"training-api"`` or ``"torch"`` (the eager reference).
+        batch: targets optimised together (default: up to 8, in equal batches).
+        seed: seeds G's start and the noise: the same seed gives the same images.
+        out: a results folder to keep (resumable: finished targets are not recomputed); None uses a
+            temporary one.
+        progress: progress bars and the summary line.
+        display: ``"model"`` (the picture D saw), ``"contrast"`` (stretched to 0..255) or
+            ``"original"``.
+        force: recompute targets in ``out`` made with other settings.
+        precision: ``"float32"``, ``"tf32"`` (CUDA tensor cores) or ``"float64"`` (``backend="torch"``).
+        ray, workers: run the batches on Ray workers (see ``Engine``).
+        **settings: lr, momentum, optimizer, noise_sigma, noise_schedule, regularizer, reg_weight, lam,
+            target_leak, image_range, snapshots, keep, pick, transforms (``"none"``, ``"standard"``,
+            ``"jitter=J,scale=S,rotate=DEG"``), paper=True (the paper's method to the letter).
 
-    model: an nn.Module (its input format from image_size/mean/std, else its `preprocessing`
-    attribute), a TorchScript or ONNX file, "vgg16" (weights=FILE or "random"), "demo",
-    "module:factory", or an artifacts folder. mode: "untrained" (all of G optimised, no decoder needed)
-    or "pretrained" (decoder=FILE, made by `dgn-engine train-decoder`), or "pixel" (no G: the classic
-    baseline, a Fourier-parameterised image), or "maco" (no G: only the phase of an image whose Fourier
-    magnitude is fixed, that of the photos in the folder spectrum=DIR, else a 1/f power law). backend: "step-graph" (the
-    exported graph in onnxruntime, exported once per model into the cache), "training-api", or
-    "torch" (the eager reference). device: "auto", "cpu" or "cuda". precision: "float32", "tf32" (CUDA
-    tensor cores, faster, ~1e-3 relative error per product) or "float64" (backend="torch" only). Other
-    settings: lr, momentum, optimizer, noise_sigma, regularizer,
-    reg_weight, lam, target_leak, image_range, snapshots, keep, transforms ("none", "standard",
-    "jitter=J,scale=S,rotate=DEG"), paper=True (the paper's method to the letter) (defaults: the paper's
-    for the mode, see spec.default_spec). ray: the batches on Ray workers (see Engine), `workers` of them.
+    Returns:
+        One ``Result`` per target, in order: the written PNG as a PIL image, D's activation and top-5 on
+        that PNG, the loss curve and the record that says what made it.
 
-    The arguments are checked before any work: a bad one raises arguments.ArgumentError (a UsageError)
-    naming it, its value and what is expected; numbers are not read from text (image_size=32, not "32").
-    An in-memory module is checked on one input before anything is exported or written: one whose
-    output has no gradient with respect to the image (a forward under torch.no_grad(), integer
-    outputs) or whose tensors are on the meta device is refused. A float16, bfloat16 or float64 module
-    is run in float32, on a float32 copy, with a warning (the step graph is float32; precision="float64"
-    with backend="torch" then computes in float64 from those float32 weights).
+    Raises:
+        arguments.ArgumentError: a bad argument, before any work: one line naming it, its value and
+            what is expected (numbers are not read from text). A module whose output has no gradient
+            with respect to the image (a forward under ``torch.no_grad()``, integer outputs) or whose
+            tensors are on the meta device is refused before anything is exported or written.
+
+    A float16, bfloat16 or float64 module is run as a float32 copy, with a warning.
+
+    Example:
+        >>> import dgn_engine as dgn
+        >>> results = dgn.synthesize("demo", ["class:1", "class:7"], mode="pixel", steps=64)
+        >>> results[0].top5[0]          # D's top-1 on the written PNG: (class, name, score)
+        >>> dgn.grid(results)           # a labelled contact sheet (Jupyter shows it)
     """
     given = dict(locals(), **settings)
     _check_together("synthesize", given)
@@ -606,9 +657,35 @@ def export(
     progress: Flag = True,
     **settings: Unpack[ExportSettings],
 ):
-    """Write the artifacts folder `out` for `model` (the forms `synthesize` takes) and return it;
-    `Engine(out)` runs it anywhere onnxruntime is installed. The arguments and the module are checked
-    as synthesize checks them, before anything is written."""
+    """Write the artifacts folder `out` for `model`: the ONNX graphs of one optimisation step, of G alone
+    and of D alone, and the manifest that says what they are and what they were made from.
+
+    Args:
+        model: D, in any form ``synthesize`` takes (not an artifacts folder).
+        out: the folder to write: new, empty, or one that holds artifacts (with ``force=True``).
+        mode: as for ``synthesize``.
+        taps: the layers of D that channel and neuron targets may read.
+        batch: K, the targets each graph call optimises together.
+        backends: ``("step-graph",)`` and/or ``"training-api"``.
+        weights, decoder, image_size, channels, mean, std, labels, g_width, spectrum, seed: as for
+            ``synthesize``.
+        force: replace the artifacts in ``out``.
+        progress: say what is being exported.
+        **settings: the method's settings, as for ``synthesize``; the structural ones are fixed in the
+            graphs, the numbers are defaults that ``Engine.run`` may override.
+
+    Returns:
+        The loaded ``artifacts.Artifacts``; ``Engine(out)`` runs them anywhere onnxruntime is installed.
+
+    Raises:
+        arguments.ArgumentError: a bad argument or module, as ``synthesize`` checks them, before
+            anything is written.
+
+    Example:
+        >>> import dgn_engine as dgn
+        >>> dgn.export(my_resnet, "art", taps=["layer3"], batch=8, image_size=224)
+        >>> dgn.Engine("art").run("channel:layer3:17")
+    """
     from .exporter.coupled import couple
     from .exporter.manifest import export_artifacts
 
@@ -640,8 +717,20 @@ def _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder
 
 @checked
 def grid(results: Results, columns: Columns = 10, tile: Tile = 128):
-    """A labelled contact sheet of results (a PIL image; Jupyter shows it): each image with its name,
-    its activation and whether it is D's top-1."""
+    """A labelled contact sheet of results: each image with its name, its activation and whether it is
+    D's top-1.
+
+    Args:
+        results: ``Result`` objects (from ``synthesize`` or ``Engine.run``).
+        columns: images per row.
+        tile: pixels per image (nearest-neighbour scaled).
+
+    Returns:
+        A PIL image (Jupyter shows it).
+
+    Example:
+        >>> dgn.grid(dgn.synthesize("demo", dgn.all_classes(10), mode="pixel", steps=64), columns=5)
+    """
     from .engine.gallery import contact_sheet
 
     if not results:

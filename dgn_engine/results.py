@@ -19,7 +19,13 @@ from .targets import Target, parse_target
 
 @dataclass
 class Result:
-    """One target's preferred input. In Jupyter it shows itself as its picture."""
+    """One target's preferred input: the PNG as written and what D says of it. In Jupyter it shows
+    itself as its picture.
+
+    Example:
+        >>> r = dgn.synthesize("demo", "class:7", mode="pixel", steps=64)[0]
+        >>> r.image.save("sneaker.png"); r.activation, r.top5[0], r.top1_is_target
+    """
 
     target: Target
     image: Image.Image  # the PNG as written

@@ -58,9 +58,15 @@ class Term:
 
 @dataclass(frozen=True)
 class Target:
-    """A weighted sum of terms. Targets combine as numbers do and print as the grammar:
-    `Class(9) + 0.5 * Channel("features.28", 17) - Neuron("features.28", 17, 7, 7)` is
-    `class:9+0.5*channel:features.28:17+-1*neuron:features.28:17:7:7`."""
+    """A weighted sum of terms (classes, channels, neurons) whose activation the search drives up.
+    Targets combine as numbers do and print as the grammar that ``run --target`` takes.
+
+    Example:
+        >>> t = dgn.Class(9) + 0.5 * dgn.Channel("features.28", 17) - dgn.Neuron("features.28", 17, 7, 7)
+        >>> t.text
+        'class:9+0.5*channel:features.28:17+-1*neuron:features.28:17:7:7'
+        >>> dgn.synthesize(model, [t, "class:3"])    # text and objects are interchangeable
+    """
 
     terms: tuple[Term, ...]
 
@@ -255,22 +261,67 @@ def objective_weights(
 
 
 def all_classes(n_classes: int) -> list[Target]:
+    """One class target per class of D.
+
+    Args:
+        n_classes: D's number of classes (``Engine.num_classes``; 1000 for ImageNet).
+
+    Returns:
+        ``[Class(0), Class(1), ...]``.
+
+    Example:
+        >>> dgn.synthesize(model, dgn.all_classes(1000), out="results")
+    """
     return [Target((Term("class", c),)) for c in range(n_classes)]
 
 
 def Class(index: int) -> Target:  # noqa: N802 (a constructor, named as the grammar's term)
-    """D's output for class `index` (after the final ReLU): class:INDEX."""
+    """D's output for class `index` (after the final ReLU): ``class:INDEX``.
+
+    Args:
+        index: the class, from 0.
+
+    Returns:
+        A ``Target``; targets add, subtract and scale as numbers do.
+
+    Example:
+        >>> dgn.Class(9) + 0.5 * dgn.Class(339)     # class:9+0.5*class:339
+    """
     return Target((Term("class", _checked(index, "class index")),))
 
 
 def Channel(layer: str, index: int) -> Target:  # noqa: N802
-    """The mean of one channel of a tapped layer (a filter): channel:LAYER:INDEX."""
+    """The mean of one channel of a tapped layer (a filter): ``channel:LAYER:INDEX``.
+
+    Args:
+        layer: the layer's name in D (a module path such as ``features.28`` or ``layer3.1``, or an ONNX
+            tensor name); ``export`` must tap it.
+        index: the channel, from 0.
+
+    Returns:
+        A ``Target``.
+
+    Example:
+        >>> dgn.Channel("layer3", 17)                # channel:layer3:17
+    """
     return Target((Term("channel", _checked(index, "channel index"), layer=_layer(layer)),))
 
 
 def Neuron(layer: str, index: int, y: int, x: int | None = None) -> Target:  # noqa: N802
-    """One value of a tapped layer: channel `index` at (y, x), or of token `y` of a
-    [tokens, features] layer when x is None: neuron:LAYER:INDEX:Y:X or neuron:LAYER:INDEX:TOKEN."""
+    """One value of a tapped layer: ``neuron:LAYER:INDEX:Y:X``, or ``neuron:LAYER:INDEX:TOKEN``.
+
+    Args:
+        layer: the layer's name in D, as for ``Channel``.
+        index: the channel (or feature), from 0.
+        y: the row, or the token of a [tokens, features] layer (a transformer block) when x is None.
+        x: the column.
+
+    Returns:
+        A ``Target``.
+
+    Example:
+        >>> dgn.Neuron("features.28", 17, 7, 7)      # neuron:features.28:17:7:7
+    """
     return Target(
         (
             Term(
