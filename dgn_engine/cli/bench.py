@@ -24,7 +24,14 @@ With --quality it measures what the images are worth instead: for classifier D (
 default the demo) it synthesises --classes class targets spread over D's classes per mode and
 --transforms setting, and scores the written PNGs with D (top-1 share, mean probability of the
 target) and with each --judge, classifiers that never saw the search (top-1 and top-5 shares),
-plus D's seconds per target. The demo brings two judges (a small ResNet and an MLP)."""
+plus D's seconds per target. The demo brings two judges (a small ResNet and an MLP).
+
+With --cost it times nothing and needs no GPU: it reads the step graph and gives, per node role
+(forward, input gradient, weight gradient, update, bookkeeping), the FLOPs and the bytes its nodes
+move, beside the same for torch autograd's step on the model the graph was exported from (where torch
+is installed), and the ratio graph/torch of the convolution and matrix-product FLOPs, for each size x
+mode x K (default: the demo's shipped artifacts, K 5; other modes and K are exported into --cache),
+or for --artifacts DIR alone. dgn_engine/cost.py states the rules."""
 
 
 def add_parser(sub) -> None:
@@ -74,6 +81,12 @@ def add_parser(sub) -> None:
         "on the host while kernels run asynchronously, so there the shares are a lead)",
     )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument(
+        "--cost",
+        action="store_true",
+        help="count instead of timing: FLOPs and bytes moved per node role of the step graph, beside torch "
+        "autograd's (no GPU needed; --batch defaults to the demo's shipped artifacts' K)",
+    )
     q = p.add_argument_group("--quality")
     q.add_argument("--quality", action="store_true", help="measure the images' quality instead of the speed")
     q.add_argument("--classifier", default="demo", help="D, as run takes it (default: %(default)s)")
@@ -165,11 +178,51 @@ def parse_transform_settings(text: str) -> list[str]:
     return settings
 
 
+def cost_main(args) -> int:
+    from ..bench import parse_list
+    from ..cost import FOOTNOTE, TORCH_COVERS, cost, cost_artifacts
+    from ..files import write_json
+
+    batches = parse_list(args.batch, kind=int, what="--batch") if args.batch else None
+    if args.artifacts:
+        if args.batch:
+            from ..artifacts import load_artifacts
+
+            art = load_artifacts(args.artifacts)
+            if batches != [art.batch]:
+                raise UsageError(
+                    f"the artifacts in {args.artifacts!r} hold a step of K = {art.batch} only; leave out --batch, "
+                    "or export them again with the batch you want"
+                )
+        rows = cost_artifacts(args.artifacts)
+    else:
+        rows = cost(
+            parse_list(args.sizes, what="--sizes"),
+            parse_modes(args.modes or "pretrained,untrained"),
+            batches,
+            args.cache,
+        )
+    if any(r.get("torch") for r in rows):
+        print(FOOTNOTE)
+    if args.json:
+        write_json(args.json, {"cost": rows, "torch_covers": TORCH_COVERS})
+    return 0
+
+
 def main(args) -> int:
     from ..bench import BACKENDS, HEADER, Timing, bench, bench_artifacts, parse_list
-    from ..engine.backends.onnx_session import providers
     from ..files import write_json
     from ..spec import ENGINE_PRECISIONS
+
+    if args.json:
+        if os.path.isdir(args.json):
+            raise UsageError(f"--json {args.json!r} is a folder; give a file name")
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.json)), "folder of --json")
+    if args.cost:  # counts from the graphs: no device, no onnxruntime
+        if args.quality:
+            raise UsageError("--cost and --quality are two different measures; give one of them")
+        return cost_main(args)
+    from ..engine.backends.onnx_session import providers
 
     backends = parse_list(args.backends, BACKENDS, what="--backends")
     batches = parse_list(args.batch or "1", kind=int, what="--batch")
@@ -177,10 +230,6 @@ def main(args) -> int:
     device = providers(args.device)[1]  # one device for every row, torch's included
     if "tf32" in precisions and device != "cuda":
         raise UsageError("--precision tf32 is a CUDA mode (the CPU computes float32): use it where CUDA is available")
-    if args.json:
-        if os.path.isdir(args.json):
-            raise UsageError(f"--json {args.json!r} is a folder; give a file name")
-        ensure_writable_dir(os.path.dirname(os.path.abspath(args.json)), "folder of --json")
     if args.quality:
         return quality_main(args)
     timing = Timing(device, args.steps or 10, args.warmup, args.threads, tuple(precisions), args.profile)
