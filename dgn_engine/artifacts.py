@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .digests import sha256_file, sha256_json
-from .errors import UsageError
+from .errors import UsageError, setting
 from .files import Folder, reason
 from .plan import GeneratorPlan
 from .preprocessing import Preprocessing
@@ -61,7 +61,7 @@ class Artifacts:
         if backend not in self.backends:
             raise UsageError(
                 f"the artifacts in {self.path!r} hold no graphs for the {backend} backend (they serve "
-                f"{', '.join(self.backends)}); export them again with --backend {backend}"
+                f"{', '.join(self.backends)}); export them again with {setting('backend', backend)}"
             )
 
     @property
@@ -99,8 +99,8 @@ class Artifacts:
         if missing:
             raise UsageError(
                 f"target {target.text!r} reads layer {missing[0]!r}, which these artifacts do not tap "
-                f"(taps: {', '.join(self.manifest['taps']) or 'none'}); export again with --taps "
-                f"{missing[0]}"
+                f"(taps: {', '.join(self.manifest['taps']) or 'none'}); export again with "
+                f"{setting('taps', missing[0])}"
             )
 
     @property

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import UsageError, setting
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 2048  # beyond 2048 px one target's G would not fit a GPU
 
@@ -30,16 +30,19 @@ class Preprocessing:
         n = self.channels
         if len(self.mean) != n or len(self.std) != n:
             raise UsageError(
-                f"--mean and --std need {n} values each for {self.order} input, "
+                f"{setting('mean')} and {setting('std')} need {n} values each for {self.order} input, "
                 f"got {len(self.mean)} and {len(self.std)}"
             )
         if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
-            raise UsageError(f"--mean and --std must be finite numbers, got {self.mean} and {self.std}")
+            raise UsageError(
+                f"{setting('mean')} and {setting('std')} must be finite numbers, got {self.mean} and {self.std}"
+            )
         if any(s <= 0 for s in self.std):
-            raise UsageError("--std values must be positive")
+            raise UsageError(f"{setting('std')} values must be positive")
         if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
             raise UsageError(
-                f"--image-size must lie between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got {self.image_size}"
+                f"{setting('image_size')} must lie between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got "
+                f"{self.image_size}"
             )
 
     @property

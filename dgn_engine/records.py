@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import UsageError
+from .errors import UsageError, setting
 from .files import Folder, read_plain_file
 
 SHA256 = r"^[0-9a-f]{64}$"
@@ -182,7 +182,7 @@ def read_record_in(folder: Folder, name: str, model: type[_Record], what: str):
 
 _REMEDY = {
     ManifestRecord: "export the artifacts again",
-    RunRecord: "run with --force to start the results over, or use another --out",
+    RunRecord: f"run with {setting('force', True)} to start the results over, or use another {setting('out')}",
     TargetRecord: "delete it (and its PNG) to recompute that target",
 }
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
-from .errors import UsageError
+from .errors import UsageError, setting
 from .targets import parse_target
 
 # pixel: the classic baseline, no generator (the image itself, Fourier-parameterised, kernels/pixel.py);
@@ -228,11 +228,11 @@ class RunSpec:
         _require(r.weight >= 0, f"regulariser weight must be >= 0, got {r.weight}")
         _require(
             not (r.kind == "l1-final-gamma" and self.mode == "pretrained"),
-            "the l1-final-gamma regulariser needs --mode untrained (pretrained mode trains only alpha)",
+            f"the l1-final-gamma regulariser needs {setting('mode', 'untrained')} (pretrained mode trains only alpha)",
         )
         _require(
             not (pixel and r.kind != "none"),
-            f"the {r.kind} regulariser acts on G; {self.mode} mode has none: use --regularizer none",
+            f"the {r.kind} regulariser acts on G; {self.mode} mode has none: use {setting('regularizer', 'none')}",
         )
         _require(
             isinstance(self.steps, int) and 1 <= self.steps <= MAX_STEPS,
@@ -246,7 +246,8 @@ class RunSpec:
         _require(self.image_range in IMAGE_RANGES, f"image range must be one of {', '.join(IMAGE_RANGES)}")
         _require(
             not (pixel and self.image_range == "free"),
-            f"{self.mode} mode's image always lies in the pixel range (a sigmoid); --image-range free is for G",
+            f"{self.mode} mode's image always lies in the pixel range (a sigmoid); "
+            f"{setting('image_range', 'free')} is for G",
         )
         tr = self.transforms
         _require(all(math.isfinite(v) for v in (tr.jitter, tr.scale, tr.rotate)), "transforms must be finite numbers")
@@ -370,7 +371,10 @@ def paper_spec(mode: str) -> RunSpec:
     """The paper's method to the letter: Table 1's settings, D's final ReLU on the target too (leak 0),
     G's image unbounded, no transforms."""
     if mode not in GENERATOR_MODES:
-        raise UsageError(f"--paper: {mode} mode is not the paper's method; use --mode untrained or pretrained")
+        raise UsageError(
+            f"{setting('paper', True)}: {mode} mode is not the paper's method; "
+            f"use {setting('mode', 'untrained')} or pretrained"
+        )
     return replace(default_spec(mode), image_range="free", target_leak=0.0, transforms=Transforms()).validated()
 
 

@@ -115,7 +115,7 @@ def test_target_algebra_prints_the_grammar_and_parses_back():
 def test_bad_calls_say_what_to_do(cache):
     from dgn_engine.errors import UsageError
 
-    with pytest.raises(UsageError, match="image_size= in Python"):
+    with pytest.raises(UsageError, match="does not tell its input size: give image_size "):  # the API's name
         dgn.synthesize(__import__("torch").nn.Sequential(), "class:1", **SETTINGS)
     with pytest.raises(UsageError, match="unknown setting"):
         dgn.synthesize(tiny_rgb(), "class:1", stepz=3)
@@ -137,7 +137,7 @@ def test_engine_needs_no_torch(tmp_path, artifacts):
         "    engine.run('channel:features.0:1', progress=False)\n"
         "    raise SystemExit('an untapped layer ran')\n"
         "except UsageError as e:\n"
-        "    assert 'do not tap (taps: features.3); export again with --taps features.0' in str(e), e\n"
+        "    assert \"do not tap (taps: features.3); export again with taps='features.0'\" in str(e), e\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None], 'torch imported'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -153,3 +153,33 @@ def test_other_settings_in_out_folder_refused(capsys, tmp_path):
     err = error_line(capsys, base + ["--steps", "3"])
     assert "holds results made otherwise (steps 2 -> 3)" in err and "--force" in err
     assert main(base + ["--steps", "3", "--force"]) == 0
+
+
+def test_errors_name_settings_as_the_caller_knows_them(capsys, tmp_path):
+    """Below the CLI a message names a setting (errors.setting); the CLI prints its flag, the Python
+    API its argument name, from the same raise."""
+    from dgn_engine.errors import UsageError, setting
+    from dgn_engine.spec import default_spec, with_settings
+
+    e = UsageError(f"{setting('device', 'cuda')}: no GPU; use {setting('device', 'cpu')} or {setting('force', True)}")
+    assert str(e) == "device='cuda': no GPU; use device='cpu' or force=True"
+    assert e.for_cli({"device": "--device", "force": "--force"}) == "--device cuda: no GPU; use --device cpu or --force"
+    with pytest.raises(UsageError, match="needs mode='untrained'"):
+        with_settings(default_spec("pretrained"), [], regularizer="l1-final-gamma")
+    err = error_line(
+        capsys,
+        [
+            "run",
+            "--mode",
+            "pretrained",
+            "--regularizer",
+            "l1-final-gamma",
+            "--target",
+            "class:1",
+            "--out",
+            "o",
+            "--backend",
+            "torch",
+        ],
+    )
+    assert "needs --mode untrained" in err

@@ -44,7 +44,7 @@ def test_json_round_trip():
         ({"noise": {"kind": "none", "sigma": 0}}, "noise none is pixel mode's"),
         ({"transforms": {"jitter": 0.6}}, "jitter is a share of the image side"),
         ({"transforms": {"rotate": -1}}, "rotate is in degrees"),
-        ({"regularizer": {"kind": "l1-final-gamma", "weight": 0.01}}, "needs --mode untrained"),
+        ({"regularizer": {"kind": "l1-final-gamma", "weight": 0.01}}, "needs mode='untrained'"),
         ({"snapshots": {"count": 3, "keep": 5}}, "keep <= count"),
         ({"targets": ["class:1", "class:1"]}, "listed twice"),
         ({"colour": "red"}, "unknown spec field"),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 
 from .._version import __version__
 from ..engine.loop import Interrupted
-from ..errors import UsageError
+from ..errors import UsageError, flags_of_the_cli
 from . import bench, export, gallery, run, train_decoder, verify
 from .common import OneLineParser
 
@@ -38,6 +39,19 @@ def _joined_values(argv: list[str]) -> list[str]:
             out.append(argv[i])
             i += 1
     return out
+
+
+def flags(p: argparse.ArgumentParser) -> dict[str, str]:
+    """Each setting's flag, from the parsers themselves (the Python API's `model` is --classifier)."""
+    found = {"model": "--classifier"}
+    for action in p._actions:
+        for sub in getattr(action, "choices", None) or {}:
+            parser = action.choices[sub]
+            if isinstance(parser, argparse.ArgumentParser):
+                for a in parser._actions:
+                    if a.option_strings and a.dest not in found:
+                        found[a.dest] = max(a.option_strings, key=len)
+    return found
 
 
 class Terminated(KeyboardInterrupt):
@@ -72,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             p.print_help()
             return 2
-        return args.func(args) or 0
+        with flags_of_the_cli(flags(p)):  # warnings too name settings as flags
+            return args.func(args) or 0
     except UsageError as e:
-        print(f"dgn-engine: error: {e}", file=sys.stderr)
+        print(f"dgn-engine: error: {e.for_cli(flags(p))}", file=sys.stderr)  # also one raised in the parser
         return UsageError.exit_code
     except Terminated as e:
         print(f"\ndgn-engine: stopped by {e.name}; run the same command again to resume", file=sys.stderr)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .. import progress
 from .._version import __version__
 from ..digests import sha256_json
-from ..errors import UsageError
+from ..errors import UsageError, setting
 from ..files import finite
 from ..records import PNG_LIMIT, RunRecord, TargetRecord, read_record_in
 from ..spec import RunSpec
@@ -157,7 +157,7 @@ class Job:
                     if f.startswith(".tmp-"):
                         folder.remove(f)
         if self.folder.kind(self.run_name) not in (None, "file"):
-            raise UsageError(f"{self.run_file!r} is not a plain file; remove it, or use another --out")
+            raise UsageError(f"{self.run_file!r} is not a plain file; remove it, or use another {setting('out')}")
         records = [self.run_name] + [n for n in run_records(self.folder) if n != self.run_name]
         for run_name in records if not self.options.force else []:
             if self.folder.kind(run_name) is None:
@@ -173,7 +173,7 @@ class Job:
                 }
                 raise UsageError(
                     f"{self.out!r} holds results made otherwise ({differences(previous, self.made_by)}); use "
-                    "another --out, or --force to recompute its targets this way"
+                    f"another {setting('out')}, or {setting('force', True)} to recompute its targets this way"
                 )
 
     def _write_run(self, done: int, seconds: float, state: str) -> None:
@@ -204,7 +204,7 @@ class Job:
         with contextlib.ExitStack() as held:
             self.folder = held.enter_context(open_results(self.out, create=True))
             if not os.access(self.out, os.W_OK | os.X_OK):
-                raise UsageError(f"the output folder {self.out!r} is not writable; choose another --out")
+                raise UsageError(f"the output folder {self.out!r} is not writable; choose another {setting('out')}")
             shard_locks = [FolderLock(self.folder, shared=True), FolderLock(self.folder, f".lock{self.suffix}")]
             for lock in shard_locks if self.options.shard else [FolderLock(self.folder)]:
                 held.enter_context(lock)

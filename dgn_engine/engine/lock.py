@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 
-from ..errors import UsageError
+from ..errors import UsageError, setting
 from ..files import Folder, reason
 
 LOCK_FILE = ".lock"
@@ -36,7 +36,9 @@ class FolderLock:
         try:  # never through a link: a link planted there would make this run overwrite its target
             fd = self.folder.open_file(self.name, os.O_RDWR | os.O_CREAT)
         except OSError as e:
-            raise UsageError(f"the lock file {path!r} is {reason(e)}; remove it, or use another --out") from None
+            raise UsageError(
+                f"the lock file {path!r} is {reason(e)}; remove it, or use another {setting('out')}"
+            ) from None
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
@@ -44,7 +46,7 @@ class FolderLock:
             os.close(fd)
             raise UsageError(
                 f"{self.folder.path!r} is being written by another run ({holder}); wait for it to "
-                "finish, or use another --out"
+                f"finish, or use another {setting('out')}"
             ) from None
         command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]
         try:  # who holds it, for the message of a second run (a full disk only loses this note)

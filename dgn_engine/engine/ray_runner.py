@@ -16,7 +16,7 @@ from typing import Callable
 
 from .. import demo
 from ..artifacts import MANIFEST, Artifacts, load_artifacts
-from ..errors import UsageError
+from ..errors import UsageError, setting
 from ..targets import Target
 from .backends import engine_backend
 from .loop import Interrupted, run_batch
@@ -34,7 +34,9 @@ def ray_module():
     try:
         import ray
     except ImportError:
-        raise UsageError("--ray needs Ray on this machine and the cluster: pip install 'dgn-engine[ray]'") from None
+        raise UsageError(
+            f"{setting('ray')} needs Ray on this machine and the cluster: pip install 'dgn-engine[ray]'"
+        ) from None
     return ray
 
 
@@ -43,12 +45,14 @@ def _reachable(address: str) -> None:
     hostport = address.removeprefix("ray://")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise UsageError(f"--ray {address}: give auto, ray://HOST:PORT (Ray Client) or HOST:PORT (the head's GCS)")
+        raise UsageError(
+            f"{setting('ray', address)}: give auto, ray://HOST:PORT (Ray Client) or HOST:PORT (the head's GCS)"
+        )
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as e:
         raise UsageError(
-            f"--ray {address}: nothing answers at {hostport} ({e.strerror or e}); start the cluster "
+            f"{setting('ray', address)}: nothing answers at {hostport} ({e.strerror or e}); start the cluster "
             "(ray start --head) or check the address"
         ) from None
 
@@ -78,7 +82,7 @@ def connect(address: str | None) -> bool:
                     " (a cluster with token authentication, the default of Ray's local clusters since 2.59, "
                     "needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN set here: ray get-auth-token)"
                 )
-        raise UsageError(f"--ray {address or '(local)'}: {why}") from None
+        raise UsageError(f"{setting('ray', address or '(local)')}: {why}") from None
     return True
 
 
@@ -178,19 +182,21 @@ class RayRunner:
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
         if device == "cuda" and not gpus:
-            raise UsageError("--device cuda: the Ray cluster has no GPUs (ray status lists its resources)")
+            raise UsageError(
+                f"{setting('device', 'cuda')}: the Ray cluster has no GPUs (ray status lists its resources)"
+            )
         on_gpu = gpus > 0 and device != "cpu"
         each = threads or 1  # CPUs per worker, and its onnxruntime threads
         room = gpus if on_gpu else cpus // each
         if workers is not None and workers > room:
             raise UsageError(
-                f"--workers {workers}: the Ray cluster has room for {room} "
+                f"{setting('workers', workers)}: the Ray cluster has room for {room} "
                 f"({f'{gpus} GPUs' if on_gpu else f'{cpus} CPUs, {each} per worker'})"
             )
         if room == 0:
             raise UsageError(
                 f"the Ray cluster has no room for a worker of {f'{each} CPUs' if each > 1 else 'one CPU'} "
-                f"({cpus} in all; ray status lists its resources); add nodes, or lower --threads"
+                f"({cpus} in all; ray status lists its resources); add nodes, or lower {setting('threads')}"
             )
         count = max(1, min(workers or room, most or room))
         self.shipped = [ray.put(self.files)]  # in a list: workers fetch it themselves, when they load
@@ -210,7 +216,7 @@ class RayRunner:
         except ray.exceptions.GetTimeoutError:
             raise UsageError(
                 f"the {count} Ray workers did not start within {START_S} s: the cluster's resources are taken "
-                "(ray status); try fewer --workers, or again later"
+                f"(ray status); try fewer {setting('workers')}, or again later"
             ) from None
         errors = [i["error"] for i in infos if "error" in i]
         if errors:
@@ -218,7 +224,7 @@ class RayRunner:
         if any(i["provenance"] != infos[0]["provenance"] for i in infos):
             raise UsageError(
                 "the Ray workers would make different results (another device or precision on some nodes); "
-                "give --device so that all run alike"
+                f"give {setting('device')} so that all run alike"
             )
         self._provenance = infos[0]["provenance"]
         self._describe = {

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import progress
-from ..errors import UsageError
+from ..errors import UsageError, setting
 from ..files import atomic_write
 from ..plan import BN_EPS, GeneratorPlan, generator_plan
 from ..preprocessing import Preprocessing
@@ -177,7 +177,7 @@ def train_decoder(
         ckpt = read_torch_file(ckpt_path, "checkpoint")
         if ckpt.get("config") != config:
             raise UsageError(
-                f"{ckpt_path!r} belongs to a training with other settings; delete it or choose another --out"
+                f"{ckpt_path!r} belongs to a training with other settings; delete it or choose another {setting('out')}"
             )
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from .. import demo
-from ..errors import UsageError
+from ..errors import UsageError, setting
 from ..preprocessing import IMAGENET_CAFFE, IMAGENET_TORCHVISION, Preprocessing
 from ..targets import OUTPUT
 from .onnx_classifier import convert_onnx, read_onnx
@@ -81,7 +81,7 @@ class Classifier:
                 raise UsageError(
                     f"classifier {self.name!r} does not accept {pp.channels}x{pp.image_size}x"
                     f"{pp.image_size} input ({str(e).splitlines()[0][:160]}); "
-                    "set --image-size/--channels"
+                    f"set {setting('image_size')}/{setting('channels')}"
                 ) from None
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
             what = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
@@ -143,8 +143,8 @@ def _preprocessing(default: Preprocessing | None, image_size, channels, mean, st
     """The weights' own preprocessing, with what the user said on top of it."""
     if default is None and image_size is None:
         raise UsageError(
-            f"{what} does not tell its input size: give --image-size (image_size= in Python; "
-            "and --channels, --mean, --std if not RGB in 0..1)"
+            f"{what} does not tell its input size: give {setting('image_size')} "
+            f"(and {setting('channels')}, {setting('mean')}, {setting('std')} if not RGB in 0..1)"
         )
     order = channels or (default.order if default else "RGB")
     n = 1 if order == "L" else 3
@@ -264,8 +264,8 @@ def load_classifier(
         module = vgg16()
         if weights is None:
             raise UsageError(
-                "--classifier vgg16 needs --weights FILE (.pth torchvision or .h5 Keras-1 "
-                "layout), or --weights random for random weights"
+                f"{setting('model', 'vgg16')} needs {setting('weights')} (a .pth torchvision or .h5 Keras-1 "
+                f"file), or {setting('weights', 'random')} for random weights"
             )
         if weights == "random":
             module = _seeded(vgg16, seed)
@@ -289,7 +289,7 @@ def load_classifier(
         pp = _preprocessing(default, image_size, channels, mean, std, name)
         return Classifier(module, pp, name, sources, labels=_labels_of(module))
     if weights is not None and os.path.isfile(name):
-        raise UsageError(f"classifier file {name!r} carries its own weights; leave out --weights")
+        raise UsageError(f"classifier file {name!r} carries its own weights; leave out {setting('weights')}")
     if os.path.isfile(name) and not zipfile.is_zipfile(name):  # TorchScript archives are zip files
         return _onnx_classifier(name, image_size, channels, mean, std)
     if os.path.exists(name):
@@ -313,12 +313,12 @@ def _onnx_classifier(path: str, image_size, channels, mean, std) -> Classifier:
     given = read_onnx(path)
     if image_size is not None and given.size is not None and image_size != given.size:
         raise UsageError(
-            f"ONNX file {path!r} takes {given.size}x{given.size} images; drop --image-size "
-            f"{image_size} (the file fixes it)"
+            f"ONNX file {path!r} takes {given.size}x{given.size} images; drop {setting('image_size', image_size)} "
+            f"(the file fixes it)"
         )
     if channels is not None and (1 if channels == "L" else 3) != given.channels:
         raise UsageError(
-            f"ONNX file {path!r} takes {given.channels}-channel images; --channels {channels} does not match"
+            f"ONNX file {path!r} takes {given.channels}-channel images; {setting('channels', channels)} does not match"
         )
     order = channels or ("L" if given.channels == 1 else "RGB")
     default = (

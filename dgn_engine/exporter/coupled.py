@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import demo
-from ..errors import UsageError
+from ..errors import UsageError, setting
 from ..kernels.layers import soft_pixel_range
 from ..kernels.maco import image_magnitude, maco_image, power_law_magnitude
 from ..kernels.objective import objective, regularizer
@@ -225,7 +225,9 @@ def couple(
         raise UsageError("a spectrum folder is maco mode's fixed Fourier magnitude; use mode maco or leave it out")
     if spec.mode in PIXEL_MODES:
         if decoder or g_width:
-            raise UsageError(f"{spec.mode} mode optimises the image itself: leave out --decoder and --g-width")
+            raise UsageError(
+                f"{spec.mode} mode optimises the image itself: leave out {setting('decoder')} and {setting('g_width')}"
+            )
         plan = pixel_plan(pp.image_size, pp.channels)
         magnitude = _magnitude(spectrum, pp, classifier.sources) if spec.mode == "maco" else None
         return CoupledStep(classifier, plan, spec, taps, magnitude=magnitude)
@@ -233,8 +235,8 @@ def couple(
         path = decoder or (demo.decoder_weights() if is_demo else None)
         if not path:
             raise UsageError(
-                "--mode pretrained needs --decoder FILE (make one with dgn-engine train-decoder), "
-                "or use --mode untrained"
+                f"{setting('mode', 'pretrained')} needs {setting('decoder')} (make one with dgn-engine train-decoder), "
+                f"or use {setting('mode', 'untrained')}"
             )
         plan, tensors, _ = load_decoder(path, pp)
         key = demo.source_name(path) if not decoder else path

@@ -18,7 +18,7 @@ from .. import demo
 from .._version import __version__
 from ..artifacts import BACKEND_FILES, FORMAT_VERSION, LOCK, MANIFEST, folder_lock, load_artifacts
 from ..digests import sha256_file
-from ..errors import UsageError
+from ..errors import UsageError, setting
 from ..files import write_json
 from ..spec import HYPER, RunSpec
 from ..state import state_shapes, trainable_shapes
@@ -81,15 +81,18 @@ def _own(name: str) -> bool:
 
 def prepare_out(out: str, force: bool) -> None:
     if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out {out!r} is a file; give a folder")
+        raise UsageError(f"{setting('out')} {out!r} is a file; give a folder")
     names = os.listdir(out) if os.path.isdir(out) else []
     foreign = sorted(n for n in names if not _own(n))
     if foreign:  # never anyone else's files, --force or not
         raise UsageError(
-            f"--out {out!r} holds {foreign[0]!r}, which an export did not write; choose an empty or new folder"
+            f"{setting('out')} {out!r} holds {foreign[0]!r}, which an export did not write; choose an empty or "
+            f"new folder"
         )
     if MANIFEST in names and not force:
-        raise UsageError(f"--out {out!r} already holds artifacts; use --force to replace them")
+        raise UsageError(
+            f"{setting('out')} {out!r} already holds artifacts; use {setting('force', True)} to replace them"
+        )
 
 
 def _clean_interrupted(out: str) -> None:
@@ -113,7 +116,7 @@ def export_artifacts(
 ):
     """Trace, write into a temporary folder beside `out`, then move in (manifest last)."""
     if k < 1:
-        raise UsageError(f"--batch must be at least 1, got {k}")
+        raise UsageError(f"{setting('batch')} must be at least 1, got {k}")
     prepare_out(out, force)
     started = time.perf_counter()
     backends = [b for b in BACKENDS if b in backends]
@@ -121,7 +124,7 @@ def export_artifacts(
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"cannot create --out {out!r}: {e.strerror}") from None
+        raise UsageError(f"cannot create {setting('out')} {out!r}: {e.strerror}") from None
     with folder_lock(out, exclusive=True):  # runs loading these graphs finish first; new ones wait
         _clean_interrupted(out)
         _write(coupled, spec, sources, k, out, backends, models, io, files, started)

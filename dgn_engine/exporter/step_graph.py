@@ -11,7 +11,7 @@ import onnx
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..errors import UsageError
+from ..errors import UsageError, setting
 from ..spec import PIXEL_MODES, Hyper, RunSpec
 from ..state import initial_state, state_shapes, trainable_shapes
 from ..targets import OUTPUT, Target, Term, objective_weights
@@ -54,7 +54,8 @@ def check_backends(spec: RunSpec, backends) -> None:
         raise UsageError(f"the training-api backend has no {spec.mode} mode; use the step-graph backend")
     if "training-api" in backends and spec.transforms.enabled:
         raise UsageError(
-            "--transforms: the training-api backend has no transforms; export it with --transforms none, "
+            f"{setting('transforms')}: the training-api backend has no transforms; export it with "
+            f"{setting('transforms', 'none')}, "
             "or use the step-graph backend"
         )
 

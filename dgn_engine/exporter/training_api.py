@@ -31,7 +31,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import UsageError
+from ..errors import UsageError, setting
 from ..spec import HYPER, Hyper
 from ..state import state_shapes, trainable_shapes
 from ..targets import OUTPUT
@@ -48,7 +48,7 @@ def training_api():
         from onnxruntime.training import artifacts, onnxblock
     except ImportError:
         raise UsageError(
-            "--backend training-api needs onnxruntime-training: in its own virtual environment, "
+            f"{setting('backend', 'training-api')} needs onnxruntime-training: in its own virtual environment, "
             "pip install 'dgn-engine[training-api,export]'"
         ) from None
     if tuple(int(x) for x in onnx.__version__.split(".")[:2]) > (1, 17):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...artifacts import Artifacts
-from ...errors import UsageError
+from ...errors import UsageError, setting
 from ...spec import ENGINE_PRECISIONS, RunSpec
 from ...targets import Target
 from .onnx_session import check_io, classify_in_batches, providers, session
@@ -20,8 +20,8 @@ class ArtifactsBackend:
     def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None, precision: str = "float32"):
         if precision not in ENGINE_PRECISIONS:
             raise UsageError(
-                f"--precision {precision}: the {self.name} backend runs "
-                f"{' or '.join(ENGINE_PRECISIONS)}; {precision} is the torch backend's (--backend torch)"
+                f"{setting('precision', precision)}: the {self.name} backend runs "
+                f"{' or '.join(ENGINE_PRECISIONS)}; {precision} is the torch backend's ({setting('backend', 'torch')})"
             )
         art.require(self.name)
         self.art, self.threads = art, threads

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ...errors import UsageError
+from ...errors import UsageError, setting
 
 
 @contextmanager
@@ -42,8 +42,8 @@ def providers(device: str, precision: str = "float32") -> tuple[list, str]:
     available = ort().get_available_providers()
     if device == "cuda" and "CUDAExecutionProvider" not in available:
         raise UsageError(
-            "--device cuda: this onnxruntime has no CUDA provider; pip uninstall onnxruntime "
-            "&& pip install 'dgn-engine[gpu]' (onnxruntime-gpu), or use --device cpu"
+            f"{setting('device', 'cuda')}: this onnxruntime has no CUDA provider; pip uninstall onnxruntime "
+            f"&& pip install 'dgn-engine[gpu]' (onnxruntime-gpu), or use {setting('device', 'cpu')}"
         )
     if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
         options = {"use_tf32": "1" if precision == "tf32" else "0"}

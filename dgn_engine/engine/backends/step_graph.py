@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...artifacts import Artifacts
-from ...errors import UsageError
+from ...errors import UsageError, setting
 from ...spec import RunSpec
 from ...state import initial_state
 from ...targets import Target, objective_weights
@@ -29,8 +29,8 @@ class StepGraphBackend(ArtifactsBackend):
             # onnxruntime-gpu lists CUDA even where it cannot start (no GPU, no CUDA libraries)
             if device == "cuda":
                 raise UsageError(
-                    "--device cuda: onnxruntime-gpu could not start its CUDA provider (no GPU "
-                    "visible, or the CUDA 13 / cuDNN 9 libraries are missing); use --device cpu"
+                    f"{setting('device', 'cuda')}: onnxruntime-gpu could not start its CUDA provider (no GPU "
+                    f"visible, or the CUDA 13 / cuDNN 9 libraries are missing); use {setting('device', 'cpu')}"
                 )
             self.providers, self.device_type, self.precision = ["CPUExecutionProvider"], "cpu", "float32"
         self.state_names = [s["name"] for s in art.manifest["state"]]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ...errors import UsageError
+from ...errors import UsageError, setting
 from ...spec import RunSpec
 from ...state import initial_state
 from ...targets import Target, objective_weights
@@ -25,7 +25,9 @@ def torch_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: this torch build sees no CUDA device; use --device cpu")
+        raise UsageError(
+            f"{setting('device', 'cuda')}: this torch build sees no CUDA device; use {setting('device', 'cpu')}"
+        )
     return torch.device(name)
 
 

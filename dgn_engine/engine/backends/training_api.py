@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from ...artifacts import Artifacts
-from ...errors import UsageError
+from ...errors import UsageError, setting
 from ...spec import HYPER, RunSpec
 from ...state import SLOTS, initial_state, trainable_shapes
 from ...targets import Target, objective_weights
@@ -45,11 +45,13 @@ class TrainingApiBackend(ArtifactsBackend):
 
     def __init__(self, art: Artifacts, device: str = "auto", threads: int | None = None, precision: str = "float32"):
         if precision == "tf32":  # its Module takes a device, not provider options
-            raise UsageError("--precision tf32 is the step-graph backend's; the training-api backend runs float32")
+            raise UsageError(
+                f"{setting('precision', 'tf32')} is the step-graph backend's; the training-api backend runs float32"
+            )
         self.rt, self.C = training_bindings()
         if device == "cuda" and "CUDAExecutionProvider" not in self.rt.get_available_providers():
             raise UsageError(
-                "--device cuda: this is onnxruntime-training's CPU build; its CUDA build is "
+                f"{setting('device', 'cuda')}: this is onnxruntime-training's CPU build; its CUDA build is "
                 "onnxruntime-training==1.19.2 (CUDA 11.8, cuDNN 8, Python 3.10/3.11), or use the "
                 "step-graph backend with onnxruntime-gpu"
             )
