@@ -127,7 +127,8 @@ class BatchWorker:
         try:
             self._load(shipped)
         except Exception as e:  # one line for the driver, not an actor's traceback
-            return {"error": str(e) if isinstance(e, UsageError) else f"{type(e).__name__}: {e}"}
+            # a UsageError unrendered: the driver names its settings as its caller does
+            return {"error": e.raw if isinstance(e, UsageError) else f"{type(e).__name__}: {e}"}
         return {
             "provenance": self.backend.provenance(),
             "describe": self.backend.describe(),
