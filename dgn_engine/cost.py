@@ -50,7 +50,7 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 
-from .errors import UsageError
+from .errors import UsageError, setting
 
 ROLES = ("forward", "input gradient", "weight gradient", "update", "bookkeeping")
 SETTINGS = "hyper"  # the step graph's input of run settings
@@ -501,7 +501,7 @@ def _folder_for(size: str, mode: str, k: int | None, cache: str):
     except ImportError:
         raise UsageError(
             f"bench --cost exports the {size} {mode} artifacts with torch: pip install 'dgn-engine[export]', or "
-            "give an artifacts folder with --artifacts DIR"
+            f"give an artifacts folder ({setting('artifacts')})"
         ) from None
     from .bench import artifacts_for
 

@@ -105,7 +105,7 @@ def load_decoder(path: str, pp: Preprocessing | None = None) -> tuple[GeneratorP
     return plan, tensors, obj.get("training", {})
 
 
-def load_images(folder: str, pp: Preprocessing, what: str = "--images") -> np.ndarray:
+def load_images(folder: str, pp: Preprocessing, what: str = "image folder") -> np.ndarray:
     """Every image under `folder`, center-cropped square and resized: uint8 [N, H, W, C]."""
     from PIL import Image
 

@@ -264,7 +264,7 @@ def _gradient_builder_failure(coupled: CoupledStep, message: str) -> str:
     )
     return (
         f"onnxruntime-training's gradient builder {what} of classifier {coupled.classifier.name!r}; "
-        "use the step-graph backend (export --backend step-graph), which takes this classifier"
+        f"use the step-graph backend ({setting('backend', 'step-graph')}), which takes this classifier"
     )
 
 
