@@ -237,3 +237,21 @@ def test_display_contrast_stretches_and_reports_both_views(tmp_path, artifacts):
     assert rec["display"] == "contrast" and len(rec["model_view"]["top5"]) == 5
     pixels = np.asarray(Image.open(os.path.join(out, "targets", "class-1.png")))
     assert pixels.min() == 0 and pixels.max() == 255
+
+
+def test_auto_device_without_a_driver_is_the_cpu(monkeypatch):
+    """onnxruntime-gpu on a machine without a GPU (a CUDA image on a CPU node): --device auto takes the
+    CPU at once instead of letting the CUDA provider fail, with its errors printed, first."""
+    from dgn_engine.engine.backends import onnx_session
+
+    class GpuBuild:  # what onnxruntime-gpu lists whether or not a driver is there
+        @staticmethod
+        def get_available_providers():
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    monkeypatch.setattr(onnx_session, "ort", lambda: GpuBuild)
+    monkeypatch.setattr(onnx_session, "cuda_driver", lambda: False)
+    assert onnx_session.providers("auto") == (["CPUExecutionProvider"], "cpu")
+    assert onnx_session.providers("cuda")[1] == "cuda"  # asked for: tried, and refused by the session if it fails
+    monkeypatch.setattr(onnx_session, "cuda_driver", lambda: True)
+    assert onnx_session.providers("auto")[1] == "cuda"

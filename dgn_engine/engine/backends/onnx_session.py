@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 from contextlib import contextmanager
@@ -45,10 +46,22 @@ def providers(device: str, precision: str = "float32") -> tuple[list, str]:
             f"{setting('device', 'cuda')}: this onnxruntime has no CUDA provider; pip uninstall onnxruntime "
             f"&& pip install 'dgn-engine[gpu]' (onnxruntime-gpu), or use {setting('device', 'cpu')}"
         )
+    if device == "auto" and "CUDAExecutionProvider" in available and not cuda_driver():
+        return ["CPUExecutionProvider"], "cpu"  # onnxruntime-gpu on a machine without a GPU: quietly the CPU
     if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
         options = {"use_tf32": "1" if precision == "tf32" else "0"}
         return [("CUDAExecutionProvider", options), "CPUExecutionProvider"], "cuda"
     return ["CPUExecutionProvider"], "cpu"
+
+
+def cuda_driver() -> bool:
+    """Whether the NVIDIA driver's library loads. Without it onnxruntime's CUDA provider fails, after
+    printing its errors, and --device auto would fall back to the CPU only then."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
 
 
 def provider_names(provider_list: list) -> list[str]:
