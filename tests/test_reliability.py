@@ -76,8 +76,9 @@ def test_cuda_sessions_ask_for_the_precision(monkeypatch):
 
     rt = onnx_session.ort()
     monkeypatch.setattr(rt, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    for precision, flag in (("float32", "0"), ("tf32", "1")):
-        chosen, device = onnx_session.providers("auto", precision)
+    monkeypatch.setattr(onnx_session, "cuda_driver", lambda: True)  # as on a GPU machine
+    for (precision, flag), asked in zip((("float32", "0"), ("tf32", "1")), ("auto", "cuda")):
+        chosen, device = onnx_session.providers(asked, precision)
         assert device == "cuda" and chosen[0] == ("CUDAExecutionProvider", {"use_tf32": flag})
         assert onnx_session.provider_names(chosen) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
