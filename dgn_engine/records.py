@@ -9,6 +9,7 @@ Unknown extra fields are allowed (newer files stay readable where nothing they n
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Annotated, Any, Literal, Optional
 
@@ -165,19 +166,25 @@ def _depth(value) -> int:
     return deepest
 
 
-def read_json_file(path: str, what: str, remedy: str = "remove it"):
-    """Parsed JSON of a plain file of bounded size, or one line."""
-    return parse_json(read_plain_file(path, JSON_LIMIT, what), path, what, remedy)
-
-
-def read_record(path: str, model: type[_Record], what: str):
-    return validated(read_json_file(path, what, _REMEDY[model]), model, path, what)
-
-
 def read_record_in(folder: Folder, name: str, model: type[_Record], what: str):
     """A record in a folder the project owns: reached without following a link (see files.Folder)."""
     path = folder.where(name)
     return validated(parse_json(folder.read(name, JSON_LIMIT, what), path, what, _REMEDY[model]), model, path, what)
+
+
+def read_result(folder: Folder, name: str) -> tuple["TargetRecord", bytes]:
+    """The result `name` of a targets folder: its record (`name`.json) and the PNG whose digest the
+    record reports, or one line (damaged, another target's, or a PNG that is not the one reported)."""
+    record = read_record_in(folder, name + ".json", TargetRecord, "result")
+    if record.id != name:
+        raise UsageError(f"{folder.where(name + '.json')!r} is the record of {record.id!r}; delete it to recompute it")
+    png = folder.read(name + ".png", PNG_LIMIT, "result image")
+    if hashlib.sha256(png).hexdigest() != record.png_sha256:
+        raise UsageError(
+            f"{folder.where(name + '.png')!r} is not the image its record reports; run the same command again "
+            "to recompute it"
+        )
+    return record, png
 
 
 _REMEDY = {

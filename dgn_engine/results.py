@@ -3,7 +3,6 @@ from the files a run wrote, so that the image in hand is the PNG whose scores it
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from PIL import Image
 
 from .errors import UsageError
 from .files import Folder
-from .records import PNG_LIMIT, TargetRecord, read_record_in
+from .records import read_result
 from .targets import Target, parse_target
 
 
@@ -70,12 +69,10 @@ def load_results(out: str, targets: list[Target], keep_paths: bool = True) -> li
 
 def _result(folder: Folder, target: Target, keep_paths: bool) -> Result:
     base = os.path.join(folder.path, target.id)
-    rec = read_record_in(folder, target.id + ".json", TargetRecord, "result").model_dump(by_alias=True)
+    record, png = read_result(folder, target.id)
+    rec = record.model_dump(by_alias=True)
     if rec["target"] != target.text:
         raise UsageError(f"{base}.json holds {rec['target']!r}, not {target.text!r}")
-    png = folder.read(target.id + ".png", PNG_LIMIT, "result image")
-    if hashlib.sha256(png).hexdigest() != rec["png_sha256"]:
-        raise UsageError(f"{base}.png is not the image its record reports; run the same command again")
     with Image.open(io.BytesIO(png)) as img:
         image = img.copy()
     return Result(

@@ -4,7 +4,6 @@ sheets of up to 100 targets, and summary.json, built from a results folder alone
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import html
 import io
 import json
@@ -18,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from ..errors import UsageError
 from ..files import Folder, finite
-from ..records import PNG_LIMIT, RunRecord, TargetRecord, read_record_in
+from ..records import RunRecord, read_record_in, read_result
 from .outputs import png_bytes
 from .results_folder import TARGETS, open_results, run_records
 
@@ -33,16 +32,11 @@ def valid_results(out: Folder, warn, doing: str = "left out of the gallery"):
         if not f.endswith(".json") or f.startswith("."):
             continue
         try:
-            rec = read_record_in(folder, f, TargetRecord, "result")
-            png = folder.read(rec.id + ".png", PNG_LIMIT, "result image")
+            rec, png = read_result(folder, f.removesuffix(".json"))
+            if not _decodable(png):
+                raise UsageError(f"{folder.where(rec.id + '.png')!r} is not an image Pillow agrees to decode")
         except UsageError as e:
             warn(f"dgn-engine: warning: {doing}: {e}")
-            continue
-        if f != rec.id + ".json" or hashlib.sha256(png).hexdigest() != rec.png_sha256 or not _decodable(png):
-            warn(
-                f"dgn-engine: warning: {doing}: {folder.where(rec.id + '.png')!r} is not the image its "
-                f"result {f} reports; run the same command again to recompute it"
-            )
             continue
         yield rec, png
 
