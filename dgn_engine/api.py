@@ -409,7 +409,8 @@ def _is_artifacts(model) -> bool:
 
 @checked
 def export_key(coupled: Any, spec: Spec, batch: Batch, backends: EngineBackends) -> str:
-    """What a cached export depends on: D's and G's tensors and every structural choice."""
+    """What a cached export depends on: what D computes (its traced graph), D's and G's tensors and every
+    structural choice."""
     from ._version import __version__
     from .artifacts import FORMAT_VERSION
     from .digests import sha256_json

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import dgn_engine as dgn
@@ -173,6 +174,33 @@ def test_export_cache_is_reused(cache, monkeypatch):
     spec = default_spec("untrained")
     keys = [export_key(couple(classifier_from_module(m), spec, []), spec, 1, ["step-graph"]) for m in (model, other)]
     assert keys[0] != keys[1] and os.path.isdir(cache / "exports" / keys[0])
+
+
+def test_export_cache_keys_what_the_graph_computes(tmp_path, monkeypatch):
+    """Equal tensors in another architecture (Tanh for ReLU: the same class, the same state_dict) key
+    another export and give another image; an equal model built again reuses the first one's."""
+    import dgn_engine.exporter.manifest as manifest
+
+    monkeypatch.setenv("DGN_ENGINE_CACHE", str(tmp_path / "cache"))
+    real, calls = manifest.export_artifacts, []
+    monkeypatch.setattr(manifest, "export_artifacts", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def model(activation):
+        m = tiny_rgb()
+        for i, layer in enumerate(m.features):
+            if isinstance(layer, torch.nn.ReLU):
+                m.features[i] = activation()
+        return m
+
+    settings = dict(mode="pixel", steps=3, seed=1, progress=False)
+    relu = dgn.synthesize(model(torch.nn.ReLU), "class:1", **settings)[0].array
+    tanh_model = model(torch.nn.Tanh)
+    assert tanh_model.state_dict().keys() == tiny_rgb().state_dict().keys()
+    tanh = dgn.synthesize(tanh_model, "class:1", **settings)[0].array
+    assert len(calls) == 2 and not np.array_equal(relu, tanh)
+    fresh = dgn.synthesize(model(torch.nn.Tanh), "class:1", **settings)[0].array
+    assert len(calls) == 2  # built again, equal: the cached export serves it
+    np.testing.assert_array_equal(tanh, fresh)
 
 
 def test_export_stays_the_function_after_the_exporter_is_imported():

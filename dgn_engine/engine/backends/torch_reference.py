@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ...errors import UsageError, setting
+from ...exporter.fingerprint import graph_sha256
 from ...spec import RunSpec
 from ...state import initial_state
 from ...targets import Target, objective_weights
@@ -116,13 +117,14 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def made_of(coupled: CoupledStep) -> dict:
-    """What decides a torch backend's results besides the spec: D's and G's tensors, G's plan, D's
-    preprocessing and taps, and the files they were read from."""
+    """What decides a torch backend's results besides the spec: what D computes (its traced graph), D's
+    and G's tensors, G's plan, D's preprocessing and taps, and the files they were read from."""
     clf = coupled.classifier
     return {
         # a file's digest says what it is wherever it lies; a factory or in-memory module has only its name
         "classifier": None if clf.sources else clf.name,
         "source_files_sha256": sorted(set(clf.sources.values())),
+        "classifier_graph_sha256": graph_sha256(clf, coupled.taps),
         "classifier_tensors_sha256": tensors_sha256(clf.module.state_dict()),
         "decoder_tensors_sha256": tensors_sha256(coupled.decoder) if coupled.decoder is not None else None,
         "plan": coupled.plan.to_json(),
