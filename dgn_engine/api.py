@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from typing import Any
 
 from typing_extensions import Unpack
@@ -307,14 +308,21 @@ class Engine:
         )
 
 
-def _classifier(call, model, weights, image_size, channels, mean, std, labels, seed):
+def _classifier(call, model, weights, image_size, channels, mean, std, labels, seed, keep_softmax=False):
     """D from `model` in any of its forms, refused (naming `model`) where the search cannot run through it:
     tensors on the meta device, or an output with no gradient with respect to the image."""
     from .exporter.classifiers import classifier_from_module, gradient_problem, load_classifier, module_problem
 
     if isinstance(model, (str, os.PathLike)):
         clf = load_classifier(
-            os.fspath(model), weights, image_size=image_size, channels=channels, mean=mean, std=std, seed=seed
+            os.fspath(model),
+            weights,
+            image_size=image_size,
+            channels=channels,
+            mean=mean,
+            std=std,
+            seed=seed,
+            keep_softmax=keep_softmax,
         )
         if labels is not None:
             clf.labels = list(labels)
@@ -323,7 +331,13 @@ def _classifier(call, model, weights, image_size, channels, mean, std, labels, s
         if problem:
             refuse(call, "model", model, problem)
         clf = classifier_from_module(
-            model, image_size=image_size, channels=channels, mean=mean, std=std, labels=list(labels) if labels else None
+            model,
+            image_size=image_size,
+            channels=channels,
+            mean=mean,
+            std=std,
+            labels=list(labels) if labels else None,
+            keep_softmax=keep_softmax,
         )
     problem = gradient_problem(clf)
     if problem:
@@ -486,6 +500,7 @@ def synthesize(
     precision: Precision = "float32",
     ray: Ray | None = None,
     workers: Workers | None = None,
+    keep_softmax: Flag = False,
     **settings: Unpack[MethodSettings],
 ) -> list[Result]:
     """Preferred inputs of `targets` for the classifier `model`: images that drive each target up.
@@ -522,6 +537,10 @@ def synthesize(
         force: recompute targets in ``out`` made with other settings.
         precision: ``"float32"``, ``"tf32"`` (CUDA tensor cores) or ``"float64"`` (``backend="torch"``).
         ray, workers: run the batches on Ray workers (see ``Engine``).
+        keep_softmax: optimise D's output as it is. By default a final Softmax, LogSoftmax or Sigmoid on
+            D's output (Keras-made ONNX files and many deployed models carry one) is taken off, so that
+            the search drives the scores before it, as the paper does; the activation and top-5 are then
+            scores, and ``Result.probability`` and ``Result.top5_probability`` are D's probabilities.
         **settings: lr, momentum, optimizer, noise_sigma, noise_schedule, regularizer, reg_weight, lam,
             target_leak, image_range, snapshots, keep, pick, transforms (``"none"``, ``"standard"``,
             ``"jitter=J,scale=S,rotate=DEG"``), paper=True (the paper's method to the letter).
@@ -559,6 +578,8 @@ def synthesize(
         for name in fixed:
             if given[name] is not None:
                 refuse("synthesize", name, given[name], "the artifacts folder fixes it; leave it out (or export again)")
+        if keep_softmax:
+            refuse("synthesize", "keep_softmax", True, "the artifacts folder fixes D's output; export again with it")
         engine = Engine(
             model,
             device=device,
@@ -582,7 +603,7 @@ def synthesize(
         _check_cache("synthesize")
     from .exporter.coupled import couple
 
-    clf = _classifier("synthesize", model, weights, image_size, channels, mean, std, labels, seed)
+    clf = _classifier("synthesize", model, weights, image_size, channels, mean, std, labels, seed, keep_softmax)
     from . import demo
 
     display = display or (demo.DISPLAY if clf.name == demo.NAME else "model")
@@ -602,6 +623,7 @@ def synthesize(
 
         k = batch or -(-len(found) // -(-len(found) // 8))  # at most 8, in batches of equal size
         sources = _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed, spectrum)
+        sources = replace(sources, keep_softmax=keep_softmax)
         art = _cached_export(coupled, spec, sources, k, [backend], progress)
         return _run_artifacts(
             art,
@@ -656,6 +678,7 @@ def export(
     seed: Seed = 0,
     force: Flag = False,
     progress: Flag = True,
+    keep_softmax: Flag = False,
     **settings: Unpack[ExportSettings],
 ):
     """Write the artifacts folder `out` for `model`: the ONNX graphs of one optimisation step, of G alone
@@ -672,6 +695,8 @@ def export(
             ``synthesize``.
         force: replace the artifacts in ``out``.
         progress: say what is being exported.
+        keep_softmax: optimise D's output as it is, its final Softmax included (see ``synthesize``); the
+            manifest's ``scores`` says which was done.
         **settings: the method's settings, as for ``synthesize``; the structural ones are fixed in the
             graphs, the numbers are defaults that ``Engine.run`` may override.
 
@@ -692,10 +717,11 @@ def export(
 
     _check_together("export", dict(locals(), **settings))
     check_out("export", out)
-    clf = _classifier("export", model, weights, image_size, channels, mean, std, labels, seed)
+    clf = _classifier("export", model, weights, image_size, channels, mean, std, labels, seed, keep_softmax)
     spec = with_settings(mode_spec(clf, mode), (), seed=seed, **settings)
     coupled = couple(clf, spec, list(taps), decoder, g_width, spectrum)
     sources = _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed, spectrum)
+    sources = replace(sources, keep_softmax=keep_softmax)
     return export_artifacts(
         coupled,
         spec,

@@ -1,7 +1,8 @@
 """The artifacts directory: what `export` writes and every backend reads (no torch here).
 
     manifest.json     format version, the backends it serves, mode, batch, graph inputs/outputs,
-                      taps and layout, preprocessing, class count and names, the run spec the
+                      taps and layout, preprocessing, class count and names, what D's class
+                      outputs are (scores taken before its final Softmax), the run spec the
                       export was made with, the generator plan, the sha256 of every source file,
                       the size and sha256 of every file here, tool versions
     step.onnx         (step-graph backend) one optimisation step of K targets: (state, noise,
@@ -10,7 +11,8 @@
     checkpoint        (noise, weights, penalty, hyper) -> (loss, per-target loss, activation, image)
                       and the gradients of the trainables, whose values the checkpoint holds
     render.onnx       G alone: (trainables, noise) -> image
-    classifier.onnx   D alone: image -> class outputs (after the final ReLU) and tapped layers
+    classifier.onnx   D alone: image -> class outputs (after the final ReLU) and tapped layers, and
+                      D's probabilities where its scores are taken before its final normalisation
     weights.bin       every constant tensor of the three graphs, stored once (ONNX external data)
 The initial state of a target is not stored: it is derived from (seed, target) by
 dgn_engine.state.initial_state, the same code for every backend.
@@ -92,6 +94,11 @@ class Artifacts:
     @property
     def labels(self) -> list[str] | None:
         return self.manifest.get("labels")
+
+    @property
+    def probabilities(self) -> bool:
+        """Whether the classifier graph reports D's probabilities beside the scores it was searched on."""
+        return bool((self.manifest.get("scores") or {}).get("taken_before"))
 
     def require_taps(self, target) -> None:
         """Every layer a target (a targets.Target) reads must be tapped by these graphs."""
@@ -198,6 +205,8 @@ def load_artifacts(path: str) -> Artifacts:
                 f"version {FORMAT_VERSION}; export them again with this version"
             )
         manifest = validated(raw, ManifestRecord, manifest_path, "artifacts manifest").model_dump(by_alias=True)
+        if manifest["scores"] is None:  # a D without a final normalisation: its manifest is as it was written
+            del manifest["scores"]
         if manifest["hyper"] != list(HYPER):
             raise UsageError(
                 f"artifacts in {path!r} take other run settings ({manifest['hyper']}) than this "

@@ -40,6 +40,11 @@ def _python(m: re.Match) -> str:
     return f"{name}={value}" if re.fullmatch(r"-?\d+(\.\d+)?|True|False|None", value) else f"{name}={value!r}"
 
 
+def rendered(message: str) -> str:
+    """A message (a warning's too) with its settings named as whoever runs shows them."""
+    return str(UsageError(message))
+
+
 class UsageError(Exception):
     """Bad input from the user: the message names the problem and what to do."""
 

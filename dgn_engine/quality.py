@@ -35,14 +35,14 @@ def _model_input(path: str, pp) -> np.ndarray:
 
 
 def logits(clf, paths: list[str], batch: int = 16) -> np.ndarray:
-    """The classifier's logits [N, classes] on the PNGs, float64."""
+    """The classifier's logits [N, classes] on the PNGs (its scores before a final softmax), float64."""
     import torch
 
     rows = []
     with torch.no_grad():
         for i in range(0, len(paths), batch):
             x = np.stack([_model_input(p, clf.preprocessing) for p in paths[i : i + batch]])
-            rows.append(clf.module(torch.from_numpy(x)).double().numpy())
+            rows.append(clf.scores(torch.from_numpy(x)).double().numpy())
     return np.concatenate(rows)
 
 

@@ -53,6 +53,15 @@ class StateEntry(_Record):
     shape: list[Dim]
 
 
+class ScoresRecord(_Record):
+    """What D's class outputs are: taken before its final normalisation (named), or its output as it is."""
+
+    taken_before: Optional[Literal["Softmax", "LogSoftmax", "Sigmoid"]] = None
+    node: Optional[str] = None
+    probability: Optional[Literal["softmax", "sigmoid"]] = None
+    keep_softmax: bool = False
+
+
 class ManifestRecord(_Record):
     format_version: int
     backends: list[Literal["step-graph", "training-api"]] = Field(min_length=1)
@@ -70,6 +79,7 @@ class ManifestRecord(_Record):
     graphs: dict[str, GraphEntry]
     files: dict[str, FileEntry]
     sources: dict
+    scores: Optional[ScoresRecord] = None
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -91,6 +101,7 @@ class TopEntry(_Record):
     class_: int = Field(alias="class", ge=0)
     name: str
     score: Optional[float]  # null where D's output was not finite
+    probability: Optional[float] = None  # D's probability of the class, where the scores precede its softmax
 
 
 class TargetRecord(_Record):
@@ -106,6 +117,7 @@ class TargetRecord(_Record):
     seconds: float = Field(ge=0)
     diverged: Optional[str] = None
     final_activation: Optional[float] = None
+    final_probability: Optional[float] = None
     top5: list[TopEntry] = []
     top1_is_target: bool = False
 

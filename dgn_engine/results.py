@@ -36,6 +36,9 @@ class Result:
     diverged: str | None = None
     record: dict = field(default_factory=dict, repr=False)  # the whole target JSON
     path: str | None = None  # the PNG's path, where the results folder was kept
+    # where the search drove D's scores before its final softmax (the activation and top-5 are scores):
+    probability: float | None = None  # D's probability of the target's classes on the PNG
+    top5_probability: list[float] | None = None  # D's probability of each top-5 class, beside its score
 
     @property
     def array(self) -> np.ndarray:
@@ -54,6 +57,8 @@ class Result:
 
     def __repr__(self) -> str:
         act = "diverged" if self.diverged else f"{self.activation:.4g}"
+        if self.probability is not None:
+            act += f" (score), probability {self.probability:.3g}"
         top = f", top-1 {self.top5[0][1]!r}" if self.top5 else ""
         return f"<Result {self.target.text}: activation {act}{top}, {self.image.size[0]} px>"
 
@@ -71,6 +76,7 @@ def _result(folder: Folder, target: Target, keep_paths: bool) -> Result:
     base = os.path.join(folder.path, target.id)
     record, png = read_result(folder, target.id)
     rec = record.model_dump(by_alias=True)
+    top5 = rec.get("top5", [])
     if rec["target"] != target.text:
         raise UsageError(f"{base}.json holds {rec['target']!r}, not {target.text!r}")
     with Image.open(io.BytesIO(png)) as img:
@@ -86,4 +92,6 @@ def _result(folder: Folder, target: Target, keep_paths: bool) -> Result:
         diverged=rec.get("diverged"),
         record=rec,
         path=base + ".png" if keep_paths else None,
+        probability=rec.get("final_probability"),
+        top5_probability=[t["probability"] for t in top5] if top5 and top5[0].get("probability") is not None else None,
     )

@@ -20,6 +20,9 @@ import numpy as np
 from .errors import UsageError
 
 OUTPUT = "output"  # the layout key of D's class outputs
+# D's probabilities beside its scores, where the search drives the scores before D's final softmax
+# (an output of the classifier graph, not an objective layer)
+PROBABILITY = "probability"
 ID_PREFIX = 64  # characters of a target's text kept readable in its file name (+ 13 for the digest)
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"

@@ -97,8 +97,16 @@ def finite(text: str) -> float:
     return value
 
 
-def add_classifier_options(p: argparse.ArgumentParser, default: str | None = "vgg16") -> None:
+def add_classifier_options(p: argparse.ArgumentParser, default: str | None = "vgg16", scores: bool = False) -> None:
     g = p.add_argument_group("classifier D")
+    if scores:
+        g.add_argument(
+            "--keep-softmax",
+            action="store_true",
+            help="optimise D's output as it is: by default a final Softmax, LogSoftmax or Sigmoid on D's output "
+            "(Keras-made ONNX files and many deployed models carry one) is taken off and the search drives "
+            "the scores before it, as the paper does; the results report both",
+        )
     g.add_argument(
         "--classifier",
         default=default,
@@ -407,4 +415,5 @@ def sources_from_args(args):
         args.g_width,
         args.seed,
         getattr(args, "spectrum", None),
+        getattr(args, "keep_softmax", False),
     )

@@ -67,7 +67,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--force", action="store_true", help="replace the artifacts already in --out")
     p.add_argument("--threads", type=THREADS, help="CPU threads for tracing (default: all cores)")
-    add_classifier_options(p)
+    add_classifier_options(p, scores=True)
     add_method_options(p)
     p.set_defaults(func=main)
 

@@ -65,7 +65,7 @@ def add_parser(sub) -> None:
         "options or from the files the artifacts' manifest names (default: the first backend "
         "the artifacts serve, else step-graph)",
     )
-    add_classifier_options(p, default=None)
+    add_classifier_options(p, default=None, scores=True)
     add_method_options(p)
     e = p.add_argument_group("execution")
     e.add_argument(
@@ -299,6 +299,7 @@ def check_fixed_options(args, art) -> None:
         "--std": (args.std, lambda v: tuple(v) == tuple(pp.std)),
         "--g-width": (args.g_width, lambda v: v == sources.get("g_width")),
         "--spectrum": (args.spectrum, lambda v: same_file(v, sources.get("spectrum"))),
+        "--keep-softmax": (args.keep_softmax or None, lambda v: v == sources.get("keep_softmax", False)),
     }
     clash = [name for name, (value, agrees) in given.items() if value is not None and not agrees(value)]
     if clash:

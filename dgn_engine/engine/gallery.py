@@ -243,6 +243,11 @@ detail.addEventListener("click", () => {{ detail.style.display = "none"; }});
 """
 
 
+def _p(probability) -> str:
+    """A top-5 entry's probability beside its score, where D's scores precede its softmax."""
+    return "" if probability is None else f" (p {_number(probability, '.3g')})"
+
+
 def build_gallery(out: Folder, warn=_stderr) -> dict:
     """Write index.html, the contact sheets and summary.json for the results in `out`."""
     with_png = _records(out, warn)
@@ -254,6 +259,9 @@ def build_gallery(out: Folder, warn=_stderr) -> dict:
         png = f"targets/{rec['id']}.png"
         act = rec.get("final_activation")
         act_text = "diverged" if rec.get("diverged") else _number(act, ".4g")
+        act_label = "activation"
+        if rec.get("final_probability") is not None and not rec.get("diverged"):  # scores before D's softmax
+            act_label, act_text = "score", f"{act_text}, probability {_number(rec['final_probability'], '.3g')}"
         hit = rec.get("top1_is_target")
         mark = (
             ""
@@ -263,11 +271,13 @@ def build_gallery(out: Folder, warn=_stderr) -> dict:
         cards.append(
             f'<a class="card" href="{html.escape(png)}" data-index="{i}"><img src="{html.escape(png)}" '
             f'alt="{html.escape(rec["target"])}" loading="lazy"><div>{html.escape(_name(rec))}</div>'
-            f"<div>activation {html.escape(act_text)} {mark}</div></a>"
+            f"<div>{html.escape(act_label)} {html.escape(act_text)} {mark}</div></a>"
         )
-        top5 = ", ".join(f"{t['name']} {_number(t['score'], '.3g')}" for t in rec.get("top5", []))
+        top5 = ", ".join(
+            f"{t['name']} {_number(t['score'], '.3g')}{_p(t.get('probability'))}" for t in rec.get("top5", [])
+        )
         text = (
-            f"final activation {act_text}; classifier's top-5 on this image: {top5}; "
+            f"final {act_label} {act_text}; classifier's top-5 on this image: {top5}; "
             f"{rec['steps']} steps, seed {rec['seed']}, {rec['mode']} mode, {rec['seconds']:.2f} s"
         )
         if rec.get("diverged"):

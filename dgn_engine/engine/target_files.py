@@ -10,7 +10,7 @@ import numpy as np
 
 from ..preprocessing import display_contrast, display_original
 from ..spec import RunSpec
-from ..targets import OUTPUT, Target, objective_weights, weighted_activation
+from ..targets import OUTPUT, PROBABILITY, Target, objective_weights, weighted_activation
 from .backends.protocol import Backend
 from .loop import Outcome
 from .outputs import decode_png, png_bytes
@@ -131,13 +131,24 @@ def _brief(settings: ResultSettings, target: Target, acts: dict[str, np.ndarray]
 
 
 def _report(settings: ResultSettings, target: Target, acts: dict[str, np.ndarray]) -> dict:
+    """The target's activation and D's top-5 by score; where D's scores precede its final softmax, each
+    with D's probability beside it (the target's: the same weighted sum over its classes)."""
+    p = acts.get(PROBABILITY)
+    acts = {n: a for n, a in acts.items() if n != PROBABILITY}
     weights, _ = objective_weights([target], {n: a.shape for n, a in acts.items()}, settings.spec.lam)
     activation = float(weighted_activation(weights, {n: a[None] for n, a in acts.items()})[0])
     scores = acts[OUTPUT]
     order = np.argsort(-scores, kind="stable")[:TOP_K]
     classes = {t.index for t in target.terms if t.kind == "class"}
-    return {
+    top5 = [{"class": int(c), "name": _class_name(settings, int(c)), "score": float(scores[c])} for c in order]
+    report = {
         "final_activation": activation,
-        "top5": [{"class": int(c), "name": _class_name(settings, int(c)), "score": float(scores[c])} for c in order],
+        "top5": top5,
         "top1_is_target": bool(classes) and int(order[0]) in classes,
     }
+    if p is not None:
+        for entry in top5:
+            entry["probability"] = float(p[entry["class"]])
+        only_classes = all(t.kind == "class" for t in target.terms)
+        report["final_probability"] = float((weights[OUTPUT][0] * p).sum()) if only_classes else None
+    return report

@@ -10,6 +10,7 @@
                                 where set, give its input format and class names); --weights optionally a
                                 state dict
 The file cannot always tell the input format: --image-size, --channels, --mean, --std say it.
+A final Softmax, LogSoftmax or Sigmoid on D's output is taken off (scores.py) unless --keep-softmax.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..errors import UsageError, setting
 from ..preprocessing import IMAGENET_CAFFE, IMAGENET_TORCHVISION, Preprocessing
 from ..targets import OUTPUT
 from .onnx_classifier import convert_onnx, read_onnx
+from .scores import FinalNormalisation, find_final, looks_like_probability, skipping, warn_unfound
 from .torchscript_classifier import TorchScriptClassifier, interpretable
 from .vgg import vgg16, vgg_style
 from .weights import apply_state_dict, keras1_state_dict, sha256_file, state_dict_from_file
@@ -45,11 +47,55 @@ class Classifier:
     tappable: bool = True
     labels: list[str] | None = None
     tap_points: dict[str, nn.Module] | None = None  # name -> module whose output is read; None: named_modules
+    keep_softmax: bool = False  # optimise D's output as it is, a final normalisation included
+    _final: object = field(default=None, init=False, repr=False)  # found once: (FinalNormalisation | None,)
 
     def __post_init__(self):
         self.module.eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
+
+    @property
+    def final(self) -> FinalNormalisation | None:
+        """D's final Softmax, LogSoftmax or Sigmoid, seen on a seeded probe image (None where D's output is
+        not one, or where the probe fails: layout() reports a wrong input format)."""
+        if self._final is None:
+            pp = self.preprocessing
+            rng = torch.Generator().manual_seed(0)
+            probes = [torch.randn(1, pp.channels, pp.image_size, pp.image_size, generator=rng) for _ in range(2)]
+            probes = [p.to(self.dtype) for p in probes]
+            try:
+                with torch.no_grad():
+                    outs = [self.module(p) for p in probes]
+                found = None if isinstance(self.module, torch.jit.ScriptModule) else find_final(self.module, probes[0])
+            except Exception:  # a wrong input format, reported as such by layout()
+                found, outs = None, []
+            self._final = (found,)
+            if found is None and not self.keep_softmax and outs and all(_probability_like(o) for o in outs):
+                warn_unfound(self.name)
+        return self._final[0]
+
+    @property
+    def stripped(self) -> FinalNormalisation | None:
+        """The final normalisation the search drives the scores before (None with keep_softmax)."""
+        return None if self.keep_softmax else self.final
+
+    def scores_record(self) -> dict | None:
+        """What the manifest says of D's scores; None where D has no final normalisation and none was kept."""
+        final = self.final
+        if final is None and not self.keep_softmax:
+            return None
+        return {
+            "taken_before": None if self.keep_softmax else final.op,
+            "node": final.node if final else None,
+            "probability": None if self.keep_softmax else final.probability,
+            "keep_softmax": self.keep_softmax,
+        }
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """D's class scores: its output, before its final normalisation where that is taken off."""
+        with skipping(self.stripped):
+            return self.module(x)
 
     def taps_by_name(self) -> dict[str, nn.Module]:
         """Every named module, blocks as well as single layers: its output is the activation."""
@@ -108,6 +154,7 @@ class Tapped(nn.Module):
     def __init__(self, classifier: Classifier, taps: list[str]):
         super().__init__()
         self.module = classifier.module
+        self.final = classifier.stripped
         self.taps = list(taps)
         self._modules_by_name = classifier.taps_by_name()
         known = list(self._modules_by_name)
@@ -131,12 +178,16 @@ class Tapped(nn.Module):
         try:
             # a TorchScript archive runs op by op under plain autograd (not the JIT's own fused
             # differentiable graphs), so that its gradient is the same computation the exporter traces
-            with torch.jit.optimized_execution(False):
+            with torch.jit.optimized_execution(False), skipping(self.final):
                 out = self.module(x)
         finally:
             for h in handles:
                 h.remove()
         return out, acts
+
+
+def _probability_like(out) -> bool:
+    return isinstance(out, torch.Tensor) and out.dim() == 2 and out.is_floating_point() and looks_like_probability(out)
 
 
 def _preprocessing(default: Preprocessing | None, image_size, channels, mean, std, what: str) -> Preprocessing:
@@ -165,11 +216,13 @@ def classifier_from_module(
     mean=None,
     std=None,
     labels: list[str] | None = None,
+    keep_softmax: bool = False,
 ) -> Classifier:
     """An in-memory torch module as D (a copy: the caller's module keeps its mode, device and
     gradients). Its input format comes from the arguments, else its `preprocessing` attribute. A module
     on the meta device is refused; one holding float16, bfloat16 or float64 tensors becomes a float32 copy,
-    with a warning (the exported step graph is float32)."""
+    with a warning (the exported step graph is float32). `keep_softmax`: optimise its output as it is,
+    a final Softmax, LogSoftmax or Sigmoid included."""
     if not isinstance(module, nn.Module):
         raise UsageError(f"a classifier is a torch.nn.Module, a file or a name, not a {type(module).__name__}")
     problem = module_problem(module)
@@ -189,7 +242,8 @@ def classifier_from_module(
             stacklevel=2,
         )
         copied = copied.float()
-    return Classifier(copied, pp, f"<in-memory {type(module).__name__}>", {}, labels=labels)
+    name = f"<in-memory {type(module).__name__}>"
+    return Classifier(copied, pp, name, {}, labels=labels, keep_softmax=keep_softmax)
 
 
 def _tensors(module: nn.Module):
@@ -246,7 +300,16 @@ def load_classifier(
     mean=None,
     std=None,
     seed: int = 0,
+    keep_softmax: bool = False,
 ) -> Classifier:
+    """D by name or file (see the module's text). `keep_softmax`: optimise D's output as it is, a final
+    Softmax, LogSoftmax or Sigmoid included (by default the search drives the scores before it)."""
+    clf = _load(name, weights, image_size, channels, mean, std, seed)
+    clf.keep_softmax = keep_softmax
+    return clf
+
+
+def _load(name, weights, image_size, channels, mean, std, seed) -> Classifier:
     sources: dict[str, str] = {}
     if name == demo.NAME:
 

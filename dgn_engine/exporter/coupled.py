@@ -23,11 +23,12 @@ from ..kernels.transforms import transform
 from ..plan import GeneratorPlan, generator_plan, pixel_plan, untrained_width
 from ..spec import PIXEL_MODES, Hyper, RunSpec
 from ..state import STEP_COUNT, trainable_shapes
-from ..targets import OUTPUT
+from ..targets import OUTPUT, PROBABILITY
 from ..update_rules import adam, adamax, adamax_step_size, nesterov
 from .autoencoder import load_decoder
 from .classifiers import Classifier, Tapped, load_classifier
 from .generator import frozen_generator, generator_forward, stacked_generator
+from .scores import probability
 from .weights import sha256_file
 
 
@@ -52,6 +53,11 @@ class CoupledStep:
         self.image_range = spec.image_range
         self.transforms = spec.transforms.enabled  # the step then takes the transforms' parameters
         self.taps = list(taps)
+        if PROBABILITY in self.taps and classifier.stripped:
+            raise UsageError(
+                f"layer {PROBABILITY!r} cannot be tapped: the classifier graph reports D's probabilities under "
+                f"that name; tap a layer around it, or give {setting('keep_softmax', True)}"
+            )
         self.tapped = Tapped(classifier, self.taps)
         self.layout = classifier.layout(self.taps)
         self.decoder = decoder
@@ -102,9 +108,12 @@ class CoupledStep:
         return {OUTPUT: out, **acts}
 
     def classify(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """D's class outputs after the final ReLU (the paper's replacement of softmax) and the taps."""
+        """D's class outputs after the final ReLU (the paper's replacement of softmax) and the taps; where
+        the scores are taken before D's own final normalisation, also the probabilities it makes of them."""
         acts = self.logits(image)
-        return {**acts, OUTPUT: F.relu(acts[OUTPUT])}
+        final = self.classifier.stripped
+        extra = {PROBABILITY: probability(acts[OUTPUT], final.probability)} if final else {}
+        return {**acts, OUTPUT: F.relu(acts[OUTPUT]), **extra}
 
     def step(
         self,
@@ -167,6 +176,7 @@ class Sources:
     g_width: float | None = None
     seed: int = 0  # of random classifier weights
     spectrum: str | None = None  # maco mode: the photo folder whose mean Fourier magnitude is fixed
+    keep_softmax: bool = False  # optimise D's output as it is, a final normalisation included
 
     def absolute(self) -> "Sources":
         """File paths made absolute, so that a manifest still finds them from elsewhere."""
@@ -205,6 +215,7 @@ def build_coupled(sources: Sources, spec: RunSpec, taps: list[str]) -> CoupledSt
         mean=sources.mean,
         std=sources.std,
         seed=sources.seed,
+        keep_softmax=sources.keep_softmax,
     )
     return couple(classifier, spec, taps, sources.decoder, sources.g_width, sources.spectrum)
 

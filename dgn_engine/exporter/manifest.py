@@ -130,6 +130,13 @@ def export_artifacts(
         _write(coupled, spec, sources, k, out, backends, models, io, files, started)
     art = load_artifacts(out)
     size = sum(e["size"] for e in art.manifest["files"].values())
+    final = coupled.classifier.final
+    if final is not None:
+        log(
+            f"D's output is optimised as it is, its final {final.op} ({final.node}) included"
+            if coupled.classifier.keep_softmax
+            else f"scores taken before {final.describe()}"
+        )
     log(
         f"exported {coupled.mode} mode for {' and '.join(backends)}, batch {k}, to {out!r} in "
         f"{time.perf_counter() - started:.1f} s ({size / 2**20:.1f} MiB)"
@@ -162,6 +169,7 @@ def _write(coupled, spec, sources, k, out, backends, models, io, files, started)
             "preprocessing": clf.preprocessing.to_json(),
             "num_classes": layout[OUTPUT][0],
             "labels": clf.labels,
+            **({"scores": clf.scores_record()} if clf.scores_record() else {}),
             "taps": coupled.taps,
             "layout": {n: list(s) for n, s in layout.items()},
             "trainable_per_target": sum(math.prod(s) for s in trainable_shapes(coupled.mode, coupled.plan).values()),

@@ -23,19 +23,24 @@ _NO_TAP_OPS = {"Constant", "ConstantOfShape", "Shape", "Size"}
 class OnnxClassifier(nn.Module):
     """The converted graph with an identity submodule after each tappable tensor (hooks read it)."""
 
-    def __init__(self, graph: nn.Module, channels_last: bool, one_at_a_time: bool):
+    def __init__(
+        self, graph: nn.Module, channels_last: bool, one_at_a_time: bool, origins: dict[str, tuple[str, str]] = None
+    ):
         super().__init__()
         self.graph, self.channels_last, self.one_at_a_time = graph, channels_last, one_at_a_time
+        self.origins = origins or {}  # torch node name -> (ONNX node name, op type) of the node that computes it
 
-    def layer_calling(self, example: torch.Tensor, op: str) -> tuple[str, str] | None:
-        """(ONNX node name, its op type) of the node whose torch translation calls `op` (or the op
-        whose backward `op` is); None where none does."""
+    def run_labelled(self, x: torch.Tensor, stack: list) -> torch.Tensor:
+        """The graph on `x` (its first image where the file takes one at a time), with stack[-1] the
+        (ONNX node name, op type) whose torch translation runs, None between nodes."""
         labels, label = {}, None
         for node in reversed(self.graph.graph.nodes):  # a node's helper nodes come before it, untagged
             if "onnx_op_type" in node.meta:
-                label = (node.meta.get("onnx_name") or node.name, node.meta["onnx_op_type"])
+                label = self.origins.get(node.name) or (
+                    node.meta.get("onnx_name") or node.name,
+                    node.meta["onnx_op_type"],
+                )
             labels[node] = label
-        stack, found = [None], {}
 
         class Labelled(torch.fx.Interpreter):
             def run_node(self, node):
@@ -45,10 +50,16 @@ class OnnxClassifier(nn.Module):
                 finally:
                     stack.pop()
 
+        x = x.permute(0, 2, 3, 1) if self.channels_last else x
+        return Labelled(self.graph).run(x[:1] if self.one_at_a_time else x)
+
+    def layer_calling(self, example: torch.Tensor, op: str) -> tuple[str, str] | None:
+        """(ONNX node name, its op type) of the node whose torch translation calls `op` (or the op
+        whose backward `op` is); None where none does."""
+        stack, found = [None], {}
         try:
             with torch.no_grad(), Recorder(stack, found):
-                x = example.permute(0, 2, 3, 1) if self.channels_last else example
-                Labelled(self.graph).run(x[:1] if self.one_at_a_time else x)
+                self.run_labelled(example, stack)
         except Exception:  # the failure being reported is the export's; this lookup only adds detail
             return None
         return found.get(forward_op(op))
@@ -56,7 +67,7 @@ class OnnxClassifier(nn.Module):
     def forward(self, x):
         if self.channels_last:  # the file's own layout: G makes [batch, channels, height, width]
             x = x.permute(0, 2, 3, 1)
-        if self.one_at_a_time:
+        if self.one_at_a_time and x.shape[0] > 1:
             return torch.cat([self.graph(x[i : i + 1]) for i in range(x.shape[0])])
         return self.graph(x)
 
@@ -177,6 +188,14 @@ def convert_onnx(given: OnnxInput, path: str) -> tuple[OnnxClassifier, dict[str,
         raise UsageError(
             f"ONNX file {path!r} cannot be converted to torch by onnx2fx: {str(e).splitlines()[0][:200]}"
         ) from None
+    # an Identity's output is its input's torch node, whose tags the Identity overwrote: the first ONNX
+    # node whose output a torch node is, is the one that computes it
+    origins = {}
+    for onnx_node in model.graph.node:
+        for out in onnx_node.output:
+            node = builder.env.get(out)
+            if isinstance(node, torch.fx.Node):
+                origins.setdefault(node.name, (onnx_node.name or out, onnx_node.op_type))
     taps = {}
     for i, name in enumerate(_tappable(model)):
         node = builder.env.get(name)
@@ -189,4 +208,4 @@ def convert_onnx(given: OnnxInput, path: str) -> tuple[OnnxClassifier, dict[str,
         node.replace_all_uses_with(tap, delete_user_cb=lambda user, tap=tap: user is not tap)
         taps[name] = graph.get_submodule(module_name)
     graph.recompile()
-    return OnnxClassifier(graph, given.channels_last, given.one_at_a_time), taps
+    return OnnxClassifier(graph, given.channels_last, given.one_at_a_time, origins), taps

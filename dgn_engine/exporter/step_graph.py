@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..errors import UsageError, setting
 from ..spec import PIXEL_MODES, Hyper, RunSpec
 from ..state import initial_state, state_shapes, trainable_shapes
-from ..targets import OUTPUT, Target, Term, objective_weights
+from ..targets import OUTPUT, PROBABILITY, Target, Term, objective_weights
 from ..transforms import parameters
 from .coupled import CoupledStep
 from .tracing import UntranslatableOp, trace_onnx, untranslatable
@@ -98,7 +98,7 @@ def trace_graphs(
     render_args = [*step_args[: len(trainables)], *[step_args[n_state], step_args[-1]] * n_noise]
     with torch.no_grad():
         image = render(*render_args)
-    classify_out = [OUTPUT, *(n for n in layout if n != OUTPUT)]
+    classify_out = [OUTPUT, *(n for n in layout if n != OUTPUT), *[PROBABILITY] * bool(coupled.classifier.stripped)]
     with FlopCounterMode(display=False) as counter:  # convolutions and matrix products of one target's step
         step(*example_inputs(coupled, spec, 1))
     files: dict[str, bytes] = {}

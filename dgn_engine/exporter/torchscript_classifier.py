@@ -125,6 +125,18 @@ class TorchScriptClassifier(nn.Module):
     def forward(self, x):
         return self._run(self.archive, "", [x])
 
+    @property
+    def forward_name(self) -> str:
+        return f"{self.archive.original_name}.forward"
+
+    def run_labelled(self, x: torch.Tensor, stack: list) -> torch.Tensor:
+        """The archive on `x` with stack[-1] the qualified name of the submodule running ("" for forward)."""
+        before, self._stack = self._stack, stack
+        try:
+            return self(x)
+        finally:
+            self._stack = before
+
     def layer_calling(self, example: torch.Tensor, op: str) -> tuple[str, str] | None:
         """(submodule name, its class) of the innermost submodule whose graph calls `op` (or the op
         whose backward `op` is); None where none does."""

@@ -1,0 +1,268 @@
+"""Classifiers that end in a softmax (or log-softmax, or sigmoid): the search drives the scores before
+it, as the paper does, in every format D comes in; the manifest and the export log name the node; the
+results report the score and D's probability; --keep-softmax optimises the output as it is; a file
+whose normalisation cannot be found is run as it is, with one warning line."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from dgn_engine.artifacts import load_artifacts
+from dgn_engine.cli.main import main
+from dgn_engine.exporter.classifiers import Tapped, classifier_from_module, load_classifier
+from tests.conftest import error_line
+
+SIZE, CLASSES = 16, 5
+
+
+class Headed(nn.Module):
+    """A small convolutional classifier whose forward ends in one of the normalisations people write."""
+
+    def __init__(self, head: str):
+        super().__init__()
+        self.head = head
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, CLASSES)
+        self.softmax = nn.Softmax(dim=1)
+
+    def scores(self, x):
+        return self.fc(F.relu(self.conv(x)).mean((2, 3)))
+
+    def forward(self, x):
+        z = self.scores(x)
+        if self.head == "nn.Softmax":
+            return self.softmax(z)
+        if self.head == "F.softmax":
+            return F.softmax(z, dim=-1)
+        if self.head == "log_softmax":
+            return torch.log_softmax(z, 1)
+        if self.head == "sigmoid":
+            return z.sigmoid()
+        if self.head == "softmax_flatten":  # the softmax over [N, C, 1, 1], flattened after it
+            return torch.softmax(z[:, :, None, None], dim=1).flatten(1)
+        return z
+
+
+def _net(head: str) -> Headed:
+    torch.manual_seed(0)
+    return Headed(head).eval()
+
+
+HEADS = {
+    "nn.Softmax": ("Softmax", "softmax"),
+    "F.softmax": ("Softmax", "Headed.forward"),
+    "log_softmax": ("LogSoftmax", "Headed.forward"),
+    "sigmoid": ("Sigmoid", "Headed.forward"),
+    "softmax_flatten": ("Softmax", "Headed.forward"),
+}
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_a_module_is_searched_on_its_scores(head):
+    """The normalisation is found, named, and taken off: D's output in the search is the scores exactly,
+    and its gradient is the scores' gradient; keep_softmax leaves the output as it is."""
+    net = _net(head)
+    clf = classifier_from_module(net, image_size=SIZE)
+    assert (clf.final.op, clf.final.node) == HEADS[head]
+    x = torch.randn(3, 3, SIZE, SIZE, requires_grad=True)
+    out, _ = Tapped(clf, [])(x)
+    torch.testing.assert_close(out, net.scores(x), rtol=0, atol=0)  # the same ops on the same input
+    (grad,) = torch.autograd.grad(out[:, 2].sum(), x)
+    (expected,) = torch.autograd.grad(net.scores(x)[:, 2].sum(), x)
+    torch.testing.assert_close(grad, expected, rtol=0, atol=0)
+    kept = classifier_from_module(net, image_size=SIZE, keep_softmax=True)
+    torch.testing.assert_close(Tapped(kept, [])(x)[0], net(x), rtol=0, atol=0)
+    assert kept.scores_record() == {
+        "taken_before": None,
+        "node": HEADS[head][1],
+        "probability": None,
+        "keep_softmax": True,
+    }
+
+
+def test_only_a_final_normalisation_over_the_classes_is_taken():
+    """A softmax inside the net (attention), or one over another axis than the classes, is D's own
+    computation: the output stays as it is."""
+
+    class Inside(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, CLASSES)
+
+        def forward(self, x):
+            return self.fc(torch.softmax(x.mean((2, 3)), 1))
+
+    class OtherAxis(nn.Module):
+        def forward(self, x):  # [N, 3, 4, 4] -> softmax over each pixel's channels -> [N, 48]
+            return torch.softmax(F.adaptive_avg_pool2d(x, 4), 1).flatten(1)
+
+    for net in (Inside(), OtherAxis()):
+        clf = classifier_from_module(net, image_size=SIZE)
+        assert clf.final is None and clf.scores_record() is None
+
+
+class SigmoidHead(nn.Module):
+    """A multi-label head with no control flow, over traced layers (a scripted nn.Conv2d calls a method
+    other than forward, which is not interpreted): its scripted archive is run op by op."""
+
+    def __init__(self, net: Headed):
+        super().__init__()
+        self.conv = torch.jit.trace(net.conv, torch.randn(1, 3, SIZE, SIZE))
+        self.fc = torch.jit.trace(net.fc, torch.randn(1, 8))
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc(torch.relu(self.conv(x)).mean((2, 3))))  # F.relu would not interpret
+
+
+def test_torchscript_archives_are_searched_on_their_scores(tmp_path):
+    """Traced and scripted archives (run op by op): the softmax is the archive's own aten op."""
+    net = _net("nn.Softmax")
+    x = torch.randn(2, 3, SIZE, SIZE)
+    for kind, archive in (("traced", torch.jit.trace(net, x)), ("scripted", torch.jit.script(SigmoidHead(net)))):
+        path = str(tmp_path / f"{kind}.pt")
+        torch.jit.save(archive, path)
+        clf = load_classifier(path, image_size=SIZE)
+        expected = ("Softmax", "softmax") if kind == "traced" else ("Sigmoid", "SigmoidHead.forward")
+        assert (clf.final.op, clf.final.node) == expected
+        # the archive's ops run one by one as torch ops: the same arithmetic as the module's
+        torch.testing.assert_close(Tapped(clf, [])(x)[0], net.scores(x), rtol=0, atol=0)
+
+
+class Branching(nn.Module):
+    """A scripted archive with control flow: compiled, run as it is, its ops unseen."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _net("none")
+
+    def forward(self, x):
+        z = self.net(x)
+        if z.shape[0] > 0:
+            z = torch.softmax(z, 1)
+        return z
+
+
+def test_an_unfound_softmax_is_run_as_it_is_with_one_warning(tmp_path, capsys):
+    path = str(tmp_path / "branching.pt")
+    torch.jit.save(torch.jit.script(Branching().eval()), path)
+    clf = load_classifier(path, image_size=SIZE)
+    assert clf.final is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dgn-engine: warning:"), err
+    assert "looks like probabilities" in err[0] or "look like probabilities" in err[0]
+    assert "keep_softmax=True" in err[0]
+    quiet = load_classifier(path, image_size=SIZE, keep_softmax=True)
+    assert quiet.final is None and capsys.readouterr().err == ""
+    # no warning for a classifier that returns scores
+    assert classifier_from_module(_net("none"), image_size=SIZE).final is None
+    assert capsys.readouterr().err == ""
+
+
+# -- a Keras-made ONNX file: NHWC input, its graph ending in Softmax behind an Identity --------------
+KERAS_SIZE, KERAS_CLASSES = 24, 4
+
+
+def keras_style_onnx(path, output="predictions") -> str:
+    """What tf2onnx writes for a small Keras CNN: NHWC input, Transpose to NCHW, Conv, Relu, global
+    pooling, Flatten, MatMul + Add, Softmax, an Identity to the output (seeded weights)."""
+    rng = np.random.default_rng(0)
+
+    def init(name, *shape, scale):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Transpose", ["input_1"], ["nchw"], perm=[0, 3, 1, 2], name="model/conv2d/Conv2D__6"),
+        helper.make_node("Conv", ["nchw", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1], name="model/conv2d/Conv2D"),
+        helper.make_node("Relu", ["conv"], ["relu"], name="model/conv2d/Relu"),
+        helper.make_node("GlobalAveragePool", ["relu"], ["pool"], name="model/global_average_pooling2d/Mean"),
+        helper.make_node("Flatten", ["pool"], ["flat"], axis=1, name="model/flatten/Reshape"),
+        helper.make_node("MatMul", ["flat", "dense_w"], ["matmul"], name="model/dense/MatMul"),
+        helper.make_node("Add", ["matmul", "dense_b"], ["logits"], name="model/dense/BiasAdd"),
+        helper.make_node("Softmax", ["logits"], ["softmax"], axis=-1, name="model/dense/Softmax"),
+        helper.make_node("Identity", ["softmax"], ["predictions"], name="Identity"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "keras",
+        [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["N", KERAS_SIZE, KERAS_SIZE, 3])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", KERAS_CLASSES])],
+        [
+            init("conv_w", 16, 3, 3, 3, scale=0.5),
+            init("conv_b", 16, scale=0.1),
+            init("dense_w", 16, KERAS_CLASSES, scale=1.0),
+            init("dense_b", KERAS_CLASSES, scale=0.1),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _on_file(path: str, png) -> np.ndarray:
+    """The file's own output in onnxruntime on a written PNG (pixels in 0..1: the file's preprocessing)."""
+    pixels = np.asarray(Image.open(png).convert("RGB"), np.float32)[None] / 255
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(None, {"input_1": pixels})[0][0].astype(np.float64)
+
+
+def test_a_keras_onnx_file_is_searched_on_its_scores(tmp_path, capsys):
+    """The export names the Softmax node, the recorded activation is a score, the probabilities beside
+    it are the file's own on the PNG, verify passes; --keep-softmax runs the file's output as it is."""
+    path = keras_style_onnx(tmp_path / "keras.onnx")
+    logits = keras_style_onnx(tmp_path / "keras-logits.onnx", output="logits")  # the same graph, read earlier
+    art, out = str(tmp_path / "art"), tmp_path / "results"
+    base = ["export", "--classifier", path, "--mode", "pixel", "--batch", "2"]
+    assert main([*base, "--out", art]) == 0
+    assert "scores taken before D's final Softmax (model/dense/Softmax)" in capsys.readouterr().out
+    manifest = load_artifacts(art).manifest
+    assert manifest["scores"] == {
+        "taken_before": "Softmax",
+        "node": "model/dense/Softmax",
+        "probability": "softmax",
+        "keep_softmax": False,
+    }
+    run = ["run", "--artifacts", art, "--target", "class:0", "--target", "class:1", "--steps", "40", "--quiet"]
+    assert main([*run, "--out", str(out)]) == 0
+    for c in (0, 1):
+        record = json.loads((out / "targets" / f"class-{c}.json").read_text())
+        png = out / "targets" / f"class-{c}.png"
+        assert record["final_activation"] > 1.5, record["final_activation"]  # a score: above any probability
+        # the written PNG through the file itself (float32 onnxruntime, as the exported graph): scores after
+        # the final ReLU and probabilities agree to float32 rounding of O(10) values (1e-5 leaves room)
+        p, z = _on_file(path, png), _on_file(logits, png)
+        np.testing.assert_allclose(p, np.exp(z) / np.exp(z).sum(), atol=1e-6)
+        top5 = record["top5"]
+        assert [t["class"] for t in top5] == list(np.argsort(-np.maximum(z, 0), kind="stable")[:5])
+        np.testing.assert_allclose([t["score"] for t in top5], np.maximum(z, 0)[[t["class"] for t in top5]], atol=1e-5)
+        np.testing.assert_allclose([t["probability"] for t in top5], p[[t["class"] for t in top5]], atol=1e-5)
+        assert record["final_probability"] == pytest.approx(p[c], abs=1e-5)
+        assert record["final_activation"] == pytest.approx(z[c], abs=1e-4)
+    assert main(["verify", "--artifacts", art, "--steps", "2"]) == 0
+    assert "score" in (out / "index.html").read_text()
+
+    kept, kept_out = str(tmp_path / "kept"), tmp_path / "kept-results"
+    assert main([*base, "--out", kept, "--keep-softmax"]) == 0
+    assert "its final Softmax (model/dense/Softmax) included" in capsys.readouterr().out
+    assert load_artifacts(kept).manifest["scores"] == {
+        "taken_before": None,
+        "node": "model/dense/Softmax",
+        "probability": None,
+        "keep_softmax": True,
+    }
+    assert main(["run", "--artifacts", kept, *run[3:], "--out", str(kept_out)]) == 0
+    for c in (0, 1):
+        record = json.loads((kept_out / "targets" / f"class-{c}.json").read_text())
+        assert 0 <= record["final_activation"] <= 1 and record.get("final_probability") is None
+        assert record["final_activation"] == pytest.approx(_on_file(path, kept_out / "targets" / f"class-{c}.png")[c])
+    # the artifacts fix D's output: asking for the other choice is refused in one line
+    err = error_line(capsys, ["run", "--artifacts", art, "--keep-softmax", "--target", "class:1", "--out", str(out)])
+    assert "--keep-softmax" in err and "fix" in err
