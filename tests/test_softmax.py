@@ -266,3 +266,95 @@ def test_a_keras_onnx_file_is_searched_on_its_scores(tmp_path, capsys):
     # the artifacts fix D's output: asking for the other choice is refused in one line
     err = error_line(capsys, ["run", "--artifacts", art, "--keep-softmax", "--target", "class:1", "--out", str(out)])
     assert "--keep-softmax" in err and "fix" in err
+
+
+def test_the_choice_keys_exports_and_torch_results():
+    """The scores or the output as it is: another graph, so another export in the cache and other results."""
+    from dgn_engine.exporter.fingerprint import graph_sha256
+
+    net = _net("nn.Softmax")
+    stripped = classifier_from_module(net, image_size=SIZE)
+    kept = classifier_from_module(net, image_size=SIZE, keep_softmax=True)
+    assert graph_sha256(stripped) != graph_sha256(kept)
+    plain = _net("none")
+    assert graph_sha256(stripped) == graph_sha256(classifier_from_module(plain, image_size=SIZE))
+
+
+def test_python_api_reports_scores_and_probabilities():
+    """synthesize on an in-memory module ending in a softmax (the torch reference: no export): the
+    activation is the score, Result.probability and top5_probability are D's own probabilities on the PNG."""
+    import dgn_engine as dgn
+
+    net = _net("nn.Softmax")
+    (r,) = dgn.synthesize(net, "class:2", mode="pixel", image_size=SIZE, steps=30, backend="torch", progress=False)
+    x = torch.from_numpy(np.asarray(r.image, np.float32).transpose(2, 0, 1)[None] / 255)
+    with torch.no_grad():
+        z, p = net.scores(x)[0].double(), net(x)[0].double()
+    # float32 D on the same PNG in both: rounding of O(1) values
+    assert r.activation == pytest.approx(max(float(z[2]), 0.0), abs=1e-5)
+    assert r.probability == pytest.approx(float(p[2]), abs=1e-6)
+    assert r.top5_probability == pytest.approx([float(p[c]) for c, _, _ in r.top5], abs=1e-6)
+    assert "(score), probability" in repr(r)
+    (k,) = dgn.synthesize(
+        net, "class:2", mode="pixel", image_size=SIZE, steps=30, backend="torch", progress=False, keep_softmax=True
+    )
+    assert k.probability is None and k.top5_probability is None and 0 <= k.activation <= 1
+
+
+# -- zoo nets with a softmax head, as a module, a traced archive and an ONNX file -------------------
+def efficientnet_softmax() -> nn.Module:
+    """The zoo's EfficientNet (its squeeze-and-excitation gates call sigmoid too) with a softmax head."""
+    from tests import zoo
+
+    torch.manual_seed(0)
+    net = zoo.efficientnet()
+    headed = nn.Sequential(net, nn.Softmax(dim=1)).eval()
+    headed.preprocessing = net.preprocessing
+    return headed
+
+
+def _zoo_form(form: str, tmp_path) -> tuple[str, str]:
+    """(the classifier option, the node the manifest names) for the net in one format."""
+    if form == "module":
+        return "tests.test_softmax:efficientnet_softmax", "1"
+    net = efficientnet_softmax()
+    size = net.preprocessing.image_size
+    if form == "torchscript":
+        path = str(tmp_path / "d.pt")
+        torch.jit.save(torch.jit.trace(net, torch.randn(1, 3, size, size)), path)
+        return path, "1"
+    from tests.test_zoo import onnx_file
+
+    return onnx_file(tmp_path / "d.onnx", net, size), "/1/Softmax"
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("form", ["module", "torchscript", "onnx"])
+def test_zoo_net_with_a_softmax_in_every_format(tmp_path, form, capsys):
+    """Export names the node, verify passes, the recorded activation is a score (not in [0, 1]); with
+    --keep-softmax the activation is the probability again."""
+    from tests import zoo
+
+    classifier, node = _zoo_form(form, tmp_path)
+    size = ["--image-size", "32"] if form == "torchscript" else []
+    mean, std = (",".join(map(str, v)) for v in zoo.RGB)
+    norm = [] if form == "module" else ["--mean", mean, "--std", std]
+    base = ["export", "--classifier", classifier, "--mode", "pixel", "--batch", "2", *size, *norm]
+    run = ["--target", "class:3", "--target", "class:6", "--steps", "60", "--lr", "0.2", "--quiet"]
+    art = str(tmp_path / "art")
+    assert main([*base, "--out", art]) == 0
+    assert f"scores taken before D's final Softmax ({node})" in capsys.readouterr().out
+    assert load_artifacts(art).manifest["scores"]["node"] == node
+    assert main(["verify", "--artifacts", art, "--steps", "2"]) == 0
+    assert main(["run", "--artifacts", art, *run, "--out", str(tmp_path / "r")]) == 0
+    for c in (3, 6):
+        record = json.loads((tmp_path / "r" / "targets" / f"class-{c}.json").read_text())
+        assert record["final_activation"] > 1 and 0 < record["final_probability"] < 1, record
+    if form == "module":
+        kept = str(tmp_path / "kept")
+        assert main([*base, "--keep-softmax", "--out", kept]) == 0
+        assert load_artifacts(kept).manifest["scores"]["keep_softmax"] is True
+        assert main(["run", "--artifacts", kept, *run, "--out", str(tmp_path / "k")]) == 0
+        for c in (3, 6):
+            record = json.loads((tmp_path / "k" / "targets" / f"class-{c}.json").read_text())
+            assert 0 <= record["final_activation"] <= 1 and record.get("final_probability") is None
