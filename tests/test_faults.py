@@ -77,24 +77,95 @@ def finish(art, out):
     assert json.loads((out / "run.json").read_text())["progress"]["state"] == "finished"
 
 
+KILL_ARGS = ("--all-classes", "--steps", "300")  # long enough that targets finish over seconds
+
+
+def _finished(out) -> int:
+    folder = out / "targets"
+    return len([f for f in os.listdir(folder) if f.endswith(".json")]) if folder.is_dir() else 0
+
+
+def _until_first_result(proc, out) -> float:
+    """Seconds from now until the run's first target is written (the end of start-up)."""
+    start = time.monotonic()
+    while proc.poll() is None and not _finished(out):
+        time.sleep(0.005)
+    return time.monotonic() - start
+
+
 @pytest.mark.parametrize("mode", ["pretrained", "untrained"])
-def test_sigkill_at_random_points(tmp_path, tmp_path_factory, artifacts, whole, mode):
-    """Seeded random kill times over the whole life of a run (start-up, steps, writes, gallery):
-    what was written is either whole and right or absent, and the resumed run completes it."""
+def test_sigkill_while_targets_are_written(tmp_path, artifacts, mode):
+    """The uninterrupted run is timed from its first finished target to its end; each trial kills a run
+    at a seeded fraction of that span after its own first target. The run must still be running at the
+    kill and hold some, not all, targets; what was written is whole and right, and the resumed run
+    completes it."""
     art = artifacts[mode]
-    whole = whole if mode == "pretrained" else _whole(tmp_path_factory, art)
+    cmd = lambda out: engine(art, out)[: -len(ARGS)] + list(KILL_ARGS)  # noqa: E731
+    whole = tmp_path / "whole"
+    proc = subprocess.Popen(cmd(whole), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _until_first_result(proc, whole)
+    start = time.monotonic()
+    assert proc.wait() == 0
+    span, total = time.monotonic() - start, _finished(whole)
     rng = random.Random(13)
-    for trial in range(4 if mode == "pretrained" else 2):  # untrained steps cost more
+    for trial in range(3 if mode == "pretrained" else 2):  # untrained steps cost more
         out = tmp_path / f"k{trial}"
-        proc = subprocess.Popen(engine(art, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, 4.0))
+        proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _until_first_result(proc, out)
+        time.sleep(rng.uniform(0.1, 0.8) * span)
+        assert proc.poll() is None, f"trial {trial}: the run ended before the kill"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        if (out / "targets").is_dir():
-            assert_same_as_whole(out, whole, complete=False)
-        finish(art, out)
+        assert 0 < _finished(out) < total, (trial, _finished(out), total)
+        assert_same_as_whole(out, whole, complete=False)
+        done = subprocess.run(cmd(out), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
         assert_same_as_whole(out, whole)
         assert not [f for f in os.listdir(out / "targets") if f.startswith(".tmp-")]
+
+
+def test_sigkill_during_export(tmp_path, decoder_file):
+    """An export killed at seeded fractions of an uninterrupted export's time, while still running:
+    the same command again succeeds in the same folder, and writes the uninterrupted export's files."""
+    from dgn_engine.artifacts import load_artifacts
+
+    def cmd(out):
+        return [
+            sys.executable,
+            "-m",
+            "dgn_engine.cli.main",
+            "export",
+            "--classifier",
+            "tests.small_models:tiny_rgb",
+        ] + [
+            "--mode",
+            "pretrained",
+            "--decoder",
+            decoder_file,
+            "--batch",
+            "3",
+            "--taps",
+            "features.3",
+            "--out",
+            str(out),
+        ]
+
+    start = time.monotonic()
+    assert subprocess.run(cmd(tmp_path / "whole"), capture_output=True).returncode == 0
+    took = time.monotonic() - start
+    expected = load_artifacts(str(tmp_path / "whole")).manifest["files"]
+    rng = random.Random(17)
+    for trial in range(2):
+        out = tmp_path / f"k{trial}"
+        proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 0.9) * took)
+        assert proc.poll() is None, f"trial {trial}: the export ended before the kill"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done = subprocess.run(cmd(out), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert load_artifacts(str(out)).manifest["files"] == expected
+        assert sorted(os.listdir(out)) == sorted(os.listdir(tmp_path / "whole"))
 
 
 @pytest.mark.parametrize(
