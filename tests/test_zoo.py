@@ -48,12 +48,13 @@ def _export(out, classifier, mode, decoder=None, *extra):
 
 
 def _engine_equals_reference(art, targets):
-    """`run_batch` on the step graph against the torch reference for one step: the same noise, start,
-    features, image and activations (the updates are `verify`'s part, step by step from float64's
-    state). Over more steps two float32 implementations part: a ReLU decision in G or D taken
+    """The step graph's gradient and updates against torch float64 for 2 steps (`verify`), then
+    `run_batch` on the step graph against the torch reference for one step: the same noise, start,
+    features, image and activations. Over more steps two float32 implementations part: a ReLU decision in G or D taken
     differently where a pre-activation lies within rounding of 0 changes the gradient by one unit's
     share (measured on a random 48 px decoder: onnxruntime's input gradient 3e-3 from float64, torch
     float32's 5e-7; at 75 px 3e-4 and 1.4e-3), and G amplifies it."""
+    _verified(art)
     spec = replace(art.spec, steps=1)
     sources = Sources.from_json(art.manifest["sources"])
     engine = run_batch(StepGraphBackend(art, "cpu"), targets, spec)
@@ -174,7 +175,7 @@ def test_gradient_of_d(tmp_path, name, form):
 
 
 def _verified(art):
-    """`verify` in untrained mode: each step from float64's state, the gradient through AdaMax's slots."""
+    """`verify`: each step from float64's state, the gradient through the optimiser's slots."""
     ok, report = verify(art, 2, "cpu", log=lambda *_: None, engine_backends=[StepGraphBackend(art, "cpu")])
     assert ok, report
 
@@ -307,7 +308,6 @@ def test_onnx_file(tmp_path, name):
         tmp_path / "art", path, "untrained", None, "--taps", tap, "--batch", "2", "--mean", mean, "--std", std
     )
     assert art.manifest["plan"]["out_size"] == size
-    _verified(art)
     _engine_equals_reference(art, [parse_target("class:3"), parse_target(f"channel:{tap}:1")])
 
 
