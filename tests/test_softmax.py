@@ -170,7 +170,7 @@ def test_an_unfound_softmax_is_run_as_it_is_with_one_warning(tmp_path, capsys):
 KERAS_SIZE, KERAS_CLASSES = 24, 4
 
 
-def keras_style_onnx(path, output="predictions") -> str:
+def keras_style_onnx(path, output="predictions", batch="N") -> str:
     """What tf2onnx writes for a small Keras CNN: NHWC input, Transpose to NCHW, Conv, Relu, global
     pooling, Flatten, MatMul + Add, Softmax, an Identity to the output (seeded weights)."""
     rng = np.random.default_rng(0)
@@ -192,8 +192,8 @@ def keras_style_onnx(path, output="predictions") -> str:
     graph = helper.make_graph(
         nodes,
         "keras",
-        [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["N", KERAS_SIZE, KERAS_SIZE, 3])],
-        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", KERAS_CLASSES])],
+        [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, [batch, KERAS_SIZE, KERAS_SIZE, 3])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, [batch, KERAS_CLASSES])],
         [
             init("conv_w", 16, 3, 3, 3, scale=0.5),
             init("conv_b", 16, scale=0.1),
@@ -205,6 +205,20 @@ def keras_style_onnx(path, output="predictions") -> str:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return str(path)
+
+
+def test_a_file_of_one_image_batches_is_searched_on_its_scores(tmp_path):
+    """A Keras file whose batch is fixed to 1 runs image by image: each image's softmax is taken off."""
+    path = keras_style_onnx(tmp_path / "one.onnx", batch=1)
+    logits = ort.InferenceSession(keras_style_onnx(tmp_path / "logits.onnx", output="logits", batch=1))
+    clf = load_classifier(path)
+    assert (clf.final.op, clf.final.node) == ("Softmax", "model/dense/Softmax")
+    x = torch.rand(3, 3, KERAS_SIZE, KERAS_SIZE)
+    expected = np.concatenate(
+        [logits.run(None, {"input_1": x[i : i + 1].permute(0, 2, 3, 1).numpy()})[0] for i in range(3)]
+    )
+    # onnxruntime and torch float32 on the same small graph: summation order only (1e-5 of O(1) values)
+    np.testing.assert_allclose(Tapped(clf, [])(x)[0].numpy(), expected, atol=1e-5)
 
 
 def _on_file(path: str, png) -> np.ndarray:
