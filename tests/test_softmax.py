@@ -277,6 +277,8 @@ def test_a_keras_onnx_file_is_searched_on_its_scores(tmp_path, capsys):
         record = json.loads((kept_out / "targets" / f"class-{c}.json").read_text())
         assert 0 <= record["final_activation"] <= 1 and record.get("final_probability") is None
         assert record["final_activation"] == pytest.approx(_on_file(path, kept_out / "targets" / f"class-{c}.png")[c])
+    keys = [json.loads((o / "run.json").read_text())["results_key"] for o in (out, kept_out)]
+    assert keys[0] != keys[1]  # one results folder never mixes the two
     # the artifacts fix D's output: asking for the other choice is refused in one line
     err = error_line(capsys, ["run", "--artifacts", art, "--keep-softmax", "--target", "class:1", "--out", str(out)])
     assert "--keep-softmax" in err and "fix" in err
