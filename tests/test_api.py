@@ -76,10 +76,35 @@ def test_synthesize_gives_the_clis_images(tmp_path, cache):
         assert r.record["provenance"]["backend"] == "step-graph"
 
 
-def test_the_callers_module_is_left_as_it_was(cache):
-    model = tiny_rgb().train()
-    dgn.synthesize(model, "class:1", backend="torch", **SETTINGS)
-    assert model.training and all(p.requires_grad for p in model.parameters())
+def _module_state(model: torch.nn.Module) -> dict:
+    tensors = {**dict(model.named_parameters()), **{f"buffer {n}": b for n, b in model.named_buffers()}}
+    state = {n: (t.detach().clone(), t.dtype, t.device, t.requires_grad) for n, t in tensors.items()}
+    return {**state, **{f"training {n}": m.training for n, m in model.named_modules()}}
+
+
+@pytest.mark.parametrize("backend", ["torch", "step-graph"])
+def test_the_callers_module_is_left_as_it_was(tmp_path, monkeypatch, backend):
+    """Every parameter and buffer (values, dtype, device, requires_grad) and every submodule's mode: a
+    BatchNorm in training mode would update its running statistics if the search ran the caller's module;
+    frozen and trainable parameters and train and eval submodules are mixed so that no blanket setting
+    passes."""
+    monkeypatch.setenv("DGN_ENGINE_CACHE", str(tmp_path / "cache"))
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3), tiny_rgb()).train()
+    model.preprocessing = model[1].preprocessing
+    model[1].features.eval()
+    for p in model[1].features[0].parameters():
+        p.requires_grad_(False)
+    before = _module_state(model)
+    dgn.synthesize(model, "class:1", backend=backend, **SETTINGS)
+    after = _module_state(model)
+    assert after.keys() == before.keys()
+    for name, was in before.items():
+        if name.startswith("training"):
+            assert after[name] == was, name
+        else:
+            assert after[name][1:] == was[1:], name
+            torch.testing.assert_close(after[name][0], was[0], rtol=0, atol=0, msg=name)  # exactly unchanged
+    assert model[0].num_batches_tracked.item() == 0
 
 
 def test_result_object(tmp_path, cache):
