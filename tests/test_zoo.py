@@ -311,6 +311,48 @@ def test_onnx_file(tmp_path, name):
     _engine_equals_reference(art, [parse_target("class:3"), parse_target(f"channel:{tap}:1")])
 
 
+def _against_onnxruntime(path, x: np.ndarray, taps: int = 2) -> float:
+    """D as dgn-engine reads an ONNX file (its class outputs and the last `taps` feature maps, tapped by
+    ONNX name) against onnxruntime running the file itself, with those tensors made graph outputs:
+    the worst relative L2 error over them."""
+    import onnx
+    import onnxruntime
+
+    from dgn_engine.exporter.classifiers import Tapped, load_classifier
+
+    d = load_classifier(path)
+    names = [n for n, shape in d.layout(d.layer_names()).items() if len(shape) == 3][-taps:]
+    model = onnx.load(path)
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = x.transpose(0, 2, 3, 1) if d.module.channels_last else x
+    theirs = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(feed)})
+    with torch.no_grad():
+        out, acts = Tapped(d, names)(torch.from_numpy(x))
+    ours = [out.numpy(), *(acts[n].numpy() for n in names)]
+    return max(float(np.linalg.norm(a - b) / np.linalg.norm(b)) for a, b in zip(ours, theirs))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n if n in ONNX_CI else pytest.param(n, marks=pytest.mark.full_zoo) for n in zoo.ZOO if n not in ONNX_UNWRITABLE],
+)
+def test_onnx_file_as_onnxruntime_runs_it(tmp_path, name):
+    """The converted D equals the file as onnxruntime runs it. Both float32, with their own kernels:
+    sums of up to a few thousand products round to ~1e-6 relative; 1e-5 leaves room for the order."""
+    size = zoo.ZOO[name]().preprocessing.image_size
+    path = onnx_file(tmp_path / f"{name}.onnx", zoo.ZOO[name](), size)
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    assert _against_onnxruntime(path, x) < 1e-5
+
+
+def test_channels_last_one_image_file_as_onnxruntime_runs_it(tmp_path):
+    """The same for a TensorFlow-style file: NHWC input, batch fixed to 1 (one image at a time)."""
+    path = onnx_file(tmp_path / "d.onnx", LeNet(), 32, batch=1, channels_last=True)
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert _against_onnxruntime(path, x) < 1e-5
+
+
 def test_onnx_file_with_one_image_batches_channels_last(tmp_path, decoder_file):
     """A file fixing its batch to 1 with [batch, height, width, channels] input (TensorFlow-style):
     the layout is read from the graph, images pass one at a time, and the engine equals the reference."""

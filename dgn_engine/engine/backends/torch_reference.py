@@ -125,6 +125,7 @@ def made_of(coupled: CoupledStep) -> dict:
         "classifier": None if clf.sources else clf.name,
         "source_files_sha256": sorted(set(clf.sources.values())),
         "classifier_graph_sha256": graph_sha256(clf, coupled.taps),
+        "scores": clf.scores_record(),  # also where nothing was found: keep_softmax then changes the manifest
         "classifier_tensors_sha256": tensors_sha256(clf.module.state_dict()),
         "decoder_tensors_sha256": tensors_sha256(coupled.decoder) if coupled.decoder is not None else None,
         "plan": coupled.plan.to_json(),
