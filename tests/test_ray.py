@@ -109,17 +109,67 @@ def workers() -> list[str]:
     return sorted(n for n in ray.util.list_named_actors() if n.startswith("dgn-engine-worker"))
 
 
-def kill_a_worker_after(out, count: int, no_restart: bool) -> threading.Thread:
-    """Once `count` results are written (two batches: both workers then hold a batch in flight), kill
-    one worker: for good (ray.kill), or as a crash that Ray restarts."""
+def where(actor) -> tuple[int, tuple]:
+    """The actor's process id and (batch number, steps done) of its batch in flight."""
+    return ray.get(actor.__ray_call__.remote(lambda worker: (os.getpid(), worker.at)), timeout=60)
 
-    def kill():
-        wait_for(out, count)
-        ray.kill(ray.get_actor(workers()[0]), no_restart=no_restart)
 
-    thread = threading.Thread(target=kill, daemon=True)
-    thread.start()
-    return thread
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+class Killer(threading.Thread):
+    """Once `count` results are written (two batches: both workers then hold their last batch in flight),
+    kill one worker: for good (ray.kill), or its process with SIGKILL, a crash that Ray restarts. Records
+    what it saw; whatever goes wrong here is raised again by `check`, so a kill that did not happen fails
+    the test."""
+
+    def __init__(self, out, count: int, for_good: bool):
+        super().__init__(daemon=True)
+        self.out, self.count, self.for_good = out, count, for_good
+        self.error: BaseException | None = None
+        self.seen: dict = {}
+
+    def run(self):
+        try:
+            wait_for(self.out, self.count)
+            actor = ray.get_actor(workers()[0])
+            pid, (number, _) = where(actor)
+            assert number is not None, "the worker had no batch in flight"
+            self.seen.update(pid=pid, batch=number)
+            if self.for_good:
+                ray.kill(actor, no_restart=True)
+                with pytest.raises(ray.exceptions.RayActorError):
+                    where(actor)
+            else:
+                os.kill(pid, signal.SIGKILL)
+                until = time.monotonic() + 60
+                while True:  # the restarted actor (another process) runs the same batch again
+                    try:
+                        again, (number, _) = where(actor)
+                    except ray.exceptions.RayActorError:  # asked while it was restarting
+                        again = number = None
+                    if again not in (None, pid) and number == self.seen["batch"]:
+                        break
+                    assert time.monotonic() < until, f"no restarted worker ran batch {self.seen['batch']}"
+                    time.sleep(0.05)
+                self.seen["restarted_pid"] = again
+            until = time.monotonic() + 10
+            while not gone(pid):
+                assert time.monotonic() < until, f"worker process {pid} still runs"
+                time.sleep(0.05)
+        except BaseException as e:
+            self.error = e
+
+    def check(self):
+        self.join(timeout=60)
+        assert not self.is_alive(), "the killer still runs"
+        if self.error is not None:
+            raise self.error
 
 
 @pytest.mark.parametrize("no_restart", [True, False], ids=["killed-for-good", "crashed-and-restarted"])
@@ -127,10 +177,13 @@ def test_two_workers_make_the_plain_runs_files_though_one_is_killed(
     local_ray, artifacts, plain, tmp_path, capsys, no_restart
 ):
     art, out = artifacts["pretrained"], tmp_path / "o"
-    killer = kill_a_worker_after(out, 6, no_restart)
+    killer = Killer(out, 6, no_restart)
+    killer.start()
     assert main(run_argv(art, out, "--ray", "--workers", "2", "--threads", "1")) == 0
-    killer.join(timeout=5)
-    assert not killer.is_alive()
+    killer.check()
+    assert gone(killer.seen["pid"])
+    if not no_restart:
+        assert killer.seen["restarted_pid"] != killer.seen["pid"]
     log = capsys.readouterr().out
     # killed for good: the driver runs the lost batch on the other worker; a crash: Ray restarts the
     # worker and retries the batch there, unseen by the driver
