@@ -7,7 +7,7 @@ from dgn_engine.exporter.autoencoder import save_decoder
 from dgn_engine.exporter.generator import Decoder
 from dgn_engine.exporter.vgg import vgg_style
 from dgn_engine.plan import generator_plan
-from dgn_engine.preprocessing import Preprocessing
+from dgn_engine.preprocessing import IMAGENET_CAFFE, Preprocessing
 
 
 def _he(module: nn.Module) -> nn.Module:
@@ -24,6 +24,17 @@ def tiny_rgb():
     torch.manual_seed(0)
     m = _he(vgg_style(3, 32, 10, convs=(8, "M", 16, "M", 16, "M"), hidden=(32,)))
     m.preprocessing = Preprocessing(32, "RGB", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    return m
+
+
+def tiny_bgr_caffe():
+    """tiny_rgb's layers on Caffe-style input: BGR, the mean subtracted on the 0..255 scale, not scaled
+    (mean = m / 255, std = 1 / 255). The first convolution is divided by 0.25 * 255 (tiny_rgb's std in
+    those units), as training on that input would, so the activations are tiny_rgb's size."""
+    m = tiny_rgb()
+    with torch.no_grad():
+        m.features[0].weight /= 0.25 * 255
+    m.preprocessing = Preprocessing(32, "BGR", IMAGENET_CAFFE.mean, IMAGENET_CAFFE.std)
     return m
 
 

@@ -74,14 +74,105 @@ def test_png_is_what_the_classifier_saw(tmp_path, artifacts):
     assert rec["final_activation"] == pytest.approx(scores[2], rel=1e-6)
 
 
-def test_display_original_reports_both_views(tmp_path, artifacts):
-    out = tmp_path / "o"
-    assert (
-        main(run_argv(artifacts["untrained"], out, "--target", "class:1", "--steps", "6", "--display", "original")) == 0
-    )
+@pytest.fixture(scope="module")
+def bgr_artifacts(tmp_path_factory):
+    """Batch-3 untrained artifacts of a Caffe-style classifier: BGR, mean on the 0..255 scale."""
+    from dgn_engine.artifacts import load_artifacts
+
+    out = tmp_path_factory.mktemp("bgr") / "art"
+    argv = ["export", "--classifier", "tests.small_models:tiny_bgr_caffe", "--mode", "untrained", "--batch", "3"]
+    assert main([*argv, "--out", str(out)]) == 0
+    return load_artifacts(str(out))
+
+
+def recorded_images(monkeypatch) -> list:
+    """The median images (D's input space) that the runs' batches ended with, as the engine made them."""
+    from dgn_engine.engine import runners
+
+    real, images = runners.run_batch, []
+
+    def recording(*args, **kwargs):
+        outcomes = real(*args, **kwargs)
+        images.extend(o.image.copy() for o in outcomes)
+        return outcomes
+
+    monkeypatch.setattr(runners, "run_batch", recording)
+    return images
+
+
+def expected_png(x: np.ndarray, pp, display: str, mode: str) -> np.ndarray:
+    """What each --display promises, from D's input [C, H, W] in D's channel order: model, the picture D
+    saw (its preprocessing undone); contrast, that stretched to 0..255 (one map per image); original,
+    the original code's per-image min-max to 0..1, square-rooted in untrained mode. PNGs are RGB."""
+    x = np.moveaxis(x.astype(np.float64), 0, -1)
+    if display == "original":
+        v = (x - x.min()) / (x.max() - x.min())
+        v = (np.sqrt(v) if mode == "untrained" else v) * 255
+    else:
+        v = (x * np.asarray(pp.std) + np.asarray(pp.mean)) * 255
+    v = np.clip(np.rint(v[..., ::-1] if pp.order == "BGR" else v), 0, 255)
+    if display == "contrast":
+        v = np.rint((v - v.min()) * 255 / (v.max() - v.min()))
+    return v.astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "mode, order, display",
+    [
+        ("untrained", "RGB", "original"),
+        ("pretrained", "RGB", "original"),
+        ("untrained", "BGR", "original"),
+        ("untrained", "BGR", "model"),
+        ("pretrained", "RGB", "contrast"),
+    ],
+)
+def test_display_writes_what_it_says(tmp_path, artifacts, bgr_artifacts, monkeypatch, mode, order, display):
+    """The PNG is the option's transformation of the image the search ended with, exactly (the same
+    float64 arithmetic, rounded once); the other views report D's top-5 on the model view, which is what
+    a --display model run of the same target reports."""
+    art = bgr_artifacts if order == "BGR" else artifacts[mode]
+    assert art.preprocessing.order == order
+    images = recorded_images(monkeypatch)
+    out = tmp_path / display
+    assert main(run_argv(art, out, "--target", "class:1", "--steps", "6", "--display", display)) == 0
+    [x] = images
+    png = np.asarray(Image.open(out / "targets" / "class-1.png"))
+    assert Image.open(out / "targets" / "class-1.png").mode == "RGB"
+    want = expected_png(x, art.preprocessing, display, mode)
+    np.testing.assert_array_equal(png, want)
+    if display != "model":
+        assert png.min() == 0 and png.max() == 255
     rec = load(out, "class-1")
-    assert rec["display"] == "original"
-    assert len(rec["top5"]) == 5 and len(rec["model_view"]["top5"]) == 5
+    assert rec["display"] == display
+    if display != "model":
+        assert main(run_argv(art, tmp_path / "model", "--target", "class:1", "--steps", "6")) == 0
+        np.testing.assert_array_equal(images[1], x)  # the same search
+        plain = load(tmp_path / "model", "class-1")
+        assert rec["model_view"]["top5"] == plain["top5"]
+        assert rec["model_view"]["final_activation"] == plain["final_activation"]
+
+
+def test_caffe_classifier_scores_its_png(tmp_path, bgr_artifacts):
+    """A BGR classifier with the mean in 0..255 units: the PNG is RGB (test_display_writes_what_it_says)
+    and D's top-5 reported for it is the torch module's on the PNG preprocessed the Caffe way here."""
+    import torch
+
+    from tests.small_models import tiny_bgr_caffe
+
+    out = tmp_path / "o"
+    assert main(run_argv(bgr_artifacts, out, "--target", "class:1", "--steps", "6")) == 0
+    png = np.asarray(Image.open(out / "targets" / "class-1.png"), np.float32)
+    bgr = png[..., ::-1] - np.float32([103.939, 116.779, 123.68])
+    with torch.no_grad():
+        logits = tiny_bgr_caffe()(torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1)))[None])[0].numpy()
+    scores = np.maximum(logits, 0)  # D's scores are read through the final ReLU
+    rec = load(out, "class-1")
+    assert [t["class"] for t in rec["top5"]] == list(np.argsort(-scores, kind="stable")[:5])
+    # float32 through other ops in another order ((p / 255 - m / 255) * 255 against p - m; onnxruntime
+    # against torch): a few ulps per layer, far below the spread between classes
+    atol = 1e-4 * float(scores.max())
+    np.testing.assert_allclose([t["score"] for t in rec["top5"]], np.sort(scores)[::-1][:5], rtol=1e-4, atol=atol)
+    assert rec["final_activation"] == pytest.approx(scores[1], rel=1e-4, abs=atol)
 
 
 def test_gallery_in_headless_chromium(tmp_path, artifacts):
@@ -223,20 +314,6 @@ def test_write_error_stops_the_job_and_keeps_what_was_finished(tmp_path, artifac
     assert os.strerror(code) in err and "finished targets are kept" in err
     for f, v in before.items():
         assert snapshot(out)[f] == v
-
-
-def test_display_contrast_stretches_and_reports_both_views(tmp_path, artifacts):
-    """The picture D saw, one linear map per image to the full range; D's top-5 on the PNG written and
-    on the model view."""
-    out = str(tmp_path / "contrast")
-    assert (
-        main(run_argv(artifacts["pretrained"], out, "--target", "class:1", "--steps", "6", "--display", "contrast"))
-        == 0
-    )
-    rec = json.load(open(os.path.join(out, "targets", "class-1.json")))
-    assert rec["display"] == "contrast" and len(rec["model_view"]["top5"]) == 5
-    pixels = np.asarray(Image.open(os.path.join(out, "targets", "class-1.png")))
-    assert pixels.min() == 0 and pixels.max() == 255
 
 
 def test_auto_device_without_a_driver_is_the_cpu(monkeypatch):
