@@ -114,8 +114,17 @@ def test_run_with_transforms_records_them_and_resumes(tmp_path, transformed, cap
     # other strengths are another run: refused in the same folder, not mixed
     err = error_line(capsys, [*argv, "--out", out, "--transforms", "jitter=0.1"])
     assert "--force" in err or "other" in err
-    # the strengths are run-time numbers: the same artifacts run them into another folder
-    assert main([*argv, "--out", str(tmp_path / "strong"), "--quiet", "--transforms", "jitter=0.1,rotate=20"]) == 0
+
+    # the strengths are run-time numbers: the same artifacts run them into another folder, and they
+    # change what D saw, so the images; the standard strengths spelt out are the default run, byte for byte
+    def pngs(folder):
+        return [open(f"{folder}/targets/class-{c}.png", "rb").read() for c in (1, 2)]
+
+    for name, value in (("strong", "jitter=0.1,rotate=20"), ("spelt", "jitter=0.05,scale=0.1,rotate=10")):
+        assert main([*argv, "--out", str(tmp_path / name), "--quiet", "--transforms", value]) == 0
+    default, strong = pngs(out), pngs(tmp_path / "strong")
+    assert all(a != b for a, b in zip(default, strong))
+    assert pngs(tmp_path / "spelt") == default
 
 
 def test_transforms_bad_input(tmp_path, capsys, artifacts):
