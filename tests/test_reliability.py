@@ -70,6 +70,19 @@ def test_precision_is_what_ran_and_float64_is_the_torch_backends(tmp_path, artif
     assert "the step-graph backend runs float32 or tf32" in err
 
 
+def test_a_results_folder_never_mixes_precisions(tmp_path, capsys):
+    """Another precision into the same folder: one line naming the change, exit 2, nothing rewritten
+    (the torch backend, whose float32 and float64 both run on the CPU; tf32 against float32 on CUDA is
+    the same record, provenance.precision)."""
+    argv = ["run", "--backend", "torch", *SMALL, "--mode", "untrained", "--target", "class:1", "--steps", "2"]
+    out = tmp_path / "o"
+    assert main([*argv, "--out", str(out), "--quiet", "--precision", "float32"]) == 0
+    before = files(out)
+    err = error_line(capsys, [*argv, "--out", str(out), "--quiet", "--precision", "float64"])
+    assert "holds results made otherwise (precision float32 -> float64)" in err and "--force" in err
+    assert files(out) == before
+
+
 def test_cuda_sessions_ask_for_the_precision(monkeypatch):
     """onnxruntime's CUDA provider computes in TF32 unless told otherwise (found on an H200)."""
     from dgn_engine.engine.backends import onnx_session
