@@ -175,6 +175,25 @@ def test_caffe_classifier_scores_its_png(tmp_path, bgr_artifacts):
     assert rec["final_activation"] == pytest.approx(scores[1], rel=1e-4, abs=atol)
 
 
+def test_noise_sigma_gaussian_dropout(tmp_path, artifacts):
+    """The original code's GaussianDropout(0.05): multiplicative noise N(1, 0.05 / 0.95) on the features,
+    recorded as such; a run-time sigma of the same artifacts, so other images than the default 0.05 and
+    the same as that sigma given as a number."""
+    art = artifacts["pretrained"]
+
+    def run(name, *extra):
+        assert main(run_argv(art, tmp_path / name, "--target", "class:1", "--steps", "8", *extra)) == 0
+        spec = json.loads((tmp_path / name / "run.json").read_text())["spec"]
+        return spec["noise"], (tmp_path / name / "targets" / "class-1.png").read_bytes()
+
+    sigma = (0.05 / 0.95) ** 0.5
+    noise, dropout = run("dropout", "--noise-sigma", "gaussian-dropout")
+    assert noise["kind"] == "multiplicative" and noise["sigma"] == pytest.approx(sigma, rel=1e-12)
+    default_noise, default = run("default")
+    assert default_noise == dict(noise, sigma=0.05) and default != dropout
+    assert run("number", "--noise-sigma", repr(sigma)) == (noise, dropout)
+
+
 def test_gallery_in_headless_chromium(tmp_path, artifacts):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
