@@ -1,6 +1,7 @@
 """The Python API: `dgn.synthesize` on an in-memory module gives the CLI's images, the export cache is
 reused, target algebra round-trips through the grammar, `dgn.Engine` needs no torch."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -95,7 +96,7 @@ def test_the_callers_module_is_left_as_it_was(tmp_path, monkeypatch, backend):
     for p in model[1].features[0].parameters():
         p.requires_grad_(False)
     before = _module_state(model)
-    dgn.synthesize(model, "class:1", backend=backend, **SETTINGS)
+    dgn.synthesize(model, "class:1", backend=backend, **dict(SETTINGS, mode="pixel"))  # no G: a quick export
     after = _module_state(model)
     assert after.keys() == before.keys()
     for name, was in before.items():
@@ -105,6 +106,68 @@ def test_the_callers_module_is_left_as_it_was(tmp_path, monkeypatch, backend):
             assert after[name][1:] == was[1:], name
             torch.testing.assert_close(after[name][0], was[0], rtol=0, atol=0, msg=name)  # exactly unchanged
     assert model[0].num_batches_tracked.item() == 0
+
+
+def _cli_run(art, out, targets, *extra):
+    argv = ["run", "--artifacts", str(art), "--steps", "6", "--seed", "4", "--out", str(out), "--quiet", *extra]
+    assert main([*argv, *(a for t in targets for a in ("--target", str(t)))]) == 0
+    return _cli_pngs(out, [parse_target(str(t)).id for t in targets])
+
+
+def test_export_makes_the_artifacts_that_synthesize_and_run_use(tmp_path, cache):
+    """dgn.export's folder, run by dgn.synthesize and by the CLI: the images of synthesize on the module
+    itself, PNG for PNG (the same graphs: an export is deterministic, test_export.py)."""
+    art = tmp_path / "art"
+    dgn.export(tiny_rgb(), art, taps=["features.3"], batch=2, progress=False)
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["batch"] == 2 and manifest["taps"] == ["features.3"] and manifest["spec"]["mode"] == "untrained"
+    from_folder = dgn.synthesize(str(art), TARGETS, **SETTINGS)
+    direct = dgn.synthesize(tiny_rgb(), TARGETS, **SETTINGS)
+    cli = _cli_run(art, tmp_path / "cli", TARGETS)
+    for r, d, png in zip(from_folder, direct, cli, strict=True):
+        np.testing.assert_array_equal(r.array, png)
+        np.testing.assert_array_equal(r.array, d.array)
+    run = json.loads((tmp_path / "cli" / "run.json").read_text())
+    assert from_folder[0].record["provenance"] == run["provenance"]
+
+
+def test_synthesize_pretrained_with_a_decoder(tmp_path, cache, artifacts, decoder_file):
+    """decoder= : the pretrained mode's export of the module and that decoder, which the CLI's export of
+    the same files made too (conftest's artifacts): the same images, PNG for PNG."""
+    targets = ["class:1", "class:2", "channel:features.3:2"]
+    ours = dgn.synthesize(tiny_rgb(), targets, mode="pretrained", decoder=decoder_file, batch=3, **SETTINGS)
+    assert all(r.record["mode"] == "pretrained" for r in ours)
+    for r, png in zip(ours, _cli_run(artifacts["pretrained"].path, tmp_path / "cli", targets), strict=True):
+        np.testing.assert_array_equal(r.array, png)
+
+
+@pytest.mark.parametrize("form", ["factory", "torchscript", "onnx"])
+def test_synthesize_on_a_factory_or_a_file(tmp_path, cache, form):
+    """ "module:factory", a traced TorchScript archive and an ONNX file of the same net: the images of the
+    in-memory module."""
+    net = tiny_rgb()
+    size, pp = 32, dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    example = torch.randn(2, 3, size, size)
+    if form == "factory":
+        model, given = "tests.small_models:tiny_rgb", {}
+    elif form == "torchscript":
+        model, given = str(tmp_path / "d.pt"), dict(image_size=size, **pp)
+        torch.jit.save(torch.jit.trace(net, example), model)
+    else:
+        model, given = str(tmp_path / "d.onnx"), pp  # the file tells its size
+        torch.onnx.export(
+            net, (example,), model, dynamo=False, input_names=["image"], dynamic_axes={"image": {0: "batch"}}
+        )
+    settings = dict(SETTINGS, mode="pixel")  # no G: the quickest export
+    ours = dgn.synthesize(model, TARGETS[:1], **given, **settings)
+    want = dgn.synthesize(net, TARGETS[:1], **settings)
+    # the same ops on the same weights (the archive's run one by one as torch ops, the ONNX file's
+    # weights kept as they are): equal here; one level of 255 allows a float32 tie rounded the other way
+    diff = np.abs(ours[0].array.astype(int) - want[0].array)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
+    if form != "factory":
+        digest = hashlib.sha256(open(model, "rb").read()).hexdigest()
+        assert ours[0].record["provenance"]["source_files_sha256"] == [digest]
 
 
 def test_result_object(tmp_path, cache):
