@@ -210,3 +210,25 @@ def test_the_api_on_ray(local_ray, artifacts, plain, tmp_path, capsys):
     assert "room for 2" in error_line(
         capsys, run_argv(artifacts["pretrained"], tmp_path / "w", "--ray", "--workers", "3")
     )
+
+
+def test_synthesize_on_ray(local_ray, tmp_path, monkeypatch):
+    """ray=True: synthesize's batches on the Ray this process started, two workers; the plain call's files."""
+    import dgn_engine as dgn
+    from tests.small_models import tiny_rgb
+
+    monkeypatch.setenv("DGN_ENGINE_CACHE", str(tmp_path / "cache"))
+    settings = dict(mode="pixel", steps=20, batch=2, seed=1, progress=False)  # pixel: the quickest export
+    targets = dgn.all_classes(4)
+    on_ray = dgn.synthesize(tiny_rgb(), targets, ray=True, workers=2, out=tmp_path / "ray", **settings)
+    plain = dgn.synthesize(tiny_rgb(), targets, out=tmp_path / "plain", **settings)
+    assert [r.target for r in on_ray] == [r.target for r in plain] == targets
+    assert results(tmp_path / "ray") == results(tmp_path / "plain")
+    record = json.loads((tmp_path / "ray" / "run.json").read_text())
+    assert record["backend"]["ray"]["workers"] == 2 and record["progress"]["done"] == 4
+    assert "ray" not in json.loads((tmp_path / "plain" / "run.json").read_text())["backend"]
+    assert ray.is_initialized()  # the caller's Ray is left running, without the call's workers
+    until = time.monotonic() + 10
+    while workers() and time.monotonic() < until:
+        time.sleep(0.1)
+    assert not workers()
