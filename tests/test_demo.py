@@ -51,8 +51,8 @@ def test_shipped_artifacts_equal_a_fresh_export(tmp_path, mode):
 
 
 def test_model_card():
+    """The card's text says what training.json says (the accuracy measured: test_quality.py)."""
     card = json.loads(open(demo.path("training.json")).read())
-    assert card["test_accuracy"] > 0.85
     assert card["decoder_heldout_mse"] < 0.5
     text = open(demo.path("MODEL_CARD.md")).read()
     assert f"{card['test_accuracy']:.2%}" in text and "held-out" in text

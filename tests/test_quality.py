@@ -18,15 +18,57 @@ pytestmark = pytest.mark.quality
 
 
 def test_judges_are_other_trained_classifiers():
-    """Shipped, loadable by name, of other architectures than D, and trained: their own card's test
-    accuracy, and agreement with D on D's preferred inputs is not by construction."""
+    """Shipped, loadable by name, of other architectures than D and other seeds, so agreement with D on
+    D's preferred inputs is not by construction (trained: test_card_accuracies_are_measured)."""
     card = json.load(open(demo.path("judges.json")))
     d = load_classifier(demo.NAME).module
     for name in ("resnet", "mlp"):
         judge = load_classifier(f"dgn_engine.exporter.demo_judges:{name}")
         assert judge.preprocessing == demo.PREPROCESSING
-        assert type(judge.module) is not type(d) and card[name]["test_accuracy"] > 0.85
+        assert type(judge.module) is not type(d)
         assert card[name]["seed"] != 0  # D's seed
+
+
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist, which made the demo
+
+
+def _fashion_mnist_test_set() -> tuple[np.ndarray, np.ndarray]:
+    """The 10,000 held-out images, padded 28 -> 32 px with black as the demo's input is, and labels."""
+    import gzip
+
+    def idx(name):
+        with gzip.open(os.path.join(FASHION_MNIST, name)) as f:
+            data = f.read()
+        dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(data[3])]
+        return np.frombuffer(data, np.uint8, offset=4 + 4 * data[3]).reshape(dims)
+
+    images = np.pad(idx("t10k-images-idx3-ubyte.gz"), ((0, 0), (2, 2), (2, 2)))[..., None]
+    return images, idx("t10k-labels-idx1-ubyte.gz").astype(np.int64)
+
+
+def test_card_accuracies_are_measured():
+    """D's and the judges' test accuracy, measured here on Fashion-MNIST's held-out test set, are what
+    the cards say. Inference only, deterministic but for float32 summation order (other BLAS threads):
+    0.0005 (5 of 10,000 images whose top two scores nearly tie) is allowed."""
+    import torch
+
+    if not os.path.isdir(FASHION_MNIST):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+    images, labels = _fashion_mnist_test_set()
+    assert len(labels) == 10_000
+    x = torch.from_numpy(demo.PREPROCESSING.to_model(images))
+    cards = {"demo": json.load(open(demo.path("training.json")))}
+    cards.update(json.load(open(demo.path("judges.json"))))
+    measured = {}
+    for name in ("demo", "resnet", "mlp"):
+        model = load_classifier(demo.NAME if name == "demo" else f"dgn_engine.exporter.demo_judges:{name}").module
+        with torch.no_grad():
+            found = torch.cat([model.eval()(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)]).numpy()
+        measured[name] = float((found == labels).mean())
+        assert measured[name] == pytest.approx(cards[name]["test_accuracy"], abs=5e-4), (name, measured)
+        assert measured[name] > 0.85
+    text = open(demo.path("MODEL_CARD.md")).read()
+    assert f"**{cards['demo']['test_accuracy']:.2%}**" in text
 
 
 def test_quality_table_on_the_demo(tmp_path, capsys):
