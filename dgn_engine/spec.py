@@ -423,6 +423,11 @@ def with_settings(base: RunSpec, targets=(), **settings) -> RunSpec:
     if "noise_sigma" in given:
         sigma = given["noise_sigma"]
         if sigma == "gaussian-dropout":
+            if noise.kind != "multiplicative":  # the kind is G's structure, fixed by the mode or the export
+                raise UsageError(
+                    f"{setting('noise_sigma', 'gaussian-dropout')} is GaussianDropout's multiplicative noise, and "
+                    f"{base.mode} mode's feature noise is {noise.kind}; give {setting('noise_sigma')} a number"
+                )
             sigma = GAUSSIAN_DROPOUT_SIGMA
         try:
             sigma = float(sigma)

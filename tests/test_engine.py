@@ -194,6 +194,12 @@ def test_noise_sigma_gaussian_dropout(tmp_path, artifacts):
     assert run("number", "--noise-sigma", repr(sigma)) == (noise, dropout)
 
 
+def test_gaussian_dropout_refused_where_the_noise_is_additive(tmp_path, artifacts, capsys):
+    argv = run_argv(artifacts["untrained"], tmp_path / "u", "--target", "class:1", "--noise-sigma", "gaussian-dropout")
+    err = error_line(capsys, argv)
+    assert "multiplicative" in err and "additive" in err and "--noise-sigma" in err
+
+
 def test_gallery_in_headless_chromium(tmp_path, artifacts):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
