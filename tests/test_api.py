@@ -114,6 +114,7 @@ def _cli_run(art, out, targets, *extra):
     return _cli_pngs(out, [parse_target(str(t)).id for t in targets])
 
 
+@pytest.mark.slow  # an export of its own (the quick tier keeps under 5 minutes)
 def test_export_makes_the_artifacts_that_synthesize_and_run_use(tmp_path, cache):
     """dgn.export's folder, run by dgn.synthesize and by the CLI: the images of synthesize on the module
     itself, PNG for PNG (the same graphs: an export is deterministic, test_export.py)."""
@@ -131,6 +132,7 @@ def test_export_makes_the_artifacts_that_synthesize_and_run_use(tmp_path, cache)
     assert from_folder[0].record["provenance"] == run["provenance"]
 
 
+@pytest.mark.slow
 def test_synthesize_pretrained_with_a_decoder(tmp_path, cache, artifacts, decoder_file):
     """decoder= : the pretrained mode's export of the module and that decoder, which the CLI's export of
     the same files made too (conftest's artifacts): the same images, PNG for PNG."""
@@ -141,6 +143,7 @@ def test_synthesize_pretrained_with_a_decoder(tmp_path, cache, artifacts, decode
         np.testing.assert_array_equal(r.array, png)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["factory", "torchscript", "onnx"])
 def test_synthesize_on_a_factory_or_a_file(tmp_path, cache, form):
     """ "module:factory", a traced TorchScript archive and an ONNX file of the same net: the images of the

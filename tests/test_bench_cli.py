@@ -1,6 +1,11 @@
 """dgn-engine bench end to end on small artifacts: its rows, the ratio against torch, the profile."""
 
 import json
+import os
+import subprocess
+import sys
+
+import pytest
 
 from dgn_engine.cli.main import main
 
@@ -17,3 +22,31 @@ def test_bench_rows_ratio_and_profile(artifacts, tmp_path, capsys):
     assert "Conv" in shares and 0 < sum(shares.values()) <= 1 + 1e-6
     assert "Conv " in capsys.readouterr().out  # the shares line under the row
     assert "profile" not in rows["torch"]
+
+
+@pytest.mark.slow
+def test_bench_torch_compile_row(artifacts, tmp_path):
+    """`--backends torch,torch-compile`: torch.compile's row runs the same step, timed, with its ratio."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--artifacts", artifacts["pretrained"].path, "--backends", "torch,torch-compile"]
+    assert main([*argv, "--device", "cpu", "--steps", "2", "--warmup", "1", "--json", str(out)]) == 0
+    rows = {r["backend"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"torch", "torch-compile"} and all("error" not in r for r in rows.values()), rows
+    compiled = rows["torch-compile"]
+    assert compiled["seconds_per_step"] > 0
+    assert compiled["vs_torch"] == rows["torch"]["seconds_per_step"] / compiled["seconds_per_step"]
+
+
+@pytest.mark.slow
+def test_faithfulness_bench(tmp_path):
+    """bench/faithfulness.py end to end, briefly: what it prints per image range is what its records say."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "faithfulness.py")
+    argv = [sys.executable, script, "--out", str(tmp_path), "--ranges", "bounded", "--steps", "10", "--seconds", "2"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(s for s in done.stdout.splitlines() if s.startswith("bounded"))
+    folder = tmp_path / "bounded" / "targets"
+    records = [json.loads((folder / f).read_text()) for f in sorted(os.listdir(folder)) if f.endswith(".json")]
+    assert len(records) == 10 and all((folder / f"{r['id']}.png").is_file() for r in records)
+    hits = sum(r["faithfulness"]["png"]["top1_is_target"] for r in records)
+    assert f"D top-1 on PNG {hits}/10," in line

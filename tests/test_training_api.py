@@ -365,3 +365,19 @@ def test_onnx_file_as_d_says_where_it_converts(tmp_path, capsys):
         ],
     )
     assert "onnxruntime-training environment" in err and "step-graph" in err and "TorchScript" in err
+
+
+@needs_training
+def test_synthesize_with_the_training_api(tmp_path, monkeypatch):
+    """The Python API's backend="training-api": its own export, and the step graph's images (the
+    comparison above, here over 3 untrained steps through dgn.synthesize)."""
+    import dgn_engine as dgn
+
+    monkeypatch.setenv("DGN_ENGINE_CACHE", str(tmp_path / "cache"))
+    settings = dict(mode="untrained", steps=3, seed=2, progress=False, transforms="none")
+    ours = dgn.synthesize("tests.small_models:tiny_rgb", ["class:4", "class:7"], backend="training-api", **settings)
+    graph = dgn.synthesize("tests.small_models:tiny_rgb", ["class:4", "class:7"], **settings)
+    assert [r.record["backend"] for r in ours] == ["training-api"] * 2
+    for a, b in zip(ours, graph):
+        # PNG bytes of images within 1e-4 of each other: at most one grey level apart
+        assert np.abs(a.array.astype(int) - b.array.astype(int)).max() <= 1

@@ -88,9 +88,9 @@ def merge_results(sources: list[str], into: Folder, warn=None) -> int:
                     )
                 if i == 0:  # already there
                     continue
-                # the PNG first: a JSON never points at a missing image
+                # the PNG first: a JSON never points at a missing image; fields the run left out stay out
                 targets.write(rec.id + ".png", png)
-                targets.write_json(rec.id + ".json", rec.model_dump(by_alias=True))
+                targets.write_json(rec.id + ".json", rec.model_dump(by_alias=True, exclude_unset=True))
                 copied += 1
     return copied
 
