@@ -10,7 +10,7 @@ import numpy as np
 
 from ..rng import NoiseStreams, TransformStreams
 from ..spec import RunSpec
-from ..targets import PROBABILITY, Target, objective_weights, weighted_activation
+from ..targets import Target, objective_weights, weighted_activation
 from .backends.protocol import Backend
 from .outputs import median_image
 
@@ -100,7 +100,6 @@ def best_snapshot(backend: Backend, target: Target, spec: RunSpec, candidates: l
     first of equals). Each is scored as its PNG's pixels, so the image written is the image chosen."""
     pp = backend.preprocessing
     candidates = [pp.to_model(pp.to_pixels(c)) for c in candidates]
-    acts = {n: a for n, a in backend.classify(np.stack(candidates)).items() if n != PROBABILITY}
-    weights, _ = objective_weights([target], {n: a.shape[1:] for n, a in acts.items()}, spec.lam)
-    scores = weighted_activation(weights, acts)
+    weights, _ = objective_weights([target], backend.layout, spec.lam)
+    scores = weighted_activation(weights, backend.classify(np.stack(candidates)))
     return candidates[int(np.argmax(scores))]

@@ -82,9 +82,10 @@ def _per_target(tensors: dict) -> np.ndarray:
     return np.sqrt(sum((v.reshape(len(v), -1) ** 2).sum(1) for v in tensors.values()))
 
 
-def gradient_directions(grad: dict, rng) -> list[tuple[dict, np.ndarray]]:
-    """The directions each target's gradient g is checked along, each with the scale its error is
-    measured against (per target, times |d|):
+def gradient_directions(grad: dict, rng):
+    """The directions each target's gradient g is checked along, one at a time ({tensor: its part of the
+    direction}, tensors left out being 0), each with the scale its error is measured against (per
+    target, times |d|):
     - g itself, against |g|: a scale error;
     - g's part in each tensor, or in each quarter of a tensor holding a tenth of |g| or more, against
       that part's norm where it is a quarter of |g| or more (else |g|): a layer's gradient transposed,
@@ -97,8 +98,7 @@ def gradient_directions(grad: dict, rng) -> list[tuple[dict, np.ndarray]]:
     norm at the best of the step lengths (MACO), and an error spread evenly over N entries shows
     along any direction by about 1/sqrt(N) of it, or by its square along g."""
     g = _per_target(grad)
-    zero = {n: np.zeros_like(u) for n, u in grad.items()}
-    directions = [(grad, g)]
+    yield grad, g
     for name, v in grad.items():
         flat = v.reshape(len(v), -1)
         pieces = 4 if (_per_target({name: v}) >= 0.1 * g).any() and flat.shape[1] >= 4 else 1
@@ -106,15 +106,14 @@ def gradient_directions(grad: dict, rng) -> list[tuple[dict, np.ndarray]]:
             part = np.zeros_like(flat)
             part[:, piece] = flat[:, piece]
             norm = np.sqrt((part**2).sum(1))
-            directions.append(({**zero, name: part.reshape(v.shape)}, np.where(norm >= 0.25 * g, norm, g)))
-        directions.append(({**zero, name: rng.standard_normal(v.shape)}, g * max(flat.shape[1] ** -0.5, 0.5)))
-    return directions
+            yield {name: part.reshape(v.shape)}, np.where(norm >= 0.25 * g, norm, g)
+        yield {name: rng.standard_normal(v.shape)}, g * max(flat.shape[1] ** -0.5, 0.5)
 
 
 def directional_error(graph_loss, params: dict, grad: dict, d: dict, scale: np.ndarray) -> float:
     """The worst target's |finite difference of its own loss - g . d| / (scale |d|) along d (a target's
-    trainables move only its own loss). Of two step lengths the better is kept: a wrong gradient is
-    wrong at both, a right one exact at one of them (the float32 loss's rounding, divided by the step,
+    trainables move only its own loss). Of the step lengths the best is kept: a wrong gradient is
+    wrong at all of them, a right one exact at one of them (the float32 loss's rounding, divided by the step,
     dominates short steps on small gradients; the kinks of ReLUs and of the soft clip's knees long
     steps on steep directions)."""
     d_norm = _per_target(d)
@@ -124,7 +123,10 @@ def directional_error(graph_loss, params: dict, grad: dict, d: dict, scale: np.n
         h = (length / np.maximum(d_norm, 1e-30))[:, None]
 
         def moved(sign, h=h):
-            return {n: p + sign * (h * d[n].reshape(len(p), -1)).reshape(p.shape) for n, p in params.items()}
+            return {
+                n: p + sign * (h * d[n].reshape(len(p), -1)).reshape(p.shape) if n in d else p
+                for n, p in params.items()
+            }
 
         numeric = (graph_loss(moved(1)) - graph_loss(moved(-1))) / (2 * h[:, 0])
         best = np.minimum(best, np.abs(numeric - analytic) / np.maximum(scale * d_norm, 1e-30))
@@ -153,8 +155,11 @@ def selfcheck(art, device: str = "cpu", log=print, backend: str = "step-graph") 
         n: (-after[f"v.{n}"] / o.lr if o.name == "nesterov" else after[f"m.{n}"] / (1 - o.beta1)).astype(np.float64)
         for n in graph_loss.trainables
     }
-    checked = gradient_directions(grad, np.random.default_rng(0))
-    grad_err = max(directional_error(graph_loss, params, grad, d, scale) for d, scale in checked)
+    errors = [
+        directional_error(graph_loss, params, grad, d, s)
+        for d, s in gradient_directions(grad, np.random.default_rng(0))
+    ]
+    grad_err = max(errors)
     ok = image_err <= IMAGE_TOL and loss_err <= LOSS_TOL and grad_err <= GRADIENT_TOL
     log(
         f"{backend.name} backend against the artifacts' own G and D graphs "
@@ -162,7 +167,7 @@ def selfcheck(art, device: str = "cpu", log=print, backend: str = "step-graph") 
     )
     log(
         f"  image {image_err:.2e} (tolerance {IMAGE_TOL:.0e})  loss {loss_err:.2e} (tolerance {LOSS_TOL:.0e})  "
-        f"gradient along {len(checked)} directions per target {grad_err:.2e} (tolerance {GRADIENT_TOL:.0e})  "
+        f"gradient along {len(errors)} directions per target {grad_err:.2e} (tolerance {GRADIENT_TOL:.0e})  "
         f"{'ok' if ok else 'FAILED'}"
     )
     return ok

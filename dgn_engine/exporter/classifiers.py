@@ -64,14 +64,17 @@ class Classifier:
             rng = torch.Generator().manual_seed(0)
             probes = [torch.randn(1, pp.channels, pp.image_size, pp.image_size, generator=rng) for _ in range(2)]
             probes = [p.to(self.dtype) for p in probes]
+            found, unfound_probability = None, False
             try:
-                with torch.no_grad():
-                    outs = [self.module(p) for p in probes]
-                found = None if isinstance(self.module, torch.jit.ScriptModule) else find_final(self.module, probes[0])
+                if not isinstance(self.module, torch.jit.ScriptModule):
+                    found = find_final(self.module, probes[0])
+                if found is None and not self.keep_softmax:  # the warning's case: only then look at the output
+                    with torch.no_grad():
+                        unfound_probability = all(_probability_like(self.module(p)) for p in probes)
             except Exception:  # a wrong input format, reported as such by layout()
-                found, outs = None, []
+                pass
             self._final = (found,)
-            if found is None and not self.keep_softmax and outs and all(_probability_like(o) for o in outs):
+            if unfound_probability:
                 warn_unfound(self.name)
         return self._final[0]
 

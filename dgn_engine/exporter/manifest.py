@@ -169,7 +169,7 @@ def _write(coupled, spec, sources, k, out, backends, models, io, files, started)
             "preprocessing": clf.preprocessing.to_json(),
             "num_classes": layout[OUTPUT][0],
             "labels": clf.labels,
-            **({"scores": clf.scores_record()} if clf.scores_record() else {}),
+            **({"scores": scores} if (scores := clf.scores_record()) else {}),
             "taps": coupled.taps,
             "layout": {n: list(s) for n, s in layout.items()},
             "trainable_per_target": sum(math.prod(s) for s in trainable_shapes(coupled.mode, coupled.plan).values()),
