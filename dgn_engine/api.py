@@ -8,7 +8,7 @@
 weights=, "demo", "module:factory") or an artifacts folder. With the step-graph backend it exports G + D
 once into a cache keyed by the digests of D's and G's tensors and the settings the graph fixes, so the
 next call on the same model starts at once. `Engine` runs an artifacts folder and needs no torch.
-The CLI builds on the same pieces (spec.with_settings, the job, the results folder).
+Every call here, and every `dgn-engine run` and `export`, is a session.Request on one road (session.py).
 
 Every public function here checks its arguments before any work (arguments.checked: pydantic's
 validate_call over the types of arguments.py): a bad one raises arguments.ArgumentError, a UsageError
@@ -19,15 +19,12 @@ naming the call, the argument, its value and what is expected, e.g.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from dataclasses import replace
 from typing import Any
 
 from typing_extensions import Unpack
 
+from . import demo, session
 from .arguments import (
-    ArgumentError,
     ArtifactsFolder,
     Backend,
     Batch,
@@ -44,8 +41,6 @@ from .arguments import (
     GWidth,
     ImageSize,
     Labels,
-    Layers,
-    Log,
     Mean,
     MethodSettings,
     Mode,
@@ -56,7 +51,6 @@ from .arguments import (
     Results,
     RunSettings,
     Seed,
-    Shard,
     Spec,
     Std,
     Steps,
@@ -66,132 +60,24 @@ from .arguments import (
     Tile,
     Weights,
     Workers,
-    check_out,
     checked,
-    folder_problem,
-    refuse,
 )
 from .errors import UsageError
-from .results import Result, load_results
-from .spec import default_spec, with_settings
-from .targets import OUTPUT, Target, as_target, check_target
+from .results import Result
+from .session import ClassifierChoice, Execution, GeneratorChoice, Request, check_together
+from .spec import default_spec
+from .targets import Target, as_target
 
 
-def _targets(targets) -> list[Target]:
+def _targets(targets) -> tuple[Target, ...]:
     if isinstance(targets, (str, Target)):
         targets = [targets]
-    found = list(dict.fromkeys(as_target(t) for t in targets))
-    if not found:
-        raise UsageError("no targets: give e.g. 'class:3', dgn.Class(3) or dgn.all_classes(10)")
-    return found
+    return tuple(dict.fromkeys(as_target(t) for t in targets))
 
 
-def _quiet(*_):
-    pass
-
-
-def _run(
-    runner,
-    spec,
-    targets: list[Target],
-    out,
-    *,
-    batch: int,
-    labels,
-    display: str,
-    force: bool,
-    progress: bool,
-    layers: list[str],
-) -> list[Result]:
-    """The results job over `runner` (or a backend), into `out` (a temporary folder when None), read back."""
-    folder = out if out is not None else tempfile.mkdtemp(prefix="dgn-engine-")
-    try:
-        done = run_job(
-            runner,
-            spec,
-            targets,
-            str(folder),
-            batch=batch,
-            labels=labels,
-            display=display,
-            force=force,
-            progress=progress,
-            layers=layers,
-        )
-        if out is not None and progress and done.get("gallery"):  # a temporary folder's page is gone on return
-            print(f"gallery: {done['gallery']}")
-        return load_results(str(folder), targets, keep_paths=out is not None)
-    finally:
-        if out is None:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-@checked
-def run_job(
-    runner: Any,
-    spec: Spec,
-    targets: Targets,
-    out: Path,
-    *,
-    batch: Batch,
-    labels: Labels | None,
-    display: Display | None,
-    force: Flag,
-    progress: Flag,
-    layers: Layers,
-    log: Log | None = None,
-    shard: Shard | None = None,
-) -> dict:
-    """Check the targets and labels against D, then the resumable job writing `out`: what `dgn-engine run`
-    and the functions above share once they hold a runner (engine.runners: here, or Ray) or a backend.
-    Returns the job's counts and, where it (re)built the gallery, the path of its index.html."""
-    from .engine.jobs import Job, JobOptions
-    from .engine.runners import LocalRunner
-
-    if not hasattr(runner, "results"):
-        runner = LocalRunner(runner)
-    for t in targets:
-        check_target(t, runner.layout, layers)
-    if labels is not None and len(labels) != runner.layout[OUTPUT][0]:
-        raise ArgumentError(f"labels: {len(labels)} names for a classifier of {runner.layout[OUTPUT][0]} classes")
-    options = JobOptions(
-        batch=batch,
-        display=display,
-        force=force,
-        labels=list(labels) if labels else None,
-        progress=progress,
-        shard=shard,
-    )
-    return Job(runner, spec, out, options).run(log=log or (print if progress else _quiet))
-
-
-@checked
-def ray_runner(
-    art: Any,
-    backend: EngineBackend,
-    ray: Ray,
-    workers: Workers | None = None,
-    device: Device = "auto",
-    threads: Threads | None = None,
-    precision: EnginePrecision = "float32",
-    **kw: Any,
-):
-    """A RayRunner (imports Ray). ray: True or "local" (a local Ray, or the one ray.init() started),
-    "auto", "ray://HOST:PORT" or "HOST:PORT" (a cluster)."""
-    from .engine.ray_runner import RayRunner
-
-    address = None if ray is True or ray == "local" else ray
-    return RayRunner(art, backend, address, workers, device, threads, precision, **kw)
-
-
-def _run_artifacts(art, backend: str, spec, found, out, *, ray, workers, device, threads, precision, local, **job):
-    """_run over an artifacts folder: on Ray workers when `ray`, else on the backend `local()` makes."""
-    if ray is None:
-        return _run(local(), spec, found, out, batch=art.batch, **job)
-    log = print if job["progress"] else _quiet
-    most = -(-len(found) // art.batch)
-    with ray_runner(art, backend, ray, workers, device, threads, precision, most=most, log=log) as runner:
-        return _run(runner, spec, found, out, batch=art.batch, **job)
+def _given(settings: dict, **more) -> dict:
+    """The settings given (None: the default)."""
+    return {k: v for k, v in {**settings, **more}.items() if v is not None}
 
 
 class Engine:
@@ -228,7 +114,7 @@ class Engine:
     ):
         from .artifacts import Artifacts, load_artifacts
 
-        _check_together("Engine", {"ray": ray, "workers": workers})
+        check_together(Request(execution=Execution(ray=ray, workers=workers), caller="Engine"))
 
         self.artifacts = artifacts if isinstance(artifacts, Artifacts) else load_artifacts(os.fspath(artifacts))
         self.backend_name = backend or self.artifacts.backends[0]
@@ -281,196 +167,27 @@ class Engine:
         Example:
             >>> results = dgn.Engine("art").run(["class:3", "channel:features.28:17"], steps=200)
         """
-        check_out("Engine.run", out)
-        found = _targets(targets)
-        spec = with_settings(self.artifacts.spec, [t.text for t in found], **settings)
-        self.artifacts.check_spec(spec)
-        for t in found:
-            self.artifacts.require_taps(t)
-        taps = self.artifacts.manifest["taps"]
-        return _run_artifacts(
-            self.artifacts,
-            self.backend_name,
-            spec,
-            found,
-            out,
-            ray=self.ray,
-            workers=self.workers,
-            device=self.device,
-            threads=self.threads,
-            precision=self.precision,
-            local=lambda: self.backend,
-            labels=labels,
-            display=display,
-            force=force,
-            progress=progress,
-            layers=taps,
-        )
-
-
-def _classifier(call, model, weights, image_size, channels, mean, std, labels, seed, keep_softmax=False):
-    """D from `model` in any of its forms, refused (naming `model`) where the search cannot run through it:
-    tensors on the meta device, or an output with no gradient with respect to the image."""
-    from .exporter.classifiers import classifier_from_module, gradient_problem, load_classifier, module_problem
-
-    if isinstance(model, (str, os.PathLike)):
-        clf = load_classifier(
-            os.fspath(model),
-            weights,
-            image_size=image_size,
-            channels=channels,
-            mean=mean,
-            std=std,
-            seed=seed,
-            keep_softmax=keep_softmax,
-        )
-        if labels is not None:
-            clf.labels = list(labels)
-    else:
-        problem = module_problem(model)
-        if problem:
-            refuse(call, "model", model, problem)
-        clf = classifier_from_module(
-            model,
-            image_size=image_size,
-            channels=channels,
-            mean=mean,
-            std=std,
-            labels=list(labels) if labels else None,
-            keep_softmax=keep_softmax,
-        )
-    problem = gradient_problem(clf)
-    if problem:
-        refuse(call, "model", model, problem)
-    return clf
-
-
-def _check_together(call: str, given: dict) -> None:
-    """Checks between arguments, before any work: what one argument makes of another."""
-    mode, backend = given.get("mode"), given.get("backend")
-    if given.get("weights") is not None and not isinstance(given.get("model"), (str, os.PathLike)):
-        refuse(
-            call,
-            "weights",
-            given["weights"],
-            "weights are for a classifier given by name; load them into the module yourself",
-        )
-    if given.get("precision") == "float64" and backend not in (None, "torch"):
-        refuse(
-            call,
-            "precision",
-            "float64",
-            f"float64 runs on backend='torch' only; backend={backend!r} runs 'float32' or 'tf32'",
-        )
-    if given.get("ray") is not None and backend == "torch":
-        refuse(
-            call,
-            "ray",
-            given["ray"],
-            "Ray runs exported graphs on its workers; use backend='step-graph' (the default)",
-        )
-    if given.get("workers") is not None and given.get("ray") is None:
-        refuse(call, "workers", given["workers"], "sets how many Ray workers run the batches; give ray= too")
-    if given.get("decoder") is not None and mode != "pretrained":
-        refuse(
-            call, "decoder", given["decoder"], "the decoder is the pretrained G; use mode='pretrained' or leave it out"
-        )
-    if given.get("g_width") is not None and mode != "untrained":
-        why = "the decoder fixes G's widths" if mode == "pretrained" else f"{mode} mode has no G"
-        refuse(call, "g_width", given["g_width"], f"it scales the untrained G; {why}")
-    if given.get("spectrum") is not None and mode != "maco":
-        refuse(
-            call,
-            "spectrum",
-            given["spectrum"],
-            "the spectrum is maco mode's Fourier magnitude; use mode='maco' or leave it out",
-        )
-    mean, std, channels = given.get("mean"), given.get("std"), given.get("channels")
-    if mean is not None and std is not None and len(mean) != len(std):
-        refuse(call, "std", std, f"{len(std)} values where mean= has {len(mean)}; give one per channel")
-    n = None if channels is None else (1 if channels == "L" else 3)
-    for name in ("mean", "std"):
-        values = given.get(name)
-        if n is not None and values is not None and len(values) != n:
-            refuse(call, name, values, f"{len(values)} values for channels={channels!r}; expected {n}")
-
-
-def _check_cache(call: str) -> None:
-    """The export cache is a folder (or can become one) where a file is not in the way: one line now,
-    not a NotADirectoryError later. Whether it is writable is asked only when an export must be written
-    (a read-only cache that holds the export serves it)."""
-    from . import demo
-
-    exports = os.path.join(demo.cache_dir(), "exports")
-    problem = folder_problem(exports, writable=False)
-    if problem:
-        raise UsageError(f"{call}: the export cache {exports!r} {problem}; set DGN_ENGINE_CACHE to a writable folder")
+        ex = Execution(
+            self.backend_name, (), self.device, None, self.precision, self.threads, self.ray, self.workers, None,
+            _path(out), force, display, progress,
+        )  # fmt: skip
+        d = ClassifierChoice(self.artifacts, labels=tuple(labels) if labels is not None else None)
+        request = Request(d, method=_given(settings), execution=ex, targets=_targets(targets), caller="Engine.run")
+        return session.results(request, started=None if self.ray is not None else self.backend)
 
 
 @checked
 def mode_spec(clf: ClassifierArg, mode: Mode):
     """A mode's defaults for this classifier: the paper's, or the embedded demo's own (as `run` has them)."""
-    from . import demo
 
     return demo.spec(mode) if clf.name == demo.NAME else default_spec(mode, clf.preprocessing.image_size)
-
-
-def _is_artifacts(model) -> bool:
-    from .artifacts import MANIFEST
-
-    return isinstance(model, (str, os.PathLike)) and os.path.isfile(os.path.join(os.fspath(model), MANIFEST))
 
 
 @checked
 def export_key(coupled: Any, spec: Spec, batch: Batch, backends: EngineBackends) -> str:
     """What a cached export depends on: what D computes (its traced graph), D's and G's tensors and every
     structural choice."""
-    from ._version import __version__
-    from .artifacts import FORMAT_VERSION
-    from .digests import sha256_json
-    from .engine.backends.torch_reference import made_of
-
-    return sha256_json(
-        {
-            "made_of": made_of(coupled),
-            "batch": batch,
-            "backends": sorted(backends),
-            "structure": spec.structure(),
-            "format": FORMAT_VERSION,
-            "dgn_engine": __version__,
-        }
-    )[:24]
-
-
-def _cached_export(coupled, spec, sources, batch: int, backends, progress: bool):
-    """The artifacts of this G + D, exported once into the cache and reused while they are whole."""
-    from . import demo
-    from .artifacts import load_artifacts
-    from .exporter.manifest import export_artifacts
-
-    folder = os.path.join(demo.cache_dir(), "exports", export_key(coupled, spec, batch, backends))
-    if os.path.isdir(folder):
-        try:
-            art = load_artifacts(folder)
-            art.check_files()
-            return art
-        except UsageError:
-            pass  # damaged or half-written: made again
-    problem = folder_problem(os.path.dirname(folder))
-    if problem is None:
-        try:
-            os.makedirs(os.path.dirname(folder), exist_ok=True)
-        except OSError as e:
-            problem = f"cannot be created ({e.strerror or e})"
-    if problem:
-        raise UsageError(
-            f"the export cache {os.path.dirname(folder)!r} {problem}; set DGN_ENGINE_CACHE to a writable folder"
-        )
-    if progress:  # tracing says nothing for its seconds: say what is happening and that it happens once
-        print(f"exporting this classifier's {coupled.mode} mode to ONNX, once (the next calls reuse it): {folder}")
-    return export_artifacts(
-        coupled, spec, sources, batch, folder, force=True, log=print if progress else _quiet, backends=backends
-    )
+    return session.export_key(coupled, spec, batch, backends)
 
 
 @checked
@@ -478,7 +195,7 @@ def synthesize(
     model: Model,
     targets: Targets,
     *,
-    mode: Mode = "untrained",
+    mode: Mode | None = None,
     steps: Steps | None = None,
     image_size: ImageSize | None = None,
     channels: Channels | None = None,
@@ -490,7 +207,7 @@ def synthesize(
     g_width: GWidth | None = None,
     spectrum: Path | None = None,
     device: Device = "auto",
-    backend: Backend = "step-graph",
+    backend: Backend | None = None,
     batch: Batch | None = None,
     seed: Seed = 0,
     out: Path | None = None,
@@ -512,7 +229,8 @@ def synthesize(
             (which then fixes D, G and the input format).
         targets: one target or a list: text (``"class:3"``, ``"0.5*class:9+class:339"``,
             ``"channel:layer3:17"``) or objects (``dgn.Class(3) + 0.5 * dgn.Channel("layer3", 17)``).
-        mode: ``"untrained"`` (all of G optimised, no decoder needed), ``"pretrained"`` (only the
+        mode: (default: the artifacts' mode; ``"pretrained"`` for the demo, which ships its decoder;
+            else ``"untrained"``) ``"untrained"`` (all of G optimised, no decoder needed), ``"pretrained"`` (only the
             features of a trained decoder, ``decoder=FILE`` made by ``dgn-engine train-decoder``),
             ``"pixel"`` (no G: the classic baseline, a Fourier-parameterised image) or ``"maco"`` (no G:
             only the phase of an image whose Fourier magnitude is fixed, that of the photos in
@@ -525,9 +243,11 @@ def synthesize(
         decoder, g_width, spectrum: G's decoder file (pretrained), width scale (untrained), photo
             folder (maco).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        backend: ``"step-graph"`` (the exported graph in onnxruntime, exported once per model into the
-            cache), ``"training-api"`` or ``"torch"`` (the eager reference).
-        batch: targets optimised together (default: up to 8, in equal batches).
+        backend: ``"step-graph"`` (the default: the exported graph in onnxruntime, exported once per model
+            into the cache; an artifacts folder's first backend), ``"training-api"`` or ``"torch"`` (the eager
+            reference; for an artifacts folder, of the files its manifest names).
+        batch: targets optimised together (default: up to 8, in equal batches; the demo's 5; an
+            artifacts folder's own; 1 on ``backend="torch"``).
         seed: seeds G's start and the noise: the same seed gives the same images.
         out: a results folder to keep (resumable: finished targets are not recomputed); None uses a
             temporary one.
@@ -563,98 +283,17 @@ def synthesize(
         >>> results[0].top5[0]          # D's top-1 on the written PNG: (class, name, score)
         >>> dgn.grid(results)           # a labelled contact sheet (Jupyter shows it)
     """
-    given = dict(locals(), **settings)
-    _check_together("synthesize", given)
-    check_out("synthesize", out)
-    found = _targets(targets)
-    texts = [t.text for t in found]
-    if _is_artifacts(model):
-        if backend == "torch":
-            raise ArgumentError(
-                "synthesize(backend='torch'): an artifacts folder runs on its exported graphs; for the torch "
-                "reference pass the classifier itself"
-            )
-        fixed = ("image_size", "channels", "mean", "std", "weights", "decoder", "g_width", "spectrum", "batch")
-        for name in fixed:
-            if given[name] is not None:
-                refuse("synthesize", name, given[name], "the artifacts folder fixes it; leave it out (or export again)")
-        if keep_softmax:
-            refuse("synthesize", "keep_softmax", True, "the artifacts folder fixes D's output; export again with it")
-        engine = Engine(
-            model,
-            device=device,
-            backend=None if backend == "step-graph" else backend,
-            precision=precision,
-            ray=ray,
-            workers=workers,
-        )
-        return engine.run(
-            found,
-            out,
-            labels=labels,
-            display=display or "model",
-            force=force,
-            progress=progress,
-            steps=steps,
-            seed=seed,
-            **settings,
-        )
-    if backend != "torch":
-        _check_cache("synthesize")
-    from .exporter.coupled import couple
-
-    clf = _classifier("synthesize", model, weights, image_size, channels, mean, std, labels, seed, keep_softmax)
-    from . import demo
-
-    display = display or (demo.DISPLAY if clf.name == demo.NAME else "model")
-    spec = with_settings(mode_spec(clf, mode), texts, steps=steps, seed=seed, **settings)
-    taps = sorted({layer for t in found for layer in t.layers})
-    coupled = couple(clf, spec, taps, decoder, g_width, spectrum)
-    layers = coupled.classifier.layer_names()
-    for t in found:  # before any export
-        check_target(t, coupled.layout, layers)
-    if backend == "torch":
-        from .engine.backends.torch_reference import TorchBackend
-
-        engine_backend = TorchBackend(coupled, precision, device)
-        k = batch or 1
-    else:
-        from .engine.backends import engine_backend as make_backend
-
-        k = batch or -(-len(found) // -(-len(found) // 8))  # at most 8, in batches of equal size
-        sources = _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed, spectrum)
-        sources = replace(sources, keep_softmax=keep_softmax)
-        art = _cached_export(coupled, spec, sources, k, [backend], progress)
-        return _run_artifacts(
-            art,
-            backend,
-            spec,
-            found,
-            out,
-            ray=ray,
-            workers=workers,
-            device=device,
-            threads=None,
-            precision=precision,
-            local=lambda: make_backend(backend, art, device, precision=precision),
-            labels=labels,
-            display=display,
-            force=force,
-            progress=progress,
-            layers=taps,
-        )
-    return _run(
-        engine_backend,
-        spec,
-        found,
-        out,
-        batch=k,
-        labels=labels,
-        display=display,
-        force=force,
-        progress=progress,
-        layers=layers,
+    request = Request(
+        ClassifierChoice(model, weights, image_size, channels, mean, std, _labels(labels), keep_softmax),
+        GeneratorChoice(mode, decoder, g_width, spectrum),
+        _given(settings, steps=steps, seed=seed),
+        Execution(
+            backend, (), device, batch, precision, None, ray, workers, None, _path(out), force, display, progress
+        ),
+        _targets(targets),
+        caller="synthesize",
     )
+    return session.results(request)
 
 
 @checked
@@ -662,7 +301,7 @@ def export(
     model: Model,
     out: Path,
     *,
-    mode: Mode = "untrained",
+    mode: Mode | None = None,
     taps: Taps = (),
     batch: Batch = 1,
     backends: EngineBackends = ("step-graph",),
@@ -712,34 +351,24 @@ def export(
         >>> dgn.export(my_resnet, "art", taps=["layer3"], batch=8, image_size=224)
         >>> dgn.Engine("art").run("channel:layer3:17")
     """
-    from .exporter.coupled import couple
-    from .exporter.manifest import export_artifacts
-
-    _check_together("export", dict(locals(), **settings))
-    check_out("export", out)
-    clf = _classifier("export", model, weights, image_size, channels, mean, std, labels, seed, keep_softmax)
-    spec = with_settings(mode_spec(clf, mode), (), seed=seed, **settings)
-    coupled = couple(clf, spec, list(taps), decoder, g_width, spectrum)
-    sources = _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed, spectrum)
-    sources = replace(sources, keep_softmax=keep_softmax)
-    return export_artifacts(
-        coupled,
-        spec,
-        sources,
-        batch,
-        os.fspath(out),
-        force=force,
-        log=print if progress else _quiet,
-        backends=list(backends),
+    request = Request(
+        ClassifierChoice(model, weights, image_size, channels, mean, std, _labels(labels), keep_softmax),
+        GeneratorChoice(mode, decoder, g_width, spectrum),
+        _given(settings, seed=seed),
+        Execution(backends=tuple(backends), batch=batch, out=os.fspath(out), force=force, progress=progress),
+        targets=(),
+        taps=tuple(taps),
+        caller="export",
     )
+    return session.export(request)
 
 
-def _sources(model, clf, mode, weights, image_size, channels, mean, std, decoder, g_width, seed, spectrum=None):
-    """What the export records it was made from (absolute paths), for `model` in any of its forms."""
-    from .exporter.coupled import Sources
+def _labels(labels) -> tuple[str, ...] | None:
+    return tuple(labels) if labels is not None else None
 
-    name = clf.name if not isinstance(model, (str, os.PathLike)) else os.fspath(model)
-    return Sources(mode, name, weights, image_size, channels, mean, std, decoder, g_width, seed, spectrum).absolute()
+
+def _path(out) -> str | None:
+    return os.fspath(out) if out is not None else None
 
 
 @checked

@@ -147,11 +147,11 @@ def test_numbers_from_numpy_and_torch_scalars_are_numbers(empty_cache):
             lr=np.float32(0.01),
             lam=torch.tensor(0.01),
             mean=np.array([0.5, 0.5, 0.5]),
-            decoder="nowhere.pt",  # in untrained mode: the check between arguments refuses it
+            spectrum="photos",  # in untrained mode: the check between arguments refuses it
             **QUICK,
         ),
-        "decoder",
-        match="use mode='pretrained'",
+        "spectrum",
+        match="use mode='maco'",
     )
 
 
@@ -159,12 +159,12 @@ def test_checks_between_arguments(empty_cache):
     model = tiny_rgb()
     cases = [
         (dict(precision="float64"), "precision", "backend='torch' only"),
-        (dict(workers=2), "workers", "give ray= too"),
+        (dict(workers=2), "workers", "give ray=True too"),
         (dict(ray=True, backend="torch"), "ray", "runs exported graphs"),
-        (dict(decoder="d.pt"), "decoder", "mode='pretrained'"),
+        (dict(mode="untrained", decoder="d.pt"), "decoder", "mode='pretrained'"),
         (dict(mode="pixel", g_width=0.5), "g_width", "pixel mode has no G"),
         (dict(spectrum="photos"), "spectrum", "mode='maco'"),
-        (dict(mean=(0.5,), std=(0.2, 0.2, 0.2)), "std", "mean= has 1"),
+        (dict(mean=(0.5,), std=(0.2, 0.2, 0.2)), "std", "where mean has 1"),
         (dict(channels="L", mean=(0.5, 0.5, 0.5)), "mean", "expected 1"),
         (dict(weights="w.pth"), "weights", "load them into the module yourself"),
     ]
@@ -212,7 +212,7 @@ def test_engine_arguments(tmp_path):
     _refused(lambda: dgn.Engine(42), "artifacts", match="an artifacts folder")
     _refused(lambda: dgn.Engine(art, precision="float64"), "precision", match="'float32', 'tf32'")
     _refused(lambda: dgn.Engine(art, backend="torch"), "backend")
-    _refused(lambda: dgn.Engine(art, workers=2), "workers", match="give ray= too")
+    _refused(lambda: dgn.Engine(art, workers=2), "workers", match="give ray=True too")
     _refused(lambda: dgn.Engine(art, ray=0), "ray")
     engine = dgn.Engine(art, device="cpu")
     out = tmp_path / "out"
@@ -227,10 +227,25 @@ def test_engine_arguments(tmp_path):
 
 def test_an_artifacts_folder_fixes_the_input_format(tmp_path):
     art = demo.shipped_artifacts("untrained")
-    _refused(lambda: dgn.synthesize(art, "class:1", image_size=32, **QUICK), "image_size", match="fixes it")
-    _refused(lambda: dgn.synthesize(art, "class:1", batch=2, **QUICK), "batch", match="fixes it")
-    with pytest.raises(ArgumentError, match="backend='torch'"):
-        dgn.synthesize(art, "class:1", backend="torch", **QUICK)
+    _refused(lambda: dgn.synthesize(art, "class:1", image_size=64, **QUICK), "image_size", match="fix image_size")
+    dgn.synthesize(art, "class:1", image_size=32, **QUICK)  # what agrees with the artifacts is taken
+    _refused(lambda: dgn.synthesize(art, "class:1", batch=2, **QUICK), "batch", match="run batches of 5")
+    _refused(
+        lambda: dgn.synthesize(art, "class:1", mode="pretrained", **QUICK),
+        "mode",
+        match="are for mode='untrained', not pretrained",
+    )
+
+
+def test_an_artifacts_folder_on_the_torch_reference_is_its_sources(tmp_path):
+    """backend='torch' on an artifacts folder runs the eager reference of the files its manifest names:
+    the same images as the step graph, to float32 rounding (verify's own check of these graphs)."""
+    art = demo.shipped_artifacts("untrained")
+    [graph] = dgn.synthesize(art, "class:1", **QUICK)
+    [eager] = dgn.synthesize(art, "class:1", backend="torch", **QUICK)
+    assert eager.record["provenance"]["backend"] == "torch" and graph.record["provenance"]["backend"] == "step-graph"
+    # a PNG is 8 bits: float32 rounding moves a pixel across a level now and then, never by more than one
+    assert np.abs(eager.array.astype(int) - graph.array.astype(int)).max() <= 1
 
 
 def test_grid_arguments():
@@ -242,17 +257,10 @@ def test_grid_arguments():
 
 
 def test_public_helpers_are_checked_too():
-    from dgn_engine.api import export_key, mode_spec, ray_runner, run_job
+    from dgn_engine.api import export_key, mode_spec
 
     _refused(lambda: mode_spec(object(), "untrained"), "clf")
     _refused(lambda: export_key(None, "spec", 1, ["step-graph"]), "spec", match="RunSpec")
-    _refused(lambda: ray_runner(None, "torch", True), "backend")
-    _refused(
-        lambda: run_job(
-            None, None, ["class:1"], "o", batch=1, labels=None, display=None, force=False, progress=False, layers=[]
-        ),
-        "spec",
-    )
 
 
 def test_one_error_type_for_the_api_and_the_cli():

@@ -18,12 +18,10 @@ from ..spec import (
     MODES,
     NOISE_SCHEDULES,
     OPTIMIZERS,
-    PIXEL_MODES,
     REGULARIZERS,
     SNAPSHOT_PICKS,
     TRANSFORM_PRESETS,
     default_spec,
-    with_settings,
 )
 
 
@@ -113,7 +111,7 @@ def add_classifier_options(p: argparse.ArgumentParser, default: str | None = "vg
         metavar="NAME",
         help="vgg16 (the real VGG-16), demo (the embedded Fashion-MNIST demo), a TorchScript file (.pt), "
         "an ONNX file (.onnx), or module:factory (a Python function returning a torch module) (default: "
-        + (default or "the embedded demo")
+        + (default or "the embedded demo; vgg16 where --weights is given")
         + ")",
     )
     g.add_argument(
@@ -207,7 +205,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         "the classic baseline (the image itself, Fourier-parameterised with decorrelated colours, Adam, "
         "transforms on); maco: no G, magnitude-constrained optimisation (Fel et al. 2023: only the phase of "
         "an image whose Fourier magnitude is fixed to a natural-image spectrum is optimised) "
-        "(default: pretrained, or the artifacts' mode)",
+        "(default: the artifacts' mode; pretrained for the demo, which ships its decoder; untrained, which "
+        "needs no decoder, for any other classifier)",
     )
     g.add_argument("--decoder", metavar="FILE", help="the pretrained G (made by dgn-engine train-decoder)")
     g.add_argument(
@@ -346,74 +345,56 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def classifier_spec(args):
-    """The mode's defaults for the classifier the options name (they depend on its input size)."""
-    from ..exporter.classifiers import resolve_preprocessing
-
-    pp = resolve_preprocessing(
-        args.classifier or "vgg16",
-        args.weights,
-        image_size=args.image_size,
-        channels=args.channels,
-        mean=args.mean,
-        std=args.std,
-    )
-    return default_spec(args.mode or "pretrained", image_size=pp.image_size)
-
-
-def spec_from_args(args, targets, base=None):
-    """The paper's defaults for the mode (or `base`: the artifacts' spec, or the classifier's
-    defaults from classifier_spec) with the options given."""
-    return with_settings(
-        base or default_spec(args.mode or "pretrained"),
-        targets,
-        **{
-            "paper": getattr(args, "paper", False),
-            "steps": args.steps,
-            "seed": args.seed,
-            "lr": args.lr,
-            "momentum": args.momentum,
-            "optimizer": args.optimizer,
-            "noise_sigma": args.noise_sigma,
-            "regularizer": args.regularizer,
-            "reg_weight": args.reg_weight,
-            "lam": args.lam,
-            "target_leak": args.target_leak,
-            "image_range": args.image_range,
-            "transforms": args.transforms,
-            "snapshots": args.snapshots,
-            "keep": args.keep,
-            "pick": args.pick,
-            "noise_schedule": args.noise_schedule,
-        },
-    )
+METHOD_OPTIONS = (
+    "paper",
+    "steps",
+    "seed",
+    "lr",
+    "momentum",
+    "optimizer",
+    "noise_sigma",
+    "regularizer",
+    "reg_weight",
+    "lam",
+    "target_leak",
+    "image_range",
+    "transforms",
+    "snapshots",
+    "keep",
+    "pick",
+    "noise_schedule",
+)
 
 
-def sources_from_args(args):
-    from ..exporter.coupled import Sources
+def method_settings(args) -> dict:
+    """The method's options that were given, as spec.with_settings takes them."""
+    given = {name: getattr(args, name, None) for name in METHOD_OPTIONS}
+    return {k: v for k, v in given.items() if v is not None and v is not False}
 
-    if args.decoder and args.mode in PIXEL_MODES:
-        raise UsageError(f"--decoder is the pretrained G; {args.mode} mode has no G: leave out --decoder")
-    if args.decoder and args.mode == "untrained":
-        raise UsageError(
-            "--decoder is the pretrained G and untrained mode builds a fresh one; leave out "
-            "--decoder, or use --mode pretrained"
-        )
-    mode = args.mode or "pretrained"
-    if getattr(args, "g_width", None) and mode != "untrained":
-        why = "the decoder fixes G's widths" if mode == "pretrained" else f"{mode} mode has no G"
-        raise UsageError(f"--g-width scales the untrained G; {why}")
-    return Sources(
-        args.mode or "pretrained",
-        args.classifier or "vgg16",
+
+def targets_of(args) -> tuple:
+    """--target and --targets-file, parsed once."""
+    from ..targets import parse_target
+
+    texts = list(args.target) + (read_lines(args.targets_file, "targets file") if args.targets_file else [])
+    return tuple(parse_target(t) for t in texts)
+
+
+def choices_of(args, model, beside: str | None = None) -> dict:
+    """D's and G's choices from the classifier and generator options, for a session.Request (`beside`:
+    the classifier named beside an artifacts folder)."""
+    from ..session import ClassifierChoice, GeneratorChoice
+
+    labels = getattr(args, "labels", None)
+    d = ClassifierChoice(
+        model,
         args.weights,
         args.image_size,
         args.channels,
         args.mean,
         args.std,
-        args.decoder,
-        args.g_width,
-        args.seed,
-        getattr(args, "spectrum", None),
-        getattr(args, "keep_softmax", False),
+        tuple(read_lines(labels, "labels file")) if labels else None,
+        args.keep_softmax,
+        beside,
     )
+    return {"d": d, "g": GeneratorChoice(args.mode, args.decoder, args.g_width, args.spectrum)}

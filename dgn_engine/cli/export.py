@@ -8,14 +8,11 @@ from .common import (
     THREADS,
     add_classifier_options,
     add_method_options,
-    classifier_spec,
+    choices_of,
     folder,
     integer,
-    need_torch,
-    read_lines,
-    set_threads,
-    sources_from_args,
-    spec_from_args,
+    method_settings,
+    targets_of,
 )
 
 HELP = "export G + D as ONNX graphs (one optimisation step of K targets) plus a manifest"
@@ -69,27 +66,14 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=THREADS, help="CPU threads for tracing (default: all cores)")
     add_classifier_options(p, scores=True)
     add_method_options(p)
-    p.set_defaults(func=main)
+    p.set_defaults(request=request)
 
 
-def main(args) -> int:
-    need_torch("export")
-    from ..exporter.coupled import build_coupled
-    from ..exporter.manifest import export_artifacts, prepare_out
-    from ..exporter.step_graph import check_backends
-    from ..targets import parse_target
+def request(args):
+    """The session.Request these options make (the table in cli/main.py hands it to session.export)."""
+    from ..session import Execution, Request
 
-    backends = args.backend or ["step-graph"]
-    spec = spec_from_args(args, [], base=classifier_spec(args))
-    check_backends(spec, backends)
-    if "training-api" in backends:
-        from ..exporter.training_api import training_api
-
-        training_api()  # installed, or one line saying how
-    prepare_out(args.out, args.force)
-    set_threads(args.threads)
-    targets = list(args.target) + (read_lines(args.targets_file, "targets file") if args.targets_file else [])
-    taps = list(dict.fromkeys(args.taps + sorted({layer for t in targets for layer in parse_target(t).layers})))
-    coupled = build_coupled(sources_from_args(args), spec, taps)
-    export_artifacts(coupled, spec, sources_from_args(args), args.batch, args.out, args.force, backends=backends)
-    return 0
+    ex = Execution(backends=tuple(args.backend or ["step-graph"]), batch=args.batch, threads=args.threads,
+                   out=args.out, force=args.force, log=print)  # fmt: skip
+    return Request(**choices_of(args, args.classifier), method=method_settings(args), execution=ex,
+                   targets=targets_of(args), taps=tuple(args.taps))  # fmt: skip

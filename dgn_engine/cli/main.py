@@ -6,11 +6,22 @@ import argparse
 import signal
 import sys
 
+from .. import session
 from .._version import __version__
 from ..engine.loop import Interrupted
 from ..errors import UsageError, flags_of_the_cli
 from . import bench, export, gallery, run, train_decoder, verify
 from .common import OneLineParser
+
+# each subcommand: its options, and the API function that runs the Request they make (or its own main)
+COMMANDS = {
+    "run": (run, session.run),
+    "export": (export, session.export),
+    "verify": (verify, None),
+    "bench": (bench, None),
+    "gallery": (gallery, None),
+    "train-decoder": (train_decoder, None),
+}
 
 DESCRIPTION = """\
 Shows what an image classifier has learned by synthesising its preferred inputs: images made by a
@@ -22,7 +33,7 @@ def parser() -> OneLineParser:
     p = OneLineParser(prog="dgn-engine", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"dgn-engine {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (run, export, verify, bench, gallery, train_decoder):
+    for command, _ in COMMANDS.values():
         command.add_parser(sub)
     return p
 
@@ -83,11 +94,15 @@ def main(argv: list[str] | None = None) -> int:
             pass
     try:
         args = p.parse_args(_joined_values(sys.argv[1:] if argv is None else list(argv)))
-        if not getattr(args, "func", None):
+        if args.command is None:
             p.print_help()
             return 2
         with flags_of_the_cli(flags(p)):  # warnings too name settings as flags
-            return args.func(args) or 0
+            api = COMMANDS[args.command][1]
+            if api is None:
+                return args.func(args) or 0
+            api(args.request(args))
+            return 0
     except UsageError as e:
         print(f"dgn-engine: error: {e.for_cli(flags(p))}", file=sys.stderr)  # also one raised in the parser
         return UsageError.exit_code
