@@ -262,7 +262,7 @@ def _from_classifier(req: Request, clf, base: RunSpec, backend: str, display: st
     from .exporter.coupled import couple
 
     found = _targets(req, clf.layout()[OUTPUT][0])
-    spec = with_settings(base, [t.text for t in found], **req.method)
+    spec = with_settings(base, found, **req.method)
     is_demo = clf.name == demo.NAME
     layers = sorted({layer for t in found for layer in t.layers})
     taps = list(dict.fromkeys(list(demo.TAPS) + layers)) if is_demo and backend != "torch" else layers
@@ -272,10 +272,16 @@ def _from_classifier(req: Request, clf, base: RunSpec, backend: str, display: st
     _check_targets(req, found, coupled.layout, names)
     if backend == "torch":
         return _resolved(req, spec, found, backend, display, batch=req.execution.batch or 1, coupled=coupled)
-    n = len(found)
-    batch = req.execution.batch or (demo.BATCH if is_demo else -(-n // -(-n // MOST_PER_BATCH)))
-    art = _cached_export(req, coupled, export_spec(base, spec), batch, backend)
+    batch = req.execution.batch or default_batch(len(found), is_demo)
+    art = _cached_export(req, coupled, base, spec, batch, backend)
     return _resolved(req, spec, found, backend, display, batch=batch, art=art)
+
+
+def default_batch(n_targets: int, is_demo: bool = False) -> int:
+    """Targets per step of a cached export: the demo's own, else equal batches of at most 8."""
+    if is_demo:
+        return demo.BATCH
+    return -(-n_targets // -(-n_targets // MOST_PER_BATCH))
 
 
 def _finish(req: Request, base: RunSpec, layout, backend: str, *, art, display: str, batch: int) -> Resolved:
@@ -284,7 +290,7 @@ def _finish(req: Request, base: RunSpec, layout, backend: str, *, art, display: 
     for t in found:
         art.require_taps(t)
     _check_targets(req, found, layout, art.manifest["taps"])
-    spec = with_settings(base, [t.text for t in found], **req.method)
+    spec = with_settings(base, found, **req.method)
     art.check_spec(spec)
     return _resolved(req, spec, found, backend, display, batch=batch, art=art)
 
@@ -412,7 +418,7 @@ def export_key(coupled, spec: RunSpec, batch: int, backends) -> str:
     from ._version import __version__
     from .artifacts import FORMAT_VERSION
     from .digests import sha256_json
-    from .engine.backends.torch_reference import made_of
+    from .exporter.fingerprint import made_of
 
     return sha256_json(
         {
@@ -420,6 +426,7 @@ def export_key(coupled, spec: RunSpec, batch: int, backends) -> str:
             "batch": batch,
             "backends": sorted(backends),
             "structure": spec.structure(),
+            "recorded": "the structure over the mode's defaults",  # what export_spec writes (older caches differ)
             "format": FORMAT_VERSION,
             "dgn_engine": __version__,
         }
@@ -437,14 +444,14 @@ def _sources(req: Request, clf, mode: str):
     return Sources(mode, name, *args).absolute()
 
 
-def _cached_export(req: Request, coupled, recorded: RunSpec, batch: int, backend: str):
-    """The artifacts of this G + D, exported once into the cache and reused while they are whole
-    (`recorded`: the spec the export records)."""
+def _cached_export(req: Request, coupled, base: RunSpec, spec: RunSpec, batch: int, backend: str):
+    """The artifacts of this G + D for `spec` (over the mode's defaults `base`), exported once into the
+    cache and reused while they are whole."""
     from .artifacts import load_artifacts
     from .exporter.manifest import export_artifacts
 
     is_demo = coupled.classifier.name == demo.NAME
-    folder = os.path.join(demo.cache_dir(), "exports", export_key(coupled, recorded, batch, [backend]))
+    folder = os.path.join(demo.cache_dir(), "exports", export_key(coupled, spec, batch, [backend]))
     if os.path.isdir(folder):
         try:
             art = load_artifacts(folder)
@@ -465,6 +472,7 @@ def _cached_export(req: Request, coupled, recorded: RunSpec, batch: int, backend
     what = "the embedded demo" if is_demo else "this classifier"
     req.log(f"exporting {what}'s {coupled.mode} mode to ONNX, once (the next calls reuse it): {folder}")
     sources = _sources(req, coupled.classifier, coupled.mode)
+    recorded = export_spec(base, spec)
     return export_artifacts(coupled, recorded, sources, batch, folder, force=True, log=req.log, backends=[backend])
 
 
@@ -511,7 +519,7 @@ def _job(req: Request, r: Resolved, out: str, started=None) -> dict:
     ex = req.execution
     options = JobOptions(r.batch, r.display, ex.force, r.labels, ex.progress, ex.shard)
     with runner(req, r, started) as where:
-        done = Job(where, r.spec, out, options).run(log=req.log)
+        done = Job(where, r.spec, out, options, r.targets).run(log=req.log)
     if done.get("gallery") and req.execution.out is not None:
         req.log(f"gallery: {done['gallery']}")
     return done

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
 from .errors import UsageError, setting
-from .targets import parse_target
+from .targets import Target, parse_target
 
 # pixel: the classic baseline, no generator (the image itself, Fourier-parameterised, kernels/pixel.py);
 # maco: the second, only the phase of an image of fixed Fourier magnitude (kernels/maco.py)
@@ -200,7 +200,7 @@ class RunSpec:
 
     def validated(self) -> "RunSpec":
         _require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        targets = tuple(parse_target(t).text for t in self.targets)
+        targets = tuple(t.text if isinstance(t, Target) else parse_target(t).text for t in self.targets)
         _require(len(set(targets)) == len(targets), "a target is listed twice")
         _require(math.isfinite(self.lam) and self.lam >= 0, f"lambda must be >= 0, got {self.lam}")
         _require(0 <= self.target_leak <= 1, f"target leak must lie in [0, 1], got {self.target_leak}")

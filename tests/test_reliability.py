@@ -473,7 +473,7 @@ def test_train_decoder_refuses_what_would_give_a_useless_decoder(tmp_path, capsy
 def test_tensor_digest():
     """D's identity for the torch backend: names, dtypes, shapes and values, 0-dim buffers included
     (BatchNorm's num_batches_tracked)."""
-    from dgn_engine.engine.backends.torch_reference import tensors_sha256
+    from dgn_engine.exporter.fingerprint import tensors_sha256
 
     bn = torch.nn.BatchNorm2d(3)
     base = tensors_sha256(bn.state_dict())

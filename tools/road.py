@@ -34,6 +34,7 @@ def measure(argv: list[str]) -> dict:
     from dgn_engine.cli.main import main
 
     edges: collections.Counter = collections.Counter()
+    order: dict[str, None] = {}  # modules in the order the run first enters them
     counts: collections.Counter = collections.Counter()
     parses: collections.Counter = collections.Counter()
 
@@ -51,6 +52,7 @@ def measure(argv: list[str]) -> dict:
         caller = frame.f_back.f_globals.get("__name__", "") if frame.f_back else ""
         if caller.startswith("dgn_engine") and caller != callee:
             edges[caller, callee] += 1
+            order.setdefault(callee)
 
     sys.setprofile(profile)
     try:
@@ -61,6 +63,7 @@ def measure(argv: list[str]) -> dict:
     return {
         "exit": code,
         "modules": sorted({m for e in edges for m in e}),
+        "order": list(order),
         "edges": len(edges),
         "climbs": climbs,
         "counts": dict(counts),
@@ -70,15 +73,17 @@ def measure(argv: list[str]) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_options", nargs=argparse.REMAINDER, help="options of dgn-engine run (no --out)")
-    args = p.parse_args()
-    options = args.run_options or ["--target", "class:1", "--target", "class:3", "--steps", "5"]
+    _, given = p.parse_known_args()  # everything is a run option (no --out)
+    options = given or ["--target", "class:1", "--target", "class:3", "--steps", "5"]
     with tempfile.TemporaryDirectory() as tmp:
         found = measure(["run", *options, "--out", os.path.join(tmp, "out"), "--quiet"])
     print(f"exit {found['exit']}; {len(found['modules'])} modules, {found['edges']} distinct calls between them")
     for what, n in sorted(found["counts"].items()):
         print(f"{what}: {n}")
     print(f"parses per target: {found['parses per target']}")
+    print("first entered, by layer:")
+    for rank in range(5):
+        print(f"  {rank}: " + ", ".join(m.removeprefix("dgn_engine.") for m in found["order"] if layer(m) == rank))
     print(f"climbs to a higher layer: {len(found['climbs'])}")
     for caller, callee in found["climbs"]:
         print(f"  {caller} -> {callee}")

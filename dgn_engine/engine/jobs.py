@@ -97,9 +97,12 @@ class _StopFlag:
 
 
 class Job:
-    def __init__(self, runner: Runner, spec: RunSpec, out_dir: str, options: JobOptions):
+    def __init__(
+        self, runner: Runner, spec: RunSpec, out_dir: str, options: JobOptions, targets: list[Target] | None = None
+    ):
+        """`targets`: the spec's, parsed (else parsed here)."""
         self.runner, self.spec, self.out, self.options = runner, spec, out_dir, options
-        every = [parse_target(t) for t in spec.targets]
+        every = list(targets) if targets is not None else [parse_target(t) for t in spec.targets]
         k = max(1, options.batch)
         # batches are cut at the same places of the whole list whatever the shard: a target's
         # floating-point result can depend on its row in the batch

@@ -1,16 +1,21 @@
-"""What a classifier computes, as one digest: its forward (with the taps) traced into ATen ops, each op
-with its arguments and every constant tensor it reads. Two modules of one class with equal tensors but
-another layer (a Tanh for a ReLU, another stride) differ here, where their class name and state_dict
-do not."""
+"""What a run's G + D are made of, as digests (the export cache's key and the torch reference's
+provenance). graph_sha256: what a classifier computes, as one digest: its forward (with the taps)
+traced into ATen ops, each op with its arguments and every constant tensor it reads. Two modules of
+one class with equal tensors but another layer (a Tanh for a ReLU, another stride) differ here, where
+their class name and state_dict do not."""
 
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .classifiers import Classifier, Tapped
+
+if TYPE_CHECKING:
+    from .coupled import CoupledStep
 
 
 def graph_sha256(classifier: Classifier, taps: list[str] = ()) -> str:
@@ -52,3 +57,32 @@ def _tensor_bytes(value) -> bytes:
     t = value.detach().cpu().contiguous()
     head = f"{t.dtype}:{tuple(t.shape)}:".encode()
     return head + hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"").digest()
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """One digest of named tensors (names, dtypes, shapes and values): the weights themselves, whatever
+    file or factory they came from."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def made_of(coupled: "CoupledStep") -> dict:
+    """What decides a torch backend's results besides the spec: what D computes (its traced graph), D's
+    and G's tensors, G's plan, D's preprocessing and taps, and the files they were read from."""
+    clf = coupled.classifier
+    return {
+        # a file's digest says what it is wherever it lies; a factory or in-memory module has only its name
+        "classifier": None if clf.sources else clf.name,
+        "source_files_sha256": sorted(set(clf.sources.values())),
+        "classifier_graph_sha256": graph_sha256(clf, coupled.taps),
+        "scores": clf.scores_record(),  # also where nothing was found: keep_softmax then changes the manifest
+        "classifier_tensors_sha256": tensors_sha256(clf.module.state_dict()),
+        "decoder_tensors_sha256": tensors_sha256(coupled.decoder) if coupled.decoder is not None else None,
+        "plan": coupled.plan.to_json(),
+        "preprocessing": clf.preprocessing.to_json(),
+        "taps": coupled.taps,
+    }

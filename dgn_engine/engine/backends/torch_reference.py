@@ -3,14 +3,13 @@ float64, on CPU or CUDA. The one backend that needs torch: the engine imports it
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ...errors import UsageError, setting
-from ...exporter.fingerprint import graph_sha256
+from ...exporter.fingerprint import made_of
 from ...spec import RunSpec
 from ...state import initial_state
 from ...targets import Target, objective_weights
@@ -103,32 +102,3 @@ class TorchBackend:
 
     def provenance(self) -> dict:
         return {"backend": self.name, "precision": self.precision, **self._made_of}
-
-
-def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """One digest of named tensors (names, dtypes, shapes and values): the weights themselves, whatever
-    file or factory they came from."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def made_of(coupled: CoupledStep) -> dict:
-    """What decides a torch backend's results besides the spec: what D computes (its traced graph), D's
-    and G's tensors, G's plan, D's preprocessing and taps, and the files they were read from."""
-    clf = coupled.classifier
-    return {
-        # a file's digest says what it is wherever it lies; a factory or in-memory module has only its name
-        "classifier": None if clf.sources else clf.name,
-        "source_files_sha256": sorted(set(clf.sources.values())),
-        "classifier_graph_sha256": graph_sha256(clf, coupled.taps),
-        "scores": clf.scores_record(),  # also where nothing was found: keep_softmax then changes the manifest
-        "classifier_tensors_sha256": tensors_sha256(clf.module.state_dict()),
-        "decoder_tensors_sha256": tensors_sha256(coupled.decoder) if coupled.decoder is not None else None,
-        "plan": coupled.plan.to_json(),
-        "preprocessing": clf.preprocessing.to_json(),
-        "taps": coupled.taps,
-    }
