@@ -156,7 +156,7 @@ def check_together(req: Request) -> None:
         req.refuse(
             "workers",
             ex.workers,
-            f"{_s('workers')} sets how many Ray workers run the batches; give {_s('ray', True)} too",
+            f"{_s('workers')} sets how many Ray workers run the batches; add {_s('ray', True)}",
         )
     if ex.ray is not None and ex.backend == "torch":
         req.refuse("ray", ex.ray, f"{_s('ray')} runs exported graphs on its workers; use {_s('backend', 'step-graph')}")
@@ -322,6 +322,8 @@ def _check_targets(req: Request, found: list[Target], layout, layers: list[str])
 def _classifier(req: Request):
     """D from the request's model in any of its forms, loaded once; refused (naming the model) where the
     search cannot run through it."""
+    torch_run = req.execution.backend == "torch"
+    _need_torch(req, _s("backend", "torch") if torch_run else "a classifier (exported once into the cache)")
     from .exporter.classifiers import classifier_from_module, gradient_problem, load_classifier, module_problem
 
     d, model = req.d, req.d.model
@@ -332,7 +334,6 @@ def _classifier(req: Request):
         if labels is not None:
             clf.labels = labels
     else:
-        _need_torch(req, "a torch module")
         problem = module_problem(model)
         if problem:
             req.refuse("model", model, problem)
@@ -347,7 +348,6 @@ def _classifier_of_artifacts(req: Request, art):
     """The torch reference of artifacts: D built again from the files their manifest names."""
     from .exporter.coupled import Sources
 
-    _need_torch(req, f"{setting('backend', 'torch')}")
     s = Sources.from_json(art.manifest["sources"])
     d = ClassifierChoice(s.classifier, s.weights, s.image_size, s.channels, s.mean, s.std, req.d.labels, s.keep_softmax)
     g = GeneratorChoice(s.mode, s.decoder, s.g_width, s.spectrum)
@@ -542,15 +542,15 @@ def results(req: Request, started=None):
 
 def export(req: Request):
     """The artifacts folder `req.execution.out` for the request's D and G: the loaded Artifacts."""
-    from .exporter.coupled import couple
-    from .exporter.manifest import export_artifacts, prepare_out
-    from .exporter.step_graph import check_backends
-
     check_together(req)
     ex, g = req.execution, req.g
     if _given_artifacts(req.d.model) is not None:
         req.refuse("model", req.d.model, "is an artifacts folder already; export the classifier it was made from")
     _need_torch(req, "export")
+    from .exporter.coupled import couple
+    from .exporter.manifest import export_artifacts, prepare_out
+    from .exporter.step_graph import check_backends
+
     mode = g.mode or default_mode(req.d.model, req.g.decoder)
     clf = _classifier(req)
     base = demo.spec(mode) if clf.name == demo.NAME else default_spec(mode, clf.preprocessing.image_size)

@@ -159,7 +159,7 @@ def test_checks_between_arguments(empty_cache):
     model = tiny_rgb()
     cases = [
         (dict(precision="float64"), "precision", "backend='torch' only"),
-        (dict(workers=2), "workers", "give ray=True too"),
+        (dict(workers=2), "workers", "add ray=True"),
         (dict(ray=True, backend="torch"), "ray", "runs exported graphs"),
         (dict(mode="untrained", decoder="d.pt"), "decoder", "mode='pretrained'"),
         (dict(mode="pixel", g_width=0.5), "g_width", "pixel mode has no G"),
@@ -212,7 +212,7 @@ def test_engine_arguments(tmp_path):
     _refused(lambda: dgn.Engine(42), "artifacts", match="an artifacts folder")
     _refused(lambda: dgn.Engine(art, precision="float64"), "precision", match="'float32', 'tf32'")
     _refused(lambda: dgn.Engine(art, backend="torch"), "backend")
-    _refused(lambda: dgn.Engine(art, workers=2), "workers", match="give ray=True too")
+    _refused(lambda: dgn.Engine(art, workers=2), "workers", match="add ray=True")
     _refused(lambda: dgn.Engine(art, ray=0), "ray")
     engine = dgn.Engine(art, device="cpu")
     out = tmp_path / "out"

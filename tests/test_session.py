@@ -62,12 +62,10 @@ def test_the_cli_runs_a_classifier_on_its_cached_export_as_the_api_does(tmp_path
 def test_a_refusal_reads_the_same_from_both(tmp_path, capsys):
     """One check between choices, named as each caller names them."""
     cli = error_line(capsys, ["run", "--target", "class:1", "--workers", "2", "--out", str(tmp_path / "o")])
-    assert "--workers sets how many Ray workers run the batches; give --ray too" in cli
+    assert "--workers sets how many Ray workers run the batches; add --ray" in cli
     with pytest.raises(ArgumentError) as caught:
         dgn.synthesize("demo", "class:1", workers=2)
-    assert "synthesize(workers=2): workers sets how many Ray workers run the batches; give ray=True too" in str(
-        caught.value
-    )
+    assert "synthesize(workers=2): workers sets how many Ray workers run the batches; add ray=True" in str(caught.value)
     assert not (tmp_path / "o").exists()
 
 
