@@ -30,13 +30,13 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
 from .errors import UsageError
+from .generators import REGISTRY
 from .preprocessing import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from .spec import (
     DEVICES,
     ENGINE_PRECISIONS,
     IMAGE_RANGES,
     MAX_STEPS,
-    MODES,
     NOISE_SCHEDULES,
     OPTIMIZERS,
     PRECISIONS,
@@ -144,13 +144,12 @@ def number(expected: str, ok: Callable[[float], bool] = lambda x: True) -> Any:
 
 
 def choice(values: Iterable[str]) -> Any:
-    """One of `values` (strings)."""
-    values = tuple(values)
-    expected = "one of " + ", ".join(repr(v) for v in values)
+    """One of `values` (strings; a mapping is read at each check, so that names registered later count)."""
+    values = values if isinstance(values, Mapping) else tuple(values)
 
     def check(value):
         if not isinstance(value, str) or value not in values:
-            _fail(f"expected {expected}")
+            _fail("expected one of " + ", ".join(repr(v) for v in values))
         return value
 
     return _typed(check)
@@ -317,7 +316,7 @@ Targets = _typed(_targets)
 Flag = _typed(_flag)
 Path = path()
 Weights = path("a weights file, or 'random'")
-Mode = choice(MODES)
+Mode = choice(REGISTRY)  # generators/: a parameterisation registered there
 Device = choice(DEVICES)
 Backend = choice(BACKENDS)
 EngineBackend = choice(ENGINE_BACKENDS)

@@ -141,7 +141,7 @@ def _block_kernels(out_size: int, max_start: int = 6) -> tuple[int, list[int]]:
 
 
 PAPER_WIDTHS = (512, 256, 256, 128, 128)  # the trunk's five blocks at 224 px
-# the untrained G's default width with a sigmoid output (spec.LARGE_G_UNTRAINED): on EfficientNet-Lite1
+# the untrained G's default width with a sigmoid output (generators/untrained.py): on EfficientNet-Lite1
 # at 240 px a quarter-width G reached higher activations in 150 steps than half or full width, at a
 # fraction of the cost (bench/RESULTS.md)
 SIGMOID_G_WIDTH = 0.25

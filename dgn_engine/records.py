@@ -13,13 +13,23 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import UsageError, setting
 from .files import Folder, read_plain_file
+from .generators import REGISTRY
 
 SHA256 = r"^[0-9a-f]{64}$"
 MAX_BATCH = 4096  # targets per graph call: far past what any accelerator's memory holds at 32 px
+
+
+def _registered(mode: str) -> str:
+    if mode not in REGISTRY:
+        raise ValueError(f"mode must be one of {', '.join(REGISTRY)}")
+    return mode
+
+
+RegisteredMode = Annotated[str, AfterValidator(_registered)]  # a mode of generators.REGISTRY
 
 
 class _Record(BaseModel):
@@ -65,7 +75,7 @@ class ScoresRecord(_Record):
 class ManifestRecord(_Record):
     format_version: int
     backends: list[Literal["step-graph", "training-api"]] = Field(min_length=1)
-    mode: Literal["untrained", "pretrained", "pixel", "maco"]
+    mode: RegisteredMode
     batch: int = Field(ge=1, le=MAX_BATCH)
     spec: dict
     hyper: list[str]
@@ -110,7 +120,7 @@ class TargetRecord(_Record):
     name: str
     results_key: str
     png_sha256: str = Field(pattern=SHA256)
-    mode: Literal["untrained", "pretrained", "pixel", "maco"]
+    mode: RegisteredMode
     seed: int
     steps: int
     loss_curve: list[list[Optional[float]]]  # [step, loss, activation]; null where not finite

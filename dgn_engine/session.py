@@ -19,7 +19,8 @@ from typing import Any, Callable
 from . import demo
 from .arguments import folder_problem, refuse, shown
 from .errors import UsageError, setting
-from .spec import PIXEL_MODES, RunSpec, default_spec, with_settings
+from .generators import OPTIONS, option_problem
+from .spec import RunSpec, default_spec, with_settings
 from .targets import OUTPUT, Target, all_classes, check_target
 
 MOST_PER_BATCH = 8  # targets a cached export optimises together, at most (its batches are then equal)
@@ -171,16 +172,10 @@ def check_together(req: Request) -> None:
         why = f"{_s('weights')} are for a classifier given by name; load them into the module yourself"
         req.refuse("weights", d.weights, why)
     mode = g.mode or (None if _names_artifacts(d.model) else default_mode(d.model, g.decoder))
-    no_g = f"{mode} mode has no G"
-    if g.decoder is not None and mode not in (None, "pretrained"):
-        why = f"{no_g}: leave it out" if mode in PIXEL_MODES else f"use {_s('mode', 'pretrained')} or leave it out"
-        req.refuse("decoder", g.decoder, f"{_s('decoder')} is the pretrained G; {why}")
-    if g.g_width is not None and mode not in (None, "untrained"):
-        why = "the decoder fixes G's widths" if mode == "pretrained" else no_g
-        req.refuse("g_width", g.g_width, f"{_s('g_width')} scales the untrained G; {why}")
-    if g.spectrum is not None and mode not in (None, "maco"):
-        why = f"{_s('spectrum')} is maco mode's fixed Fourier magnitude; use {_s('mode', 'maco')} or leave it out"
-        req.refuse("spectrum", g.spectrum, why)
+    for option in OPTIONS:
+        value = getattr(g, option)
+        if value is not None and mode is not None and (problem := option_problem(mode, option)):
+            req.refuse(option, value, problem)
     if d.mean is not None and d.std is not None and len(d.mean) != len(d.std):
         why = f"{_s('std')} has {len(d.std)} values where {_s('mean')} has {len(d.mean)}; give one per channel"
         req.refuse("std", d.std, why)

@@ -11,13 +11,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
 from .errors import UsageError, setting
+from .generators import REGISTRY, generator
 from .targets import Target, parse_target
 
-# pixel: the classic baseline, no generator (the image itself, Fourier-parameterised, kernels/pixel.py);
-# maco: the second, only the phase of an image of fixed Fourier magnitude (kernels/maco.py)
-MODES = ("untrained", "pretrained", "pixel", "maco")
-PIXEL_MODES = ("pixel", "maco")
-GENERATOR_MODES = ("untrained", "pretrained")
+# modes: the paper's two (untrained, pretrained) and the two classic baselines without G (pixel, maco),
+# each the name of its parameterisation in generators.REGISTRY, which owns its defaults
 OPTIMIZERS = ("adamax", "nesterov", "adam")
 NOISE_KINDS = ("additive", "multiplicative", "none")
 REGULARIZERS = ("l1-final-gamma", "l2-alpha", "l2sq-alpha", "none")
@@ -41,16 +39,6 @@ ENGINE_PRECISIONS = ("float32", "tf32")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_STEPS = 1_000_000  # per target; the paper uses 500 and 1,200
 PAPER_IMAGE_SIZE = 224  # the paper's G is made for it; below it G is narrower (plan.generator_plan)
-# Untrained mode below 224 px: the paper's sigma 2 and lr 0.002 are made for its 5.2M-value G. Measured
-# on three trained 32 px classifiers (VGG-style, ResNet, MLP; 10 classes each), these reach D's top-1
-# for 10/10 classes on each, the paper's for 4, 5 and 7 of 10; judges: 45 % against 20 % top-1.
-SMALL_G_UNTRAINED = {"sigma": 0.5, "lr": 0.01, "steps": 1000}
-# Untrained mode from 224 px (ImageNet classifiers): measured on EfficientNet-Lite1 as D with Lite0
-# judging (bench/RESULTS.md). The paper's G there makes colour blobs that no net recognises: its final
-# ReLU flattens half the image, its noise (sigma 2, or 0.5 falling to 0) slows the search, and it sees
-# no transforms. A linear head into decorrelated colours and a sigmoid, no noise, AdaMax 0.05, the
-# standard transforms, a quarter-width G (plan.untrained_width) and the best snapshot written.
-LARGE_G_UNTRAINED = {"sigma": 0.0, "lr": 0.05, "steps": 400}
 HYPER = (
     "lr",
     "beta1",
@@ -199,7 +187,7 @@ class RunSpec:
     transforms: Transforms = field(default_factory=Transforms)
 
     def validated(self) -> "RunSpec":
-        _require(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        _require(self.mode in REGISTRY, f"mode must be one of {', '.join(REGISTRY)}, got {self.mode!r}")
         targets = tuple(t.text if isinstance(t, Target) else parse_target(t).text for t in self.targets)
         _require(len(set(targets)) == len(targets), "a target is listed twice")
         _require(math.isfinite(self.lam) and self.lam >= 0, f"lambda must be >= 0, got {self.lam}")
@@ -211,7 +199,8 @@ class RunSpec:
         _require(o.eps > 0, "AdaMax eps must be > 0")
         _require(0 <= o.momentum < 1, f"momentum must lie in [0, 1), got {o.momentum}")
         _require(self.noise.kind in NOISE_KINDS, f"noise must be one of {', '.join(NOISE_KINDS)}")
-        pixel = self.mode in PIXEL_MODES
+        gen = generator(self.mode)
+        pixel = not gen.has_g
         _require(
             (self.noise.kind == "none") == pixel,
             f"{self.mode} mode has no feature vector to put noise on (noise none)"
@@ -227,8 +216,8 @@ class RunSpec:
         _require(r.kind in REGULARIZERS, f"regulariser must be one of {', '.join(REGULARIZERS)}")
         _require(r.weight >= 0, f"regulariser weight must be >= 0, got {r.weight}")
         _require(
-            not (r.kind == "l1-final-gamma" and self.mode == "pretrained"),
-            f"the l1-final-gamma regulariser needs {setting('mode', 'untrained')} (pretrained mode trains only alpha)",
+            not (r.kind == "l1-final-gamma" and gen.has_g and not gen.trains_g),
+            f"the l1-final-gamma regulariser needs {setting('mode', 'untrained')} ({self.mode} mode trains only alpha)",
         )
         _require(
             not (pixel and r.kind != "none"),
@@ -307,70 +296,19 @@ class RunSpec:
             raise UsageError(f"malformed run specification: {e}") from None
 
 
-# Each mode's settings (frozen values): the paper's Table 1 for the generator modes; pixel mode,
-# classic feature visualisation's (lucid / lucent: Adam 0.05, 512 steps, transforms)
-_MODE_DEFAULTS = {
-    "untrained": dict(
-        optimizer=Optimizer("adamax", 0.002, 0.9, 0.999, 1e-8),
-        noise=Noise("additive", 2.0),
-        regularizer=Regularizer("l1-final-gamma", 0.01),
-        steps=500,
-    ),
-    "pretrained": dict(
-        optimizer=Optimizer("nesterov", 0.01, momentum=0.1),
-        noise=Noise("multiplicative", 0.05),
-        regularizer=Regularizer("l2-alpha", 0.1),
-        steps=1200,
-    ),
-    "pixel": dict(
-        optimizer=Optimizer("adam", 0.05, 0.9, 0.999, 1e-8),
-        noise=Noise("none", 0.0),
-        regularizer=Regularizer("none", 0.0),
-        steps=512,
-        transforms=TRANSFORM_PRESETS["standard"],
-    ),
-    # MACO's: Adam on the phase (scale-free: it is standardised) and 256 steps; one transformed view per
-    # step where MACO averages many random crops
-    "maco": dict(
-        optimizer=Optimizer("adam", 1.0, 0.9, 0.999, 1e-8),
-        noise=Noise("none", 0.0),
-        regularizer=Regularizer("none", 0.0),
-        steps=256,
-        transforms=TRANSFORM_PRESETS["standard"],
-    ),
-}
-
-
 def default_spec(mode: str, image_size: int | None = None, **overrides) -> RunSpec:
-    """The paper's settings for a mode (Table 1), with optional field overrides; departures: the
-    image range is bounded (`image_range="free"` is the paper's), and in untrained mode for a
-    classifier whose input size is known, SMALL_G_UNTRAINED below 224 px and LARGE_G_UNTRAINED from
-    224 px (paper_spec is the letter)."""
-    if mode not in MODES:
-        raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    spec = RunSpec(mode, **_MODE_DEFAULTS[mode])
-    if mode == "untrained" and image_size is not None:
-        sized = SMALL_G_UNTRAINED if image_size < PAPER_IMAGE_SIZE else LARGE_G_UNTRAINED
-        spec = replace(
-            spec,
-            noise=replace(spec.noise, sigma=sized["sigma"]),
-            optimizer=replace(spec.optimizer, lr=sized["lr"]),
-            steps=sized["steps"],
-        )
-        if image_size >= PAPER_IMAGE_SIZE:
-            spec = replace(
-                spec,
-                image_range="sigmoid",
-                transforms=TRANSFORM_PRESETS["standard"],
-                snapshots=replace(spec.snapshots, pick="best"),
-            )
+    """A mode's settings (its parameterisation's defaults: the paper's Table 1 for G), with optional field
+    overrides; departures: the image range is bounded (`image_range="free"` is the paper's), and in
+    untrained mode for a classifier whose input size is known, generators/untrained.py's settings below
+    and from 224 px (paper_spec is the letter)."""
+    spec = RunSpec(mode, **generator(mode).defaults(image_size))
     return replace(spec, **overrides).validated()
 
 
 def paper_spec(mode: str) -> RunSpec:
     """The paper's method to the letter: Table 1's settings, D's final ReLU on the target too (leak 0),
     G's image unbounded, no transforms."""
-    if mode not in GENERATOR_MODES:
+    if not generator(mode).paper:
         raise UsageError(
             f"{setting('paper', True)}: {mode} mode is not the paper's method; "
             f"use {setting('mode', 'untrained')} or pretrained"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .plan import GeneratorPlan, phase_shape, spectrum_shape
-from .rng import init_generator, init_phase, init_spectrum
+from .generators import generator
+from .plan import GeneratorPlan
 from .targets import Target
 
 SLOTS = {"adamax": ("m", "u"), "nesterov": ("v",), "adam": ("m", "v")}
@@ -19,13 +19,7 @@ STEP_COUNT = "t"
 
 
 def trainable_shapes(mode: str, plan: GeneratorPlan) -> dict[str, tuple[int, ...]]:
-    if mode == "untrained":
-        return plan.param_shapes()
-    if mode == "pixel":
-        return {"spectrum": spectrum_shape(plan.out_channels, plan.out_size)}
-    if mode == "maco":
-        return {"phase": phase_shape(plan.out_channels, plan.out_size)}
-    return {"alpha": (plan.features,)}
+    return generator(mode).trainable_shapes(plan)
 
 
 def state_shapes(mode: str, plan: GeneratorPlan, optimizer: str) -> dict[str, tuple[int, ...]]:
@@ -41,20 +35,10 @@ def state_shapes(mode: str, plan: GeneratorPlan, optimizer: str) -> dict[str, tu
 def initial_state(
     mode: str, plan: GeneratorPlan, optimizer: str, seed: int, targets: list[Target]
 ) -> dict[str, np.ndarray]:
-    """Untrained mode: a fresh G per target (seeded by seed and target); pretrained: alpha = 1; pixel: a
-    small random spectrum per target (seeded likewise)."""
+    """The mode's trainables at their start (generators/: a fresh G per target in untrained mode, alpha = 1
+    in pretrained mode, ...) and zeroed optimiser slots."""
     k = len(targets)
-    if mode == "untrained":
-        gens = [init_generator(plan, seed, t) for t in targets]
-        state = {n: np.stack([g[n] for g in gens]) for n in plan.param_shapes()}
-    elif mode == "pixel":
-        shape = spectrum_shape(plan.out_channels, plan.out_size)
-        state = {"spectrum": np.stack([init_spectrum(shape, seed, t) for t in targets])}
-    elif mode == "maco":
-        shape = phase_shape(plan.out_channels, plan.out_size)
-        state = {"phase": np.stack([init_phase(shape, seed, t) for t in targets])}
-    else:
-        state = {"alpha": np.ones((k, plan.features), np.float32)}
+    state = generator(mode).initial_trainables(plan, seed, targets)
     for name, shape in state_shapes(mode, plan, optimizer).items():
         if name not in state and name != STEP_COUNT:
             state[name] = np.zeros((k, *shape), np.float32)

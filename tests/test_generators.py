@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dgn_engine.exporter.generator import Decoder, frozen_generator, generator_forward, stacked_generator
+from dgn_engine.exporter.generator import Decoder
+from dgn_engine.kernels.generator import frozen_generator, generator_forward, stacked_generator
 from dgn_engine.kernels.layers import conv2d, upsample2x
 from dgn_engine.plan import GeneratorPlan, generator_plan
 from dgn_engine.rng import init_generator

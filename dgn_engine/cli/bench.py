@@ -152,9 +152,9 @@ def quality_main(args) -> int:
 
 def parse_modes(text: str) -> list[str]:
     from ..bench import parse_list
-    from ..spec import MODES
+    from ..generators import REGISTRY
 
-    return parse_list(text, MODES, what="--modes")
+    return parse_list(text, tuple(REGISTRY), what="--modes")
 
 
 def parse_seeds(text: str) -> list[int]:

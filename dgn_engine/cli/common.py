@@ -8,6 +8,7 @@ import os
 import sys
 
 from ..errors import UsageError
+from ..generators import REGISTRY
 from ..preprocessing import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from ..records import read_lines  # noqa: F401 (the commands read their text files through it)
 from ..spec import (
@@ -15,7 +16,6 @@ from ..spec import (
     GAUSSIAN_DROPOUT_SIGMA,
     IMAGE_RANGES,
     MAX_STEPS,
-    MODES,
     NOISE_SCHEDULES,
     OPTIMIZERS,
     REGULARIZERS,
@@ -198,7 +198,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generator G and method")
     g.add_argument(
         "--mode",
-        choices=MODES,
+        choices=tuple(REGISTRY),
         help="pretrained: G is a trained decoder and only alpha (3,200 values at 224 px) is "
         "optimised (needs --decoder, except the demo, which ships one); untrained: all of G is optimised from "
         "a random start; pixel: no G, "

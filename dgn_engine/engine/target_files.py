@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..generators import generator
 from ..preprocessing import display_contrast, display_original
 from ..spec import RunSpec
 from ..targets import OUTPUT, PROBABILITY, Target, objective_weights, weighted_activation
@@ -44,7 +45,7 @@ def target_files(backend: Backend, settings: ResultSettings, outcomes: list[Outc
     png = {}
     for o in ok:
         if settings.display == "original":
-            pixels = display_original(o.image, pp.order, spec.mode == "untrained")
+            pixels = display_original(o.image, pp.order, generator(spec.mode).sqrt_original)
         elif settings.display == "contrast":
             pixels = display_contrast(pp.to_pixels(o.image))
         else:

@@ -15,27 +15,26 @@ import torch.nn.functional as F
 
 from .. import demo
 from ..errors import UsageError, setting
-from ..kernels.layers import soft_pixel_range
-from ..kernels.maco import image_magnitude, maco_image, power_law_magnitude
+from ..generators import generator, option_problem
+from ..kernels.maco import image_magnitude
 from ..kernels.objective import objective, regularizer
-from ..kernels.pixel import colour_sigmoid, pixel_image
 from ..kernels.transforms import transform
-from ..plan import GeneratorPlan, generator_plan, pixel_plan, untrained_width
-from ..spec import PIXEL_MODES, Hyper, RunSpec
-from ..state import STEP_COUNT, trainable_shapes
+from ..plan import GeneratorPlan
+from ..spec import Hyper, RunSpec
+from ..state import STEP_COUNT
 from ..targets import OUTPUT, PROBABILITY
 from ..update_rules import adam, adamax, adamax_step_size, nesterov
 from .autoencoder import load_decoder
 from .classifiers import Classifier, Tapped, load_classifier
-from .generator import frozen_generator, generator_forward, stacked_generator
 from .scores import probability
 from .weights import sha256_file
 
 
 class CoupledStep:
-    """mode, G's plan, D with its taps, and the structural choices of the spec (noise kind,
-    regulariser kind, optimiser); the numeric settings arrive per call as the `hyper` tensor
-    [lr, beta1, beta2, eps, momentum, sigma, reg_weight, target_leak]."""
+    """mode (its parameterisation, generators/), G's plan and what stays fixed (a decoder's tensors, a
+    magnitude), D with its taps, and the structural choices of the spec (noise kind, regulariser kind,
+    optimiser); the numeric settings arrive per call as the `hyper` tensor [lr, beta1, beta2, eps,
+    momentum, sigma, reg_weight, target_leak]."""
 
     def __init__(
         self,
@@ -43,12 +42,10 @@ class CoupledStep:
         plan: GeneratorPlan,
         spec: RunSpec,
         taps: list[str] = (),
-        decoder: dict[str, torch.Tensor] | None = None,
-        magnitude: np.ndarray | None = None,
+        fixed: dict[str, torch.Tensor] | np.ndarray | None = None,
     ):
-        if spec.mode == "pretrained" and decoder is None:
-            raise ValueError("pretrained mode needs the decoder's tensors")
         self.classifier, self.plan, self.mode = classifier, plan, spec.mode
+        self.generator = generator(spec.mode)
         self.noise_kind, self.reg_kind, self.optimizer = spec.noise.kind, spec.regularizer.kind, spec.optimizer.name
         self.image_range = spec.image_range
         self.transforms = spec.transforms.enabled  # the step then takes the transforms' parameters
@@ -60,47 +57,23 @@ class CoupledStep:
             )
         self.tapped = Tapped(classifier, self.taps)
         self.layout = classifier.layout(self.taps)
-        self.decoder = decoder
-        self.magnitude = magnitude  # maco mode's fixed Fourier magnitude [C, S, S//2+1]
-        self.trainables = list(trainable_shapes(self.mode, plan))
+        self.fixed = fixed
+        self.trainables = list(self.generator.trainable_shapes(plan))
 
     def to(self, dtype: torch.dtype, device: str | torch.device = "cpu") -> "CoupledStep":
         self.classifier.module.to(dtype=dtype, device=device)
-        if self.decoder is not None:
-            self.decoder = {k: v.to(dtype=dtype, device=device) for k, v in self.decoder.items()}
+        if isinstance(self.fixed, dict):
+            self.fixed = {k: v.to(dtype=dtype, device=device) for k, v in self.fixed.items()}
         return self
 
-    def features(self, alpha: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
-        """Eq. 1: f = alpha * eps(f0) with f0 = 1; the decoder's alpha passes a ReLU (original code)."""
-        f0 = 1.0
-        eps = f0 + sigma * noise if self.noise_kind == "additive" else f0 * (1 + sigma * noise)
-        f = alpha * eps
-        return F.relu(f) if self.mode == "pretrained" else f
+    @property
+    def decoder(self) -> dict[str, torch.Tensor] | None:
+        """The frozen tensors of G, where it has them (the pretrained decoder's)."""
+        return self.fixed if isinstance(self.fixed, dict) else None
 
     def generate(self, params: dict[str, torch.Tensor], noise: torch.Tensor | None, sigma) -> torch.Tensor:
-        """The image D sees, in its input space."""
-        pp = self.classifier.preprocessing
-        if self.mode == "maco":
-            phase = params["phase"]
-            return self._model_space(maco_image(phase, phase.new_tensor(self.magnitude), pp.order))
-        if self.mode == "pixel":
-            return self._model_space(pixel_image(params["spectrum"], pp.order))
-        f = self.features(params["alpha"], noise, sigma)
-        if self.mode == "untrained":
-            image = generator_forward(self.plan, f, *stacked_generator(self.plan, params), groups=f.shape[0])
-        else:
-            image = generator_forward(self.plan, f, *frozen_generator(self.decoder))
-        if self.image_range == "free":
-            return image
-        if self.image_range == "sigmoid":
-            return self._model_space(colour_sigmoid(image, pp.order))
-        return soft_pixel_range(image, pp.mean, pp.std)
-
-    def _model_space(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels in (0, 1) through D's normalisation."""
-        pp = self.classifier.preprocessing
-        mean, std = pixels.new_tensor(pp.mean)[None, :, None, None], pixels.new_tensor(pp.std)[None, :, None, None]
-        return (pixels - mean) / std
+        """The image D sees, in its input space (made by the mode's parameterisation)."""
+        return self.generator.image(self, params, noise, sigma)
 
     def logits(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """D's class logits and the taps."""
@@ -228,46 +201,47 @@ def couple(
     g_width: float | None = None,
     spectrum: str | None = None,
 ) -> CoupledStep:
-    """G for this classifier and mode (the decoder file in pretrained mode; the embedded demo brings
-    its own; maco mode's magnitude from the photos in the folder `spectrum`, else a power law) coupled to it."""
-    pp = classifier.preprocessing
-    is_demo = classifier.name == demo.NAME
-    if spectrum and spec.mode != "maco":
-        raise UsageError("a spectrum folder is maco mode's fixed Fourier magnitude; use mode maco or leave it out")
-    if spec.mode in PIXEL_MODES:
-        if decoder or g_width:
-            raise UsageError(
-                f"{spec.mode} mode optimises the image itself: leave out {setting('decoder')} and {setting('g_width')}"
-            )
-        plan = pixel_plan(pp.image_size, pp.channels)
-        magnitude = _magnitude(spectrum, pp, classifier.sources) if spec.mode == "maco" else None
-        return CoupledStep(classifier, plan, spec, taps, magnitude=magnitude)
-    elif spec.mode == "pretrained":
-        path = decoder or (demo.decoder_weights() if is_demo else None)
-        if not path:
-            raise UsageError(
-                f"{setting('mode', 'pretrained')} needs {setting('decoder')} (make one with dgn-engine train-decoder), "
-                f"or use {setting('mode', 'untrained')}"
-            )
-        plan, tensors, _ = load_decoder(path, pp)
-        key = demo.source_name(path) if not decoder else path
-        classifier.sources[key] = sha256_file(path)
-    else:
-        width = g_width or (demo.G_WIDTH if is_demo else untrained_width(pp.image_size, spec.image_range))
-        linear = spec.image_range == "sigmoid"
-        plan, tensors = generator_plan("untrained", pp.image_size, pp.channels, width, linear), None
-    return CoupledStep(classifier, plan, spec, taps, tensors)
+    """G for this classifier and mode (generators/: its plan from what the mode's one option names, loaded
+    here: the decoder file, the embedded demo's own where none is given; G's width; the photo folder whose
+    magnitude maco mode keeps) coupled to it."""
+    gen = generator(spec.mode)
+    given = {"decoder": decoder, "g_width": g_width, "spectrum": spectrum}
+    for name, value in given.items():
+        if value and (problem := option_problem(spec.mode, name)):
+            raise UsageError(problem)
+    source = SOURCES[gen.option](given[gen.option], classifier) if gen.option else None
+    plan, fixed = gen.make(classifier.preprocessing, spec, source)
+    return CoupledStep(classifier, plan, spec, taps, fixed)
 
 
-def _magnitude(folder: str | None, pp, sources: dict[str, str]) -> np.ndarray:
-    """maco mode's magnitude: the mean of the folder's photos (recorded in `sources` by its digest), else
-    the 1/f power law."""
+def _decoder(path: str | None, classifier: Classifier):
+    """The decoder file's (plan, tensors), recorded in D's sources by its digest; the demo brings its own."""
+    if not path and classifier.name != demo.NAME:
+        return None
+    found = path or demo.decoder_weights()
+    plan, tensors, _ = load_decoder(found, classifier.preprocessing)
+    classifier.sources[path or demo.source_name(found)] = sha256_file(found)
+    return plan, tensors
+
+
+def _width(value: float | None, classifier: Classifier) -> float | None:
+    """G's width scale: the one given, the demo's own, else None (the plan's default for D's size)."""
+    return value or (demo.G_WIDTH if classifier.name == demo.NAME else None)
+
+
+def _magnitude(folder: str | None, classifier: Classifier) -> np.ndarray | None:
+    """The mean Fourier magnitude of the folder's photos (recorded in D's sources by its digest)."""
     if not folder:
-        return power_law_magnitude(pp.channels, pp.image_size)
+        return None
     import hashlib
 
     from .autoencoder import load_images
 
+    pp = classifier.preprocessing
     magnitude = image_magnitude(load_images(folder, pp, "spectrum folder"), pp.order)
-    sources[f"spectrum of {os.path.abspath(folder)}"] = hashlib.sha256(magnitude.tobytes()).hexdigest()
+    key = f"spectrum of {os.path.abspath(folder)}"
+    classifier.sources[key] = hashlib.sha256(magnitude.tobytes()).hexdigest()
     return magnitude
+
+
+SOURCES = {"decoder": _decoder, "g_width": _width, "spectrum": _magnitude}

@@ -12,7 +12,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import UsageError, setting
-from ..spec import PIXEL_MODES, Hyper, RunSpec
+from ..generators import generator
+from ..spec import Hyper, RunSpec
 from ..state import initial_state, state_shapes, trainable_shapes
 from ..targets import OUTPUT, PROBABILITY, Target, Term, objective_weights
 from ..transforms import parameters
@@ -50,7 +51,7 @@ def example_inputs(coupled: CoupledStep, spec: RunSpec, k: int) -> list[torch.Te
 
 
 def check_backends(spec: RunSpec, backends) -> None:
-    if "training-api" in backends and spec.mode in PIXEL_MODES:
+    if "training-api" in backends and not generator(spec.mode).training_api:
         raise UsageError(f"the training-api backend has no {spec.mode} mode; use the step-graph backend")
     if "training-api" in backends and spec.transforms.enabled:
         raise UsageError(

@@ -274,7 +274,7 @@ def training_graphs(coupled: CoupledStep, args: list[torch.Tensor]) -> tuple[onn
     trainables = list(trainable_shapes(coupled.mode, coupled.plan))
     k = len(args[-2])  # the penalty has one value per target
     model = forward_model(coupled, args)
-    gamma = f"{coupled.plan.last_bn()}.weight" if coupled.mode == "untrained" else None
+    gamma = f"{coupled.plan.last_bn()}.weight" if coupled.generator.trains_g else None
     loss = objective_block(onnxblock, coupled.layout, k, coupled.reg_kind, gamma)
     with tempfile.TemporaryDirectory() as tmp:
         cwd = os.getcwd()

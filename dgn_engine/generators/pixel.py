@@ -1,0 +1,46 @@
+"""Pixel mode, the classic baseline (lucid / lucent): no G, the image itself, as a Fourier spectrum
+scaled by 1/frequency in decorrelated colours squashed by a sigmoid (kernels/pixel.py), with Adam."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Generator, model_space
+
+
+class Pixel(Generator):
+    name = "pixel"
+    has_g = False
+    training_api = False
+
+    def defaults(self, image_size):
+        from ..spec import TRANSFORM_PRESETS, Noise, Optimizer, Regularizer
+
+        return dict(
+            optimizer=Optimizer("adam", 0.05, 0.9, 0.999, 1e-8),
+            noise=Noise("none", 0.0),
+            regularizer=Regularizer("none", 0.0),
+            steps=512,
+            transforms=TRANSFORM_PRESETS["standard"],
+        )
+
+    def trainable_shapes(self, plan):
+        from ..plan import spectrum_shape
+
+        return {"spectrum": spectrum_shape(plan.out_channels, plan.out_size)}
+
+    def initial_trainables(self, plan, seed, targets):
+        from ..rng import init_spectrum
+
+        shape = self.trainable_shapes(plan)["spectrum"]
+        return {"spectrum": np.stack([init_spectrum(shape, seed, t) for t in targets])}
+
+    def make(self, pp, spec, source):
+        from ..plan import pixel_plan
+
+        return pixel_plan(pp.image_size, pp.channels), None
+
+    def image(self, step, params, noise, sigma):
+        from ..kernels.pixel import pixel_image
+
+        return model_space(step, pixel_image(params["spectrum"], step.classifier.preprocessing.order))
