@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -44,8 +44,8 @@ class ClassifierChoice:
 
 @dataclass(frozen=True)
 class GeneratorChoice:
-    """G: the mode (None: the artifacts' mode; else pretrained for the demo, which ships its decoder,
-    and untrained, which needs nothing, for any other D) and what builds it."""
+    """G: the mode (None: the artifacts' mode, else default_mode's) and the one setting that builds it
+    (generators/: each mode takes at most one of these)."""
 
     mode: str | None = None
     decoder: str | None = None
@@ -498,8 +498,7 @@ def runner(req: Request, r: Resolved, started=None):
         from .engine.backends import engine_backend
 
         backend = started or engine_backend(r.backend, r.art, ex.device, ex.threads, ex.precision)
-    with nullcontext():
-        yield LocalRunner(backend)
+    yield LocalRunner(backend)
 
 
 def run(req: Request, started=None) -> dict:

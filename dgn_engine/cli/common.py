@@ -19,6 +19,7 @@ from ..spec import (
     NOISE_SCHEDULES,
     OPTIMIZERS,
     REGULARIZERS,
+    SETTINGS,
     SNAPSHOT_PICKS,
     TRANSFORM_PRESETS,
     default_spec,
@@ -345,30 +346,9 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-METHOD_OPTIONS = (
-    "paper",
-    "steps",
-    "seed",
-    "lr",
-    "momentum",
-    "optimizer",
-    "noise_sigma",
-    "regularizer",
-    "reg_weight",
-    "lam",
-    "target_leak",
-    "image_range",
-    "transforms",
-    "snapshots",
-    "keep",
-    "pick",
-    "noise_schedule",
-)
-
-
 def method_settings(args) -> dict:
     """The method's options that were given, as spec.with_settings takes them."""
-    given = {name: getattr(args, name, None) for name in METHOD_OPTIONS}
+    given = {name: getattr(args, name, None) for name in SETTINGS}
     return {k: v for k, v in given.items() if v is not None and v is not False}
 
 

@@ -47,6 +47,20 @@ class Generator:
         raise NotImplementedError
 
 
+def image_defaults(lr: float, steps: int) -> dict[str, Any]:
+    """The settings of a mode without G (classic feature visualisation's): Adam at `lr`, no feature noise,
+    no regulariser of G, the standard transforms."""
+    from ..spec import TRANSFORM_PRESETS, Noise, Optimizer, Regularizer
+
+    return dict(
+        optimizer=Optimizer("adam", lr, 0.9, 0.999, 1e-8),
+        noise=Noise("none", 0.0),
+        regularizer=Regularizer("none", 0.0),
+        steps=steps,
+        transforms=TRANSFORM_PRESETS["standard"],
+    )
+
+
 def feature_vector(step, alpha, noise, sigma, relu: bool):
     """Eq. 1: f = alpha * eps(f0) with f0 = 1 (additive or multiplicative noise, the spec's kind)."""
     f0 = 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Generator, model_space
+from .base import Generator, image_defaults, model_space
 
 
 class Maco(Generator):
@@ -16,17 +16,9 @@ class Maco(Generator):
     option_is = "maco mode's fixed Fourier magnitude"
 
     def defaults(self, image_size):
-        from ..spec import TRANSFORM_PRESETS, Noise, Optimizer, Regularizer
-
         # MACO's: Adam on the phase (scale-free: it is standardised) and 256 steps; one transformed view
         # per step where MACO averages many random crops
-        return dict(
-            optimizer=Optimizer("adam", 1.0, 0.9, 0.999, 1e-8),
-            noise=Noise("none", 0.0),
-            regularizer=Regularizer("none", 0.0),
-            steps=256,
-            transforms=TRANSFORM_PRESETS["standard"],
-        )
+        return image_defaults(1.0, 256)
 
     def trainable_shapes(self, plan):
         from ..plan import phase_shape

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Generator, model_space
+from .base import Generator, image_defaults, model_space
 
 
 class Pixel(Generator):
@@ -14,15 +14,8 @@ class Pixel(Generator):
     training_api = False
 
     def defaults(self, image_size):
-        from ..spec import TRANSFORM_PRESETS, Noise, Optimizer, Regularizer
-
-        return dict(
-            optimizer=Optimizer("adam", 0.05, 0.9, 0.999, 1e-8),
-            noise=Noise("none", 0.0),
-            regularizer=Regularizer("none", 0.0),
-            steps=512,
-            transforms=TRANSFORM_PRESETS["standard"],
-        )
+        # lucid / lucent's: Adam 0.05 and 512 steps
+        return image_defaults(0.05, 512)
 
     def trainable_shapes(self, plan):
         from ..plan import spectrum_shape
