@@ -23,7 +23,7 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from . import demo, session
+from . import demo, export_cache, session
 from .arguments import (
     ArtifactsFolder,
     Backend,
@@ -187,7 +187,7 @@ def mode_spec(clf: ClassifierArg, mode: Mode):
 def export_key(coupled: Any, spec: Spec, batch: Batch, backends: EngineBackends) -> str:
     """What a cached export depends on: what D computes (its traced graph), D's and G's tensors and every
     structural choice."""
-    return session.export_key(coupled, spec, batch, backends)
+    return export_cache.export_key(coupled, spec, batch, backends)
 
 
 @checked

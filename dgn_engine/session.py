@@ -19,6 +19,7 @@ from typing import Any, Callable
 from . import demo
 from .arguments import folder_problem, refuse, shown
 from .errors import UsageError, setting
+from .export_cache import cached_export, check_cache, shipped_demo
 from .generators import OPTIONS, option_problem
 from .spec import RunSpec, default_spec, with_settings
 from .targets import OUTPUT, Target, all_classes, check_target
@@ -246,7 +247,7 @@ def resolve(req: Request) -> Resolved:
             return _finish(
                 req, shipped.spec, shipped.layout, backend, art=shipped, display=demo.DISPLAY, batch=demo.BATCH
             )
-        _check_cache(req)
+        check_cache()
     clf = _classifier(req)
     base = demo.spec(mode) if clf.name == demo.NAME else default_spec(mode, clf.preprocessing.image_size)
     return _from_classifier(req, clf, base, backend, display=demo.DISPLAY if clf.name == demo.NAME else "model")
@@ -268,7 +269,7 @@ def _from_classifier(req: Request, clf, base: RunSpec, backend: str, display: st
     if backend == "torch":
         return _resolved(req, spec, found, backend, display, batch=req.execution.batch or 1, coupled=coupled)
     batch = req.execution.batch or default_batch(len(found), is_demo)
-    art = _cached_export(req, coupled, base, spec, batch, backend)
+    art = cached_export(coupled, base, spec, batch, backend, _sources(req, clf, coupled.mode), req.log)
     return _resolved(req, spec, found, backend, display, batch=batch, art=art)
 
 
@@ -357,8 +358,8 @@ def _need_torch(req: Request, what: str) -> None:
 
 
 def _shipped_demo(req: Request, mode: str, backend: str):
-    """The demo's prebuilt artifacts, where no export can be made here (no torch) and they serve the
-    request (the step-graph backend, the demo's structure, batch and taps); None where an export is made."""
+    """The demo's shipped artifacts where no export can be made here (no torch); None where torch is
+    installed (an export is made, or found in the cache)."""
     if not _is_demo(req.d.model):
         return None
     try:
@@ -367,65 +368,19 @@ def _shipped_demo(req: Request, mode: str, backend: str):
         return None
     except ImportError:
         pass
-    from .artifacts import load_artifacts
-
+    d, g = req.d, req.g
     spec = with_settings(demo.spec(mode), (), **req.method)
     layers = {layer for t in req.targets for layer in t.layers}
-    d, g = req.d, req.g
-    own = spec.structure() == demo.spec(mode).structure() and layers <= set(demo.TAPS)
     format_given = any(
         v is not None for v in (d.weights, d.image_size, d.channels, d.mean, d.std, g.decoder, g.g_width)
     )
-    if backend != "step-graph" or not own or req.execution.batch not in (None, demo.BATCH) or format_given:
+    shipped = shipped_demo(mode, backend, spec, req.execution.batch or demo.BATCH, layers)
+    if shipped is None or format_given:
         raise UsageError(
             "the package ships the demo for the step-graph backend and its default structure only; other "
             "choices need it exported, which needs torch: pip install 'dgn-engine[export]'"
         )
-    return load_artifacts(demo.shipped_artifacts(mode))
-
-
-def _check_cache(req: Request) -> None:
-    """The export cache is a folder (or can become one) where a file is not in the way: one line now,
-    not a NotADirectoryError later. Whether it is writable is asked only when an export must be written."""
-    exports = os.path.join(demo.cache_dir(), "exports")
-    problem = folder_problem(exports, writable=False)
-    if problem:
-        raise UsageError(f"the export cache {exports!r} {problem}; set DGN_ENGINE_CACHE to a writable folder")
-
-
-def export_spec(base: RunSpec, spec: RunSpec) -> RunSpec:
-    """What a cached export records: the run's structure over `base` (its mode's defaults), so that what
-    it holds never depends on the numbers of the call that first made it."""
-    on = spec.transforms.enabled
-    return with_settings(
-        base,
-        (),
-        optimizer=spec.optimizer.name,
-        regularizer=spec.regularizer.kind,
-        image_range=spec.image_range,
-        transforms=None if on == base.transforms.enabled else ("standard" if on else "none"),
-    )
-
-
-def export_key(coupled, spec: RunSpec, batch: int, backends) -> str:
-    """What a cached export depends on: what D computes (its traced graph), D's and G's tensors and every
-    structural choice."""
-    from ._version import __version__
-    from .artifacts import FORMAT_VERSION
-    from .digests import sha256_json
-    from .exporter.fingerprint import made_of
-
-    return sha256_json(
-        {
-            "made_of": made_of(coupled),
-            "batch": batch,
-            "backends": sorted(backends),
-            "structure": spec.structure(),
-            "recorded": "the structure over the mode's defaults",  # what export_spec writes (older caches differ)
-            "format": FORMAT_VERSION,
-            "dgn_engine": __version__,
-        }
-    )[:24]
+    return shipped
 
 
 def _sources(req: Request, clf, mode: str):
@@ -437,38 +392,6 @@ def _sources(req: Request, clf, mode: str):
     seed = req.method.get("seed") or 0
     args = (d.weights, d.image_size, d.channels, d.mean, d.std, g.decoder, g.g_width, seed, g.spectrum, d.keep_softmax)
     return Sources(mode, name, *args).absolute()
-
-
-def _cached_export(req: Request, coupled, base: RunSpec, spec: RunSpec, batch: int, backend: str):
-    """The artifacts of this G + D for `spec` (over the mode's defaults `base`), exported once into the
-    cache and reused while they are whole."""
-    from .artifacts import load_artifacts
-    from .exporter.manifest import export_artifacts
-
-    is_demo = coupled.classifier.name == demo.NAME
-    folder = os.path.join(demo.cache_dir(), "exports", export_key(coupled, spec, batch, [backend]))
-    if os.path.isdir(folder):
-        try:
-            art = load_artifacts(folder)
-            art.check_files()
-            return art
-        except UsageError:
-            pass  # damaged or half-written: made again
-    problem = folder_problem(os.path.dirname(folder))
-    if problem is None:
-        try:
-            os.makedirs(os.path.dirname(folder), exist_ok=True)
-        except OSError as e:
-            problem = f"cannot be created ({e.strerror or e})"
-    if problem:
-        raise UsageError(
-            f"the export cache {os.path.dirname(folder)!r} {problem}; set DGN_ENGINE_CACHE to a writable folder"
-        )
-    what = "the embedded demo" if is_demo else "this classifier"
-    req.log(f"exporting {what}'s {coupled.mode} mode to ONNX, once (the next calls reuse it): {folder}")
-    sources = _sources(req, coupled.classifier, coupled.mode)
-    recorded = export_spec(base, spec)
-    return export_artifacts(coupled, recorded, sources, batch, folder, force=True, log=req.log, backends=[backend])
 
 
 @contextmanager

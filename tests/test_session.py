@@ -109,3 +109,21 @@ def test_a_run_builds_one_spec_parses_each_target_once_and_never_climbs(tmp_path
     )
     assert graph_run["exit"] == 0 and graph_run["parses per target"] == 1
     assert graph_run["counts"] == {"specs built": 1} and graph_run["climbs"] == []
+
+
+def test_the_demo_runs_its_shipped_artifacts_where_the_cache_cannot_be_written(tmp_path, monkeypatch, capsys):
+    """They are the export the run would make (the same results digest), so the results are the same."""
+    import os
+
+    from dgn_engine import demo
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("DGN_ENGINE_CACHE", str(cache))
+    real = os.access  # read-only as any user sees it (root writes anywhere)
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(cache) else real(p, mode, **kw))
+    out = tmp_path / "o"
+    assert main(["run", "--target", "class:1", "--steps", "3", "--out", str(out), "--quiet"]) == 0
+    assert "exporting" not in capsys.readouterr().out and os.listdir(cache) == []
+    made = json.loads((out / "run.json").read_text())
+    assert json.dumps(made).count(os.path.realpath(demo.shipped_artifacts("pretrained"))) >= 1
