@@ -168,9 +168,17 @@ class Engine:
             >>> results = dgn.Engine("art").run(["class:3", "channel:features.28:17"], steps=200)
         """
         ex = Execution(
-            self.backend_name, (), self.device, None, self.precision, self.threads, self.ray, self.workers, None,
-            _path(out), force, display, progress,
-        )  # fmt: skip
+            backend=self.backend_name,
+            device=self.device,
+            precision=self.precision,
+            threads=self.threads,
+            ray=self.ray,
+            workers=self.workers,
+            out=_path(out),
+            force=force,
+            display=display,
+            progress=progress,
+        )
         d = ClassifierChoice(self.artifacts, labels=tuple(labels) if labels is not None else None)
         request = Request(d, method=_given(settings), execution=ex, targets=_targets(targets), caller="Engine.run")
         return session.results(request, started=None if self.ray is not None else self.backend)
@@ -288,7 +296,16 @@ def synthesize(
         GeneratorChoice(mode, decoder, g_width, spectrum),
         _given(settings, steps=steps, seed=seed),
         Execution(
-            backend, (), device, batch, precision, None, ray, workers, None, _path(out), force, display, progress
+            backend=backend,
+            device=device,
+            batch=batch,
+            precision=precision,
+            ray=ray,
+            workers=workers,
+            out=_path(out),
+            force=force,
+            display=display,
+            progress=progress,
         ),
         _targets(targets),
         caller="synthesize",

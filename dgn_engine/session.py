@@ -54,7 +54,7 @@ class GeneratorChoice:
     spectrum: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Execution:
     """How and where it runs, and what it writes."""
 

@@ -127,10 +127,8 @@ def request(args):
     targets = targets_of(args)
     if not targets and not args.all_classes:
         raise UsageError("say what to synthesise: --target SPEC, --targets-file FILE or --all-classes")
-    ex = Execution(
-        args.backend, (), args.device, args.batch, args.precision, args.threads, args.ray, args.workers, args.shard,
-        args.out, args.force, args.display, not args.quiet, print,
-    )  # fmt: skip
+    given = ("backend", "device", "batch", "precision", "threads", "ray", "workers", "shard", "out", "force", "display")
+    ex = Execution(**{name: getattr(args, name) for name in given}, progress=not args.quiet, log=print)
     model = args.classifier or ("vgg16" if args.weights else demo.NAME)  # --weights name the real VGG-16's
     if args.artifacts:
         model = load_artifacts(args.artifacts)
