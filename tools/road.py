@@ -3,8 +3,9 @@
     python tools/road.py [--classifier NAME --backend torch ...]   (any `run` options; --out is made)
 
 Prints, for the calls between dgn_engine's modules: the modules entered, the distinct calls from one
-module into another, those that climb back to a higher layer (cli > api and session > exporter > engine
-> the data modules), and how often the run built a spec, parsed each target and loaded D.
+module into another, those that climb back to a higher layer (cli > api, session, export_cache >
+exporter > engine > the data modules), and how often the run built a spec, parsed each target and
+loaded D.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import os
 import sys
 import tempfile
 
-LAYERS = (("dgn_engine.cli", 0), ("dgn_engine.api", 1), ("dgn_engine.session", 1), ("dgn_engine.exporter", 2))
+LAYERS = (
+    ("dgn_engine.cli", 0),
+    ("dgn_engine.api", 1),
+    ("dgn_engine.session", 1),
+    ("dgn_engine.export_cache", 1),
+    ("dgn_engine.exporter", 2),
+)
 COUNTED = {
     ("dgn_engine.spec", "with_settings"): "specs built",
     ("dgn_engine.exporter.classifiers", "_load"): "classifiers loaded by name or file",
