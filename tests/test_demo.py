@@ -17,7 +17,8 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-@pytest.mark.parametrize("mode", ["pretrained", "untrained"])
+# the README's first command (pretrained) in the quick tier; untrained (21 s here) in the slow one
+@pytest.mark.parametrize("mode", ["pretrained", pytest.param("untrained", marks=pytest.mark.slow)])
 def test_demo_end_to_end(tmp_path, cache, capsys, mode):
     """The README's first command, on fewer steps: exports into the cache, runs all ten classes."""
     out = tmp_path / "results"
