@@ -57,17 +57,49 @@ def time_backend(backend, spec, k: int, steps: int, warmup: int) -> dict:
     }
 
 
-def op_shares(trace_file: str, most: int = 8) -> list[list]:
-    """[op type, share of the step's node time] from an onnxruntime profile, largest first."""
+def _kernel_times(trace_file: str):
+    """(node name, op type, microseconds) of each node run in an onnxruntime profile."""
     with open(trace_file) as f:
         events = json.load(f)
-    per_op: dict[str, float] = {}
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            op = e.get("args", {}).get("op_name", "?")
-            per_op[op] = per_op.get(op, 0.0) + e.get("dur", 0)
-    total = sum(per_op.values()) or 1.0
-    return [[op, round(t / total, 4)] for op, t in sorted(per_op.items(), key=lambda kv: -kv[1])[:most]]
+            yield e["name"][: -len("_kernel_time")], e.get("args", {}).get("op_name", "?"), e.get("dur", 0)
+
+
+def _shares(times: dict[str, float], most: int) -> list[list]:
+    total = sum(times.values()) or 1.0
+    return [[key, round(t / total, 4)] for key, t in sorted(times.items(), key=lambda kv: -kv[1])[:most]]
+
+
+def op_shares(trace_file: str, most: int = 8) -> list[list]:
+    """[op type, share of the step's node time] from an onnxruntime profile, largest first."""
+    per_op: dict[str, float] = {}
+    for _, op, t in _kernel_times(trace_file):
+        per_op[op] = per_op.get(op, 0.0) + t
+    return _shares(per_op, most)
+
+
+LAYOUT = "layout"  # nodes onnxruntime adds itself: reorders between its blocked (NCHWc) and plain layouts
+
+
+def _role_of(name: str, node_roles: dict[str, str]) -> str:
+    """A profiled node's role in the exported graph. onnxruntime renames what it rewrites: a fusion
+    appends '/<Fusion>/', its NCHWc layout drops the 'node_' prefix and appends '_nchwc'."""
+    base = name.split("/")[0]
+    base = base[: -len("_nchwc")] if base.endswith("_nchwc") else base
+    for candidate in (base, "node_" + base):
+        if candidate in node_roles:
+            return node_roles[candidate]
+    return LAYOUT
+
+
+def role_shares(trace_file: str, node_roles: dict[str, str]) -> list[list]:
+    """[role, share of the step's node time] (the roles of `bench --cost`), largest first."""
+    per_role: dict[str, float] = {}
+    for name, _, t in _kernel_times(trace_file):
+        role = _role_of(name, node_roles)
+        per_role[role] = per_role.get(role, 0.0) + t
+    return _shares(per_role, len(per_role))
 
 
 def peak_rss_mib() -> float:
@@ -178,11 +210,25 @@ def run_row(row: dict) -> dict:
     if row.get("profile_ops") and row["backend"] == "step-graph":
         trace = backend.session.end_profiling()
         result["profile"] = op_shares(trace)
+        if (roles := _node_roles(art)) is not None:
+            result["profile_roles"] = role_shares(trace, roles)
         shutil.rmtree(os.path.dirname(trace), ignore_errors=True)
     result["peak_rss_mib"] = peak_rss_mib()
     if backend.describe()["device"].startswith("cuda"):
         result["gpu_memory_mib"] = gpu_memory_mib()
     return result
+
+
+def _node_roles(art) -> dict[str, str] | None:
+    """Each step-graph node's role, or None where the onnx package (which reads the graph) is missing."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return None
+    from .cost import assign_roles, load_step_graph
+
+    graph = load_step_graph(art).graph
+    return {node.name: role for node, role in zip(graph.node, assign_roles(graph))}
 
 
 def _row_in_subprocess(row: dict) -> dict:
@@ -207,7 +253,7 @@ class Timing:
     warmup: int = 2
     threads: int | None = None
     precisions: tuple[str, ...] = ("float32",)
-    profile: bool = False  # onnxruntime's per-op shares for step-graph rows (its overhead is in their times)
+    profile: bool = False  # onnxruntime's per-op and per-role shares for step-graph rows (its overhead is in their times)
 
 
 def bench_group(art, size: str, backends, timing: Timing, log) -> list[dict]:
@@ -219,8 +265,9 @@ def bench_group(art, size: str, backends, timing: Timing, log) -> list[dict]:
             row, base = _timed_row(art, size, backend, precision, timing, base)
             rows.append(row)
             log(format_row(row))
-            if row.get("profile"):
-                log("    " + ", ".join(f"{op} {share * 100:.1f} %" for op, share in row["profile"]))
+            for key in ("profile", "profile_roles"):
+                if row.get(key):
+                    log("    " + ", ".join(f"{name} {share * 100:.1f} %" for name, share in row[key]))
     return rows
 
 

@@ -20,7 +20,11 @@ def test_bench_rows_ratio_and_profile(artifacts, tmp_path, capsys):
     assert graph["vs_torch"] == rows["torch"]["seconds_per_step"] / graph["seconds_per_step"]
     shares = dict(graph["profile"])
     assert "Conv" in shares and 0 < sum(shares.values()) <= 1 + 1e-6
-    assert "Conv " in capsys.readouterr().out  # the shares line under the row
+    roles = dict(graph["profile_roles"])
+    assert set(roles) <= {"forward", "input gradient", "weight gradient", "update", "bookkeeping", "layout"}
+    assert roles["forward"] > 0 and roles["input gradient"] > 0 and abs(sum(roles.values()) - 1) < 1e-3
+    printed = capsys.readouterr().out
+    assert "Conv " in printed and "forward " in printed  # the shares lines under the row
     assert "profile" not in rows["torch"]
 
 

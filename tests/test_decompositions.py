@@ -8,6 +8,7 @@ products, so agreement is to rounding: 1e-10.
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from dgn_engine.kernels import decompositions as dec
 
@@ -70,6 +71,54 @@ def test_transposed_convolution_backward(groups, k, stride, pad, dil, out_pad):
     )
     torch.testing.assert_close(ours[0], gx, **TOL)
     torch.testing.assert_close(ours[1], gw, **TOL)
+
+
+WEIGHT_GRADIENT_PATHS = [dec.weight_grad_matmul, dec.weight_grad_conv]
+
+
+@pytest.mark.parametrize("path", WEIGHT_GRADIENT_PATHS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("groups, k, stride, pad, dil, size, ch", CONV_CASES)
+def test_both_weight_gradient_paths(path, groups, k, stride, pad, dil, size, ch):
+    """Each path on every case, whichever the dispatcher would pick for its channel count."""
+    torch.manual_seed(3)
+    k2 = k if isinstance(k, tuple) else (k, k)
+    pair = lambda v: tuple(v) if isinstance(v, tuple) else (v, v)  # noqa: E731
+    x = torch.randn(2, ch[0] * groups, size, size + 1, **f64)
+    w = torch.randn(ch[1] * groups, ch[0], *k2, **f64)
+    _, g, (_, gw) = _autograd(lambda x, w: F.conv2d(x, w, None, stride, pad, dil, groups), x, w)
+    torch.testing.assert_close(path(x, g, k2, pair(stride), pair(pad), pair(dil), groups), gw, **TOL)
+
+
+@pytest.mark.parametrize("path", WEIGHT_GRADIENT_PATHS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("batch, transposed, dims", [(1, False, 2), (3, False, 2), (2, True, 2), (2, False, 1)])
+def test_weight_gradient_paths_batch_transposed_and_1d(path, batch, transposed, dims):
+    """A batch of one (the untrained G's layout: one image per target, targets as groups) and of
+    several, a transposed convolution (input and output gradient swap roles) and a 1-d convolution."""
+    torch.manual_seed(4)
+    size, groups, stride, pad, dil, k = [9, 8][:dims], 2, (2,) * dims, (1,) * dims, (1,) * dims, (3,) * dims
+    x = torch.randn(batch, 8 * groups, *size, **f64)
+    conv = (F.conv_transpose1d, F.conv_transpose2d)[dims - 1] if transposed else (F.conv1d, F.conv2d)[dims - 1]
+    w = torch.randn(8 * groups, 8, *k, **f64) if transposed else torch.randn(10 * groups, 8, *k, **f64)
+    if transposed:
+        fn = lambda x, w: conv(x, w, None, stride, pad, 1, groups, dil)  # noqa: E731
+    else:
+        fn = lambda x, w: conv(x, w, None, stride, pad, dil, groups)  # noqa: E731
+    _, g, (_, gw) = _autograd(fn, x, w)
+    ours = path(g, x, k, stride, pad, dil, groups) if transposed else path(x, g, k, stride, pad, dil, groups)
+    torch.testing.assert_close(ours, gw, **TOL)
+
+
+def test_the_dispatcher_takes_products_for_enough_channels_and_work(monkeypatch):
+    def traced_ops(cin, groups):
+        x, g = torch.randn(1, cin, 6, 6, **f64), torch.randn(1, 4, 4, 4, **f64)
+        fn = lambda a, b: dec._weight_grad(a, b, (3, 3), (1, 1), (0, 0), (1, 1), groups)  # noqa: E731
+        graph = make_fx(fn)(x, g).graph
+        return " ".join(str(n.target) for n in graph.nodes if n.op == "call_function")
+
+    assert "convolution" in traced_ops(16, 2)  # 2 * 16 * 4 * 16 * 9 / 2 = 9,216 FLOPs: too little work
+    monkeypatch.setattr(dec, "MATMUL_MIN_FLOPS", 9216)
+    assert "convolution" not in traced_ops(16, 2) and "bmm" in traced_ops(16, 2)  # 8 channels per group
+    assert "convolution" in traced_ops(16, 4)  # 4 per group
 
 
 def test_convolution_backward_1d():

@@ -76,7 +76,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="for step-graph rows, onnxruntime's profiler: each op type's share of the step's time (its "
+        help="for step-graph rows, onnxruntime's profiler: each op type's share of the step's time, then each "
+        "role's (forward, input gradient, weight gradient, update, bookkeeping as --cost names them, and "
+        "layout: the reorders onnxruntime adds itself; needs the onnx package) (its "
         "overhead is in those rows' times: read the shares, not the seconds; on CUDA it times the nodes "
         "on the host while kernels run asynchronously, so there the shares are a lead)",
     )

@@ -6,10 +6,19 @@ Which case takes which path:
   kernel (onnxruntime's Conv is much faster than its ConvTranspose on the CPU); every other strided,
   over-padded convolution is a ConvTranspose (output_padding restores the rows no window reached);
   a transposed convolution's input gradient is the plain convolution with its own weight.
-- convolution_backward, weight gradient: a convolution of the input with the output gradient, groups
-  folded into the batch axis; the forward stride becomes the kernel dilation and the forward dilation
-  the stride, cropped to the kernel size. A transposed convolution swaps the roles of input and
-  output gradient. Any number of spatial axes, any groups (depthwise included).
+- convolution_backward, weight gradient (a transposed convolution swaps the roles of input and output
+  gradient; any number of spatial axes, any groups):
+  - at least MATMUL_MIN_CHANNELS input channels per group and MATMUL_MIN_FLOPS (a 224 px
+    generator's layers; not the 32 px demo's): one batched MatMul per kernel offset, of the strided slice of the padded input that
+    the offset's tap reads with the output gradient, the reduction over pixels and the groups in one
+    product. onnxruntime's Conv would run this as a convolution whose kernel is image-sized; on 2 CPU
+    cores the products take 0.4-0.8x its time for a 224 px generator's layers (bench/RESULTS.md);
+  - otherwise: a convolution of the input with the output gradient, groups folded into the batch
+    axis, the forward stride as the kernel dilation and the forward dilation as the stride, cropped to
+    the kernel size. With few channels (an RGB stem, depthwise layers) the products would be too thin
+    (a 7x7 stride-2 RGB stem: 1.9x the convolution's time); below MATMUL_MIN_FLOPS either form takes
+    under a millisecond, and the convolution is 3 graph nodes where the products are about 4 per
+    offset (export time grows with the node count: +30 % for the demo's untrained step).
 - aten._convolution (traced TorchScript archives hold it): aten.convolution.
 - adaptive_max_pool2d forward (no ONNX op): max pooling where the windows are regular, else a max
   per window.
@@ -42,7 +51,44 @@ def _flip_swap(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return w.reshape(groups * c, o // groups, *k)
 
 
+MATMUL_MIN_CHANNELS = 8
+MATMUL_MIN_FLOPS = 1e8
+
+
 def _weight_grad(inp, grad_out, kernel, stride, padding, dilation, groups):
+    """d/dw of y = conv(inp, w), by the path the module's docstring gives for its shape."""
+    flops = 2 * inp.shape[0] * inp.shape[1] * grad_out[0].numel() * math.prod(kernel) // groups
+    if inp.shape[1] // groups >= MATMUL_MIN_CHANNELS and flops >= MATMUL_MIN_FLOPS:
+        return weight_grad_matmul(inp, grad_out, kernel, stride, padding, dilation, groups)
+    return weight_grad_conv(inp, grad_out, kernel, stride, padding, dilation, groups)
+
+
+def weight_grad_matmul(inp, grad_out, kernel, stride, padding, dilation, groups):
+    """d/dw of y = conv(inp, w) as products: w[:, :, offset] reads the input slice its tap sees."""
+    n, cin = inp.shape[:2]
+    cout, osize = grad_out.shape[1], list(grad_out.shape[2:])
+    cg, og, pixels = cin // groups, cout // groups, math.prod(osize)
+    x = F.pad(inp, [q for p in reversed(padding) for q in (p, p)]) if any(padding) else inp
+    go_t = grad_out.reshape(n * groups, og, pixels).transpose(1, 2)  # once per layer, not per offset
+    taps = [
+        [slice(o * dl, o * dl + s * (m - 1) + 1, s) for o in range(k)]
+        for k, dl, s, m in zip(kernel, dilation, stride, osize)
+    ]
+
+    def seen(x, axis):  # slice the first spatial axis once per offset, then the next within each slice
+        if axis == len(kernel):
+            yield x.reshape(n * groups, cg, pixels)
+            return
+        for tap in taps[axis]:
+            yield from seen(x[(slice(None),) * (2 + axis) + (tap,)], axis + 1)
+
+    per_offset = [torch.bmm(x_o, go_t) for x_o in seen(x, 0)]  # [n * groups, cg, og]; 3-d: no broadcasting
+    g = torch.cat(per_offset, -1).reshape(n, groups, cg, -1, og)
+    g = g.sum(0) if n > 1 else g.reshape(groups, cg, -1, og)  # [groups, cg, offsets, og]
+    return g.permute(0, 3, 1, 2).reshape(cout, cg, *kernel)
+
+
+def weight_grad_conv(inp, grad_out, kernel, stride, padding, dilation, groups):
     """d/dw of y = conv(inp, w): per group, a correlation of the input with the output gradient."""
     n, cin, *size = inp.shape
     cout, osize = grad_out.shape[1], grad_out.shape[2:]
