@@ -253,7 +253,7 @@ class Timing:
     warmup: int = 2
     threads: int | None = None
     precisions: tuple[str, ...] = ("float32",)
-    profile: bool = False  # onnxruntime's per-op and per-role shares for step-graph rows (its overhead is in their times)
+    profile: bool = False  # onnxruntime's per-op and per-role shares of step-graph rows (its overhead in their times)
 
 
 def bench_group(art, size: str, backends, timing: Timing, log) -> list[dict]:

@@ -8,11 +8,12 @@ Which case takes which path:
   a transposed convolution's input gradient is the plain convolution with its own weight.
 - convolution_backward, weight gradient (a transposed convolution swaps the roles of input and output
   gradient; any number of spatial axes, any groups):
-  - at least MATMUL_MIN_CHANNELS input channels per group and MATMUL_MIN_FLOPS (a 224 px
-    generator's layers; not the 32 px demo's): one batched MatMul per kernel offset, of the strided slice of the padded input that
-    the offset's tap reads with the output gradient, the reduction over pixels and the groups in one
-    product. onnxruntime's Conv would run this as a convolution whose kernel is image-sized; on 2 CPU
-    cores the products take 0.4-0.8x its time for a 224 px generator's layers (bench/RESULTS.md);
+  - at least MATMUL_MIN_CHANNELS input channels per group and MATMUL_MIN_FLOPS (a 224 px generator's
+    layers; not the 32 px demo's): one batched MatMul per kernel offset, of the strided slice of the
+    padded input that the offset's tap reads with the output gradient, the reduction over pixels and
+    the groups in one product. onnxruntime's Conv would run this as a convolution whose kernel is
+    image-sized; on 2 CPU cores the products take 0.4-0.8x its time for a 224 px generator's layers
+    (bench/RESULTS.md);
   - otherwise: a convolution of the input with the output gradient, groups folded into the batch
     axis, the forward stride as the kernel dilation and the forward dilation as the stride, cropped to
     the kernel size. With few channels (an RGB stem, depthwise layers) the products would be too thin
