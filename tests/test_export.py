@@ -10,6 +10,7 @@ import pytest
 
 from dgn_engine.artifacts import load_artifacts
 from dgn_engine.cli.main import main
+from dgn_engine.cost import assign_roles
 from dgn_engine.engine.backends.step_graph import StepGraphBackend
 from dgn_engine.engine.loop import run_batch
 from dgn_engine.errors import UsageError
@@ -32,6 +33,23 @@ def test_step_graph_matches_float64_reference(artifacts, mode):
     # and in absolute terms: the loss of every step to 1e-5, the state's change to 1e-3
     assert report["step-graph"]["loss"] < 1e-5
     assert report["step-graph"]["state"] < 1e-3
+
+
+@pytest.mark.slow  # an export of its own
+def test_weight_gradients_as_products_match_float64(tmp_path, monkeypatch):
+    """G's weight gradients on the batched-MatMul path (taken by a 224 px G's layers; forced here on the
+    tiny model's G by lowering the work threshold), two generators as groups, through onnxruntime:
+    verify's tolerance, as for the convolution path above."""
+    from dgn_engine.kernels import decompositions
+
+    monkeypatch.setattr(decompositions, "MATMUL_MIN_FLOPS", 0)
+    art = export(tmp_path / "art", "untrained", 2)
+    graph = onnx.load(art.graph("step"), load_external_data=False).graph
+    weight_gradient_ops = [n.op_type for n, role in zip(graph.node, assign_roles(graph)) if role == "weight gradient"]
+    assert "Conv" not in weight_gradient_ops and weight_gradient_ops.count("MatMul") >= 9  # a 3x3 layer's at least
+    ok, report = verify(art, 4, "cpu", log=lambda *_: None, engine_backends=[StepGraphBackend(art, "cpu")])
+    assert ok, report
+    assert report["step-graph"]["loss"] < 1e-5 and report["step-graph"]["state"] < 1e-3
 
 
 def test_verify_command(artifacts, capsys):
