@@ -164,6 +164,11 @@ class Artifacts:
                 files[file] = data
         return files
 
+    @property
+    def weights_bytes(self) -> int:
+        """The size of the constants the graphs share (weights.bin), as the manifest records it."""
+        return int(self.manifest["files"].get("weights.bin", {}).get("size", 0))
+
     def graph(self, name: str) -> str:
         return os.path.join(self.path, self.manifest["graphs"][name]["file"])
 

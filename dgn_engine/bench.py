@@ -192,7 +192,9 @@ def run_row(row: dict) -> dict:
             from .engine.backends.onnx_session import session
 
             prefix = os.path.join(tempfile.mkdtemp(prefix="dgn-profile-"), "step")
-            backend.session = session(art.graph("step"), backend.providers, row.get("threads"), prefix)
+            backend.session = session(
+                art.graph("step"), backend.providers, row.get("threads"), prefix, art.weights_bytes
+            )
     else:
         import torch
 

@@ -357,3 +357,35 @@ def test_auto_device_without_a_driver_is_the_cpu(monkeypatch):
     assert onnx_session.providers("cuda")[1] == "cuda"  # asked for: tried, and refused by the session if it fails
     monkeypatch.setattr(onnx_session, "cuda_driver", lambda: True)
     assert onnx_session.providers("auto")[1] == "cuda"
+
+
+def test_large_weights_are_not_prepacked_and_step_the_same(artifacts, monkeypatch):
+    """Over PREPACK_LIMIT of constants, onnxruntime keeps no repacked copy of each weight (it doubled
+    VGG-16's in memory); a step is the same computation either way: to float32 rounding of a few
+    hundred products (1e-5 relative)."""
+    from dgn_engine.engine.backends import onnx_session
+    from dgn_engine.engine.backends.step_graph import StepGraphBackend
+    from dgn_engine.engine.loop import transform_streams
+
+    art = artifacts["untrained"]
+
+    def first_step(limit):
+        monkeypatch.setattr(onnx_session, "PREPACK_LIMIT", limit)
+        backend = StepGraphBackend(art, "cpu")
+        backend.load()
+        try:
+            unpacked = backend.session.get_session_options().get_session_config_entry("session.disable_prepacking")
+        except RuntimeError:  # onnxruntime's answer where the entry was never set
+            unpacked = "0"
+        targets = [parse_target("class:1")] * art.batch
+        backend.start(targets, art.spec)
+        streams = transform_streams(backend, art.spec, targets)
+        noise = np.random.default_rng(0).standard_normal((art.batch, backend.features))
+        out = backend.step(noise, read=True, image=True, transform=streams.next() if streams else None)
+        return unpacked == "1", out
+
+    assert art.weights_bytes < onnx_session.PREPACK_LIMIT
+    (unpacked, default), (unpacked_at_0, shared) = first_step(onnx_session.PREPACK_LIMIT), first_step(0)
+    assert not unpacked and unpacked_at_0
+    np.testing.assert_allclose(shared.loss, default.loss, rtol=1e-5)
+    np.testing.assert_allclose(shared.image, default.image, rtol=1e-5, atol=1e-5)

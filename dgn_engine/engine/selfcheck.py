@@ -48,7 +48,7 @@ class _GraphLoss:
     """The loss of every target from the trainables, through render.onnx and classifier.onnx."""
 
     def __init__(self, art, backend, spec, targets, noise, transform=None):
-        self.render = session(art.graph("render"), backend.providers)
+        self.render = session(art.graph("render"), backend.providers, weights_bytes=art.weights_bytes)
         self.trainables = [i.name for i in self.render.get_inputs() if i.name not in ("noise", "hyper")]
         self.backend, self.spec, self.noise = backend, spec, noise.astype(np.float32)
         self.hyper = np.array(spec.hyper(), np.float32)

@@ -36,7 +36,9 @@ class ArtifactsBackend:
         # into the folder waits: all of a run's outputs come from one export
         with art.reading():
             art.check_files()  # a flipped byte in weights.bin would otherwise run as another D
-            self._classifier = session(art.graph("classifier"), self.providers, threads)
+            self._classifier = session(
+                art.graph("classifier"), self.providers, threads, weights_bytes=art.weights_bytes
+            )
             check_io(self._classifier, art.manifest["graphs"]["classifier"], art.graph("classifier"))
             if self._classifier.get_inputs()[0].shape[0] != art.batch:
                 raise UsageError(

@@ -68,9 +68,19 @@ def provider_names(provider_list: list) -> list[str]:
     return [p[0] if isinstance(p, tuple) else p for p in provider_list]
 
 
-def session(path: str, provider_list: list, threads: int | None = None, profile_prefix: str | None = None):
+# Above this much of constants, onnxruntime's CPU kernels do not keep their own repacked copy of each
+# weight: measured on VGG-16 + the paper's G (530 MB), the step's peak memory falls from 1.75 to 1.29 GB
+# at the same speed; on the 32 px demo (2.5 MB) prepacking is worth 4-5 % of the step.
+PREPACK_LIMIT = 64 << 20
+
+
+def session(
+    path: str, provider_list: list, threads: int | None = None, profile_prefix: str | None = None, weights_bytes=0
+):
     rt = ort()
     so = rt.SessionOptions()
+    if weights_bytes > PREPACK_LIMIT:
+        so.add_session_config_entry("session.disable_prepacking", "1")
     if profile_prefix:  # onnxruntime's own profiler: a JSON trace of every node's time
         so.enable_profiling, so.profile_file_prefix = True, profile_prefix
     so.graph_optimization_level = rt.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -37,7 +37,9 @@ class StepGraphBackend(ArtifactsBackend):
         self.binding = None
 
     def load(self) -> None:
-        self.session = session(self.art.graph("step"), self.providers, self.threads)
+        self.session = session(
+            self.art.graph("step"), self.providers, self.threads, weights_bytes=self.art.weights_bytes
+        )
         check_io(self.session, self.art.manifest["graphs"]["step"], self.art.graph("step"))
 
     def _value(self, array: np.ndarray):

@@ -1,0 +1,73 @@
+"""Graph rewrites change how onnxruntime stores a graph, never what it computes."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from dgn_engine.artifacts import load_artifacts
+from dgn_engine.cli.main import main
+from dgn_engine.cost import assign_roles
+from dgn_engine.engine.backends.step_graph import StepGraphBackend
+from dgn_engine.exporter.graph_rewrites import linear_weights_shared
+from dgn_engine.exporter.verify import verify
+
+
+def _model(a_shape):
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["a", "wt"], ["y"]),
+        helper.make_node("Relu", ["y"], ["z"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, a_shape)],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [*a_shape[:-1], 5])],
+        [w],
+    )
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]))
+
+
+def _run(model, a):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"a": a})[0]
+
+
+def test_a_transposed_weight_read_by_matmul_becomes_gemm_on_the_weight():
+    a = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
+    before = _model([3, 4])
+    expected = _run(before, a)
+    after = linear_weights_shared(_model([3, 4]))
+    assert [n.op_type for n in after.graph.node] == ["Gemm", "Relu"]
+    assert list(after.graph.node[0].input) == ["a", "w"]
+    # the same products summed in the same order: equal to float32 rounding
+    np.testing.assert_allclose(_run(after, a), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_three_dimensional_input_keeps_its_matmul():
+    """Gemm takes 2-d inputs only."""
+    after = linear_weights_shared(_model([2, 3, 4]))
+    assert [n.op_type for n in after.graph.node] == ["Transpose", "MatMul", "Relu"]
+
+
+def test_exported_linear_layers_keep_one_copy_of_their_weights(tmp_path):
+    """tiny_gray's hidden layer (784 x 32) is over the exporter's folding limit (8,192 elements), so
+    its input gradient reads the weight through a Transpose: rewritten, the forward Gemm and the input
+    gradient's Gemm read the same initializer, and the step still matches float64."""
+    argv = ["export", "--classifier", "tests.small_models:tiny_gray", "--mode", "pixel", "--out", str(tmp_path / "a")]
+    assert main(argv) == 0
+    art = load_artifacts(str(tmp_path / "a"))
+    graph = onnx.load(art.graph("step"), load_external_data=False).graph
+    matrices = {i.name for i in graph.initializer if len(i.dims) == 2}
+    transposed = {n.output[0] for n in graph.node if n.op_type == "Transpose" and n.input[0] in matrices}
+    assert not any(n.op_type == "MatMul" and n.input[1] in transposed for n in graph.node)
+    roles = dict(zip((n.name for n in graph.node), assign_roles(graph)))
+    readers: dict[str, set] = {}
+    for n in graph.node:
+        if n.op_type == "Gemm" and n.input[1] in matrices:
+            readers.setdefault(n.input[1], set()).add(roles[n.name])
+    assert any({"forward", "input gradient"} <= r for r in readers.values()), readers
+    ok, report = verify(art, 2, "cpu", log=lambda *_: None, engine_backends=[StepGraphBackend(art, "cpu")])
+    assert ok, report
