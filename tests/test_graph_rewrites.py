@@ -3,6 +3,7 @@
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dgn_engine.artifacts import load_artifacts
@@ -52,6 +53,7 @@ def test_a_three_dimensional_input_keeps_its_matmul():
     assert [n.op_type for n in after.graph.node] == ["Transpose", "MatMul", "Relu"]
 
 
+@pytest.mark.slow  # an export of its own
 def test_exported_linear_layers_keep_one_copy_of_their_weights(tmp_path):
     """tiny_gray's hidden layer (784 x 32) is over the exporter's folding limit (8,192 elements), so
     its input gradient reads the weight through a Transpose: rewritten, the forward Gemm and the input
