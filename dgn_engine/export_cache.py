@@ -46,6 +46,7 @@ def export_key(coupled, spec: RunSpec, batch: int, backends) -> str:
     from .artifacts import FORMAT_VERSION
     from .digests import sha256_json
     from .exporter.fingerprint import made_of
+    from .exporter.tracing import REVISION
 
     return sha256_json(
         {
@@ -56,6 +57,7 @@ def export_key(coupled, spec: RunSpec, batch: int, backends) -> str:
             "recorded": "the structure over the mode's defaults",  # what export_spec writes (older caches differ)
             "format": FORMAT_VERSION,
             "dgn_engine": __version__,
+            "graphs": REVISION,
         }
     )[:24]
 

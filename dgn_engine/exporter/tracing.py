@@ -18,6 +18,9 @@ from .graph_rewrites import linear_weights_shared
 from .op_origin import forward_op, layer_calling
 
 OPSET = 20
+# Raised whenever the same model and settings are written as other graphs, so that a cached export of an
+# older revision is exported again: 2 = weight gradients as products where they pay, linear weights kept once.
+REVISION = 2
 
 
 class UntranslatableOp(Exception):
