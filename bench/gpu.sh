@@ -8,14 +8,14 @@
 # packages the machine lacks (pydantic and its needs) on PYTHONPATH. The machine has torch (CUDA),
 # numpy, pillow, onnx, onnxscript, tqdm, pytest, pytest-benchmark. Then, from the repo root:
 #   export PYTHONPATH=$HOME/ortgpu:/tmp/site; bash bench/gpu.sh
-# Knobs: GPU_STAGES (default "env tests bench profile run32 demo", run in that order, most wanted first),
+# Knobs: GPU_STAGES (default "env tests bench profile wgrad run32 demo", run in that order, most wanted first),
 # GPU_DEADLINE (seconds for the whole script: each stage's limit is cut to what is left), BENCH_SIZES,
 # BENCH_BATCH, BENCH_PRECISION, RUN_STEPS.
 set -uo pipefail
 OUT=${OUT:-bench-gpu-out}
 mkdir -p "$OUT"
 export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1 DGN_ENGINE_CACHE=${DGN_ENGINE_CACHE:-/tmp/dgn-cache}
-stage() { [[ " ${GPU_STAGES:-env tests bench profile run32 demo} " == *" $1 "* ]]; }
+stage() { [[ " ${GPU_STAGES:-env tests bench profile wgrad run32 demo} " == *" $1 "* ]]; }
 clock() { date +%s.%N; }
 elapsed() { python3 -c "print(f'{$(clock) - $1:.1f}')"; }
 START=$(date +%s)
@@ -43,6 +43,12 @@ art_u=/tmp/dgn-bench/full-untrained-k32-step-graph
 if stage profile && [ -f "$art_u/manifest.json" ]; then
   timeout $(limit 120) python3 -m dgn_engine.cli.main bench --artifacts "$art_u" --backends step-graph --device cuda \
     --precision tf32 --steps 3 --warmup 2 --profile 2>&1 | tee "$OUT/profile-untrained.log"
+fi
+
+# Which weight-gradient form the exporter should take on this GPU (conv or products, beside cuDNN's own)
+if stage wgrad; then
+  timeout $(limit 180) python3 bench/weight_gradients.py --device cuda --json "$OUT/weight-gradients.json" 2>&1 \
+    | tee "$OUT/weight-gradients.log"
 fi
 
 # 32 classes of the full VGG-16 + paper G, pretrained, batch 32, RUN_STEPS steps: the 1,000-class time at

@@ -54,3 +54,17 @@ def test_faithfulness_bench(tmp_path):
     assert len(records) == 10 and all((folder / f"{r['id']}.png").is_file() for r in records)
     hits = sum(r["faithfulness"]["png"]["top1_is_target"] for r in records)
     assert f"D top-1 on PNG {hits}/10," in line
+
+
+def test_weight_gradient_forms_table(tmp_path, monkeypatch):
+    """bench/weight_gradients.py: both forms of a weight gradient through onnxruntime, checked against
+    float64 (each is a few thousand float32 products: 1e-5 relative) and timed beside torch's."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import weight_gradients
+
+    monkeypatch.setattr(weight_gradients, "SHAPES", [((2, 16, 9, 9), 8, 3, 2, 2, 1)])
+    out = tmp_path / "w.json"
+    assert weight_gradients.main(["--repeats", "1", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["conv_error"] < 1e-5 and row["products_error"] < 1e-5
+    assert row["conv_ms"] > 0 and row["products_ms"] > 0 and row["torch_ms"] > 0

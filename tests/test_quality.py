@@ -92,9 +92,9 @@ def test_quality_table_on_the_demo(tmp_path, capsys):
 
 def test_full_quality_run_on_the_demo(tmp_path):
     """`dgn-engine bench --quality` as the README gives it, every option at its default: the four modes,
-    10 classes, each mode's own steps and transforms, the demo's two judges. Every mode's PNGs are D's
-    top-1 for at least 9 of the 10 classes (measured: FLOOR below), and the row's D share is the one
-    the run's own records give."""
+    10 classes, each mode's own steps and transforms, the demo's two judges. Each mode's PNGs are
+    recognised by D and by the judges at least as often as measured (FLOORS below), and the row's D
+    share is the one the run's own records give."""
     from dgn_engine.cli.main import main
 
     out = tmp_path / "q.json"
@@ -106,11 +106,18 @@ def test_full_quality_run_on_the_demo(tmp_path):
         folder = tmp_path / "runs" / f"{mode}-default-seed0" / "targets"
         records = [json.load(open(folder / f)) for f in sorted(os.listdir(folder)) if f.endswith(".json")]
         assert len(records) == 10 and np.isclose(r["d_top1"], np.mean([x["top1_is_target"] for x in records]))
-        assert r["d_top1"] >= FLOOR[mode], (mode, r)
+        floors = dict(zip(("d_top1", "resnet_top5", "mlp_top5"), FLOORS[mode]))
+        assert all(r[share] >= floor for share, floor in floors.items()), (mode, r, floors)
 
 
-# D's top-1 share on the PNGs of the run above, measured on this machine (2 cores), one below each
-FLOOR = {"untrained": 0.9, "pretrained": 0.9, "pixel": 0.9, "maco": 0.9}
+# Shares of the 10 PNGs (D's top-1, each judge's top-5) measured in that run on this machine (2 cores),
+# less one class each: D 100 / 100 / 100 / 90 %, resnet 90 / 90 / 90 / 50 %, mlp 100 / 100 / 90 / 80 %.
+FLOORS = {
+    "untrained": (0.9, 0.8, 0.9),
+    "pretrained": (0.9, 0.8, 0.9),
+    "pixel": (0.9, 0.8, 0.8),
+    "maco": (0.8, 0.4, 0.7),
+}
 
 
 def test_quality_bad_input(tmp_path, capsys):
