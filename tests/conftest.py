@@ -5,6 +5,22 @@ import pytest
 from tests import small_models
 
 
+def pytest_configure(config):
+    """Each xdist worker on cores of its own: with torch and onnxruntime each spreading over every core,
+    two workers on two cores oversubscribe them (a 3 s torch test took 30 s beside an export)."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    index, workers = int(worker.removeprefix("gw")), int(count)
+    if workers > 1 and len(cores) >= workers:
+        share = len(cores) // workers
+        os.sched_setaffinity(0, cores[index * share : (index + 1) * share])
+        import torch
+
+        torch.set_num_threads(share)
+
+
 @pytest.fixture
 def tiny_classifier():
     from dgn_engine.exporter.classifiers import load_classifier
