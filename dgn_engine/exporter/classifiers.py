@@ -49,6 +49,7 @@ class Classifier:
     tap_points: dict[str, nn.Module] | None = None  # name -> module whose output is read; None: named_modules
     keep_softmax: bool = False  # optimise D's output as it is, a final normalisation included
     _final: object = field(default=None, init=False, repr=False)  # found once: (FinalNormalisation | None,)
+    _layouts: dict = field(default_factory=dict, init=False, repr=False)  # taps -> layout(taps), D frozen
 
     def __post_init__(self):
         self.module.eval()
@@ -119,7 +120,14 @@ class Classifier:
         return tensor.dtype if tensor is not None else torch.float32
 
     def layout(self, taps: list[str] = ()) -> dict[str, tuple[int, ...]]:
-        """Shapes (without batch) of the class outputs and of each tapped layer's output."""
+        """Shapes (without batch) of the class outputs and of each tapped layer's output (D's forward
+        runs once per set of taps: loading, resolving and coupling ask for the same one)."""
+        key = tuple(taps)
+        if key not in self._layouts:
+            self._layouts[key] = self._probe_layout(list(taps))
+        return dict(self._layouts[key])
+
+    def _probe_layout(self, taps: list[str]) -> dict[str, tuple[int, ...]]:
         pp = self.preprocessing
         x = torch.zeros(1, pp.channels, pp.image_size, pp.image_size, dtype=self.dtype)
         tapped = Tapped(self, taps)
