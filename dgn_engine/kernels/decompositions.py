@@ -58,7 +58,7 @@ MATMUL_MIN_FLOPS = 1e8
 
 def _weight_grad(inp, grad_out, kernel, stride, padding, dilation, groups):
     """d/dw of y = conv(inp, w), by the path the module's docstring gives for its shape."""
-    flops = 2 * inp.shape[0] * inp.shape[1] * grad_out[0].numel() * math.prod(kernel) // groups
+    flops = 2 * inp.shape[0] * inp.shape[1] * math.prod(grad_out.shape[1:]) * math.prod(kernel) // groups
     if inp.shape[1] // groups >= MATMUL_MIN_CHANNELS and flops >= MATMUL_MIN_FLOPS:
         return weight_grad_matmul(inp, grad_out, kernel, stride, padding, dilation, groups)
     return weight_grad_conv(inp, grad_out, kernel, stride, padding, dilation, groups)
