@@ -75,7 +75,11 @@ PREPACK_LIMIT = 64 << 20
 
 
 def session(
-    path: str, provider_list: list, threads: int | None = None, profile_prefix: str | None = None, weights_bytes=0
+    path: str,
+    provider_list: list,
+    threads: int | None = None,
+    profile_prefix: str | None = None,
+    weights_bytes: int = 0,
 ):
     rt = ort()
     so = rt.SessionOptions()
