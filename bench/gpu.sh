@@ -39,7 +39,8 @@ if stage bench; then
 fi
 
 # Where the untrained step graph's time goes at K=32 (onnxruntime's profiler; the shares, not the seconds)
-art_u=/tmp/dgn-bench/full-untrained-k32-step-graph
+rev=$(python3 -c "from dgn_engine._version import GRAPHS_REVISION as r; print(r)")  # bench names its exports by it
+art_u=/tmp/dgn-bench/full-untrained-k32-step-graph-r$rev
 if stage profile && [ -f "$art_u/manifest.json" ]; then
   timeout $(limit 120) python3 -m dgn_engine.cli.main bench --artifacts "$art_u" --backends step-graph --device cuda \
     --precision tf32 --steps 3 --warmup 2 --profile 2>&1 | tee "$OUT/profile-untrained.log"
@@ -53,7 +54,7 @@ fi
 
 # 32 classes of the full VGG-16 + paper G, pretrained, batch 32, RUN_STEPS steps: the 1,000-class time at
 # the paper's 1,200 steps is this run's time x (1200 / RUN_STEPS) x (1000 / 32), start-up aside.
-art=/tmp/dgn-bench/full-pretrained-k32-step-graph
+art=/tmp/dgn-bench/full-pretrained-k32-step-graph-r$rev
 if stage run32 && [ -f "$art/manifest.json" ]; then
   seq 0 31 | sed 's/^/class:/' > /tmp/targets32.txt
   t=$(clock)

@@ -1,3 +1,8 @@
 """The version, in one place: the package face, the records and pyproject.toml (setuptools reads it) use it."""
 
 __version__ = "0.1.0"
+
+# Raised whenever the same model and settings are exported as other graphs, so that a cached export of an
+# older revision is exported again: 2 = weight gradients as products where they pay, linear weights kept
+# once; 3 = masked gradients as products.
+GRAPHS_REVISION = 3

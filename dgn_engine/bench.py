@@ -126,10 +126,12 @@ def gpu_memory_mib() -> float | None:
 
 def artifacts_for(size: str, mode: str, k: int, cache: str, backends=("step-graph",)):
     """Export (once, into `cache`) the artifacts of a size, mode and batch for the engine backends."""
+    from ._version import GRAPHS_REVISION
     from .artifacts import MANIFEST, load_artifacts
 
     backends = [b for b in ENGINE_BACKENDS if b in backends] or ["step-graph"]  # torch rows read the sources
-    out = os.path.join(cache, f"{_file_safe(size)}-{mode}-k{k}-{'+'.join(backends)}")
+    # the graphs' revision in the name: a cache kept across an upgrade is exported again, not timed as it was
+    out = os.path.join(cache, f"{_file_safe(size)}-{mode}-k{k}-{'+'.join(backends)}-r{GRAPHS_REVISION}")
     if os.path.isfile(os.path.join(out, MANIFEST)):
         return load_artifacts(out)
     from .exporter.coupled import build_coupled

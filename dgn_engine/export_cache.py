@@ -42,11 +42,10 @@ def export_spec(base: RunSpec, spec: RunSpec) -> RunSpec:
 def export_key(coupled, spec: RunSpec, batch: int, backends) -> str:
     """What a cached export depends on: what D computes (its traced graph), D's and G's tensors and every
     structural choice."""
-    from ._version import __version__
+    from ._version import GRAPHS_REVISION, __version__
     from .artifacts import FORMAT_VERSION
     from .digests import sha256_json
     from .exporter.fingerprint import made_of
-    from .exporter.tracing import REVISION
 
     return sha256_json(
         {
@@ -57,7 +56,7 @@ def export_key(coupled, spec: RunSpec, batch: int, backends) -> str:
             "recorded": "the structure over the mode's defaults",  # what export_spec writes (older caches differ)
             "format": FORMAT_VERSION,
             "dgn_engine": __version__,
-            "graphs": REVISION,
+            "graphs": GRAPHS_REVISION,
         }
     )[:24]
 

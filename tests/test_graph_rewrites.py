@@ -1,4 +1,4 @@
-"""Graph rewrites change how onnxruntime stores a graph, never what it computes."""
+"""Graph rewrites change how onnxruntime stores or runs a graph, never the values it computes."""
 
 import numpy as np
 import onnx
@@ -10,7 +10,7 @@ from dgn_engine.artifacts import load_artifacts
 from dgn_engine.cli.main import main
 from dgn_engine.cost import assign_roles
 from dgn_engine.engine.backends.step_graph import StepGraphBackend
-from dgn_engine.exporter.graph_rewrites import linear_weights_shared
+from dgn_engine.exporter.graph_rewrites import linear_weights_shared, masks_as_products
 from dgn_engine.exporter.verify import verify
 
 
@@ -73,3 +73,45 @@ def test_exported_linear_layers_keep_one_copy_of_their_weights(tmp_path):
     assert any({"forward", "input gradient"} <= r for r in readers.values()), readers
     ok, report = verify(art, 2, "cpu", log=lambda *_: None, engine_backends=[StepGraphBackend(art, "cpu")])
     assert ok, report
+
+
+def _masked(zero_first: bool, zero=0.0):
+    """out = Where(x > 1, 0, g) (zero_first) or Where(x > 1, g, 0): a ReLU-like gradient mask."""
+    branches = ["zero", "g"] if zero_first else ["g", "zero"]
+    nodes = [
+        helper.make_node("Greater", ["x", "one"], ["c"]),
+        helper.make_node("Where", ["c", *branches], ["out"], name="mask_of_x"),
+    ]
+    vec = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [vec("x", TensorProto.FLOAT, [2, 3, 4]), vec("g", TensorProto.FLOAT, [2, 3, 4])],
+        [vec("out", TensorProto.FLOAT, [2, 3, 4])],
+        [numpy_helper.from_array(np.float32(1), "one"), numpy_helper.from_array(np.float32(zero), "zero")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def _run_masked(model):
+    rng = np.random.default_rng(2)
+    x, g = (rng.standard_normal((2, 3, 4)).astype(np.float32) * 2 for _ in range(2))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x, "g": g})[0]
+
+
+@pytest.mark.parametrize("zero_first", [True, False])
+def test_a_where_against_a_zero_scalar_becomes_a_product_with_the_mask(zero_first):
+    expected = _run_masked(_masked(zero_first))
+    after = masks_as_products(_masked(zero_first))
+    ops = [n.op_type for n in after.graph.node]
+    assert ops == (["Greater", "Not", "Cast", "Mul"] if zero_first else ["Greater", "Cast", "Mul"])
+    assert after.graph.node[-1].output[0] == "out"
+    # finite values times exactly 1 or 0: bit for bit the same
+    np.testing.assert_array_equal(_run_masked(after), expected)
+    assert (expected == 0).any() and (expected != 0).any()
+
+
+def test_a_where_against_another_constant_is_kept():
+    after = masks_as_products(_masked(True, zero=0.5))
+    assert [n.op_type for n in after.graph.node] == ["Greater", "Where"]

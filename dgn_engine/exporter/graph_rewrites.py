@@ -1,11 +1,13 @@
-"""Rewrites of an exported ONNX graph that change how onnxruntime stores it, never what it computes."""
+"""Rewrites of an exported ONNX graph that change how onnxruntime stores or runs it, never the values it
+computes (on finite inputs)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 
 def _ranks(graph: onnx.GraphProto) -> dict[str, int]:
@@ -59,3 +61,40 @@ def _reads_as_b(node: onnx.NodeProto, name: str, ranks: dict[str, int]) -> bool:
     """node is MatMul(A, name) with A 2-d and not name itself."""
     a = node.input[0]
     return node.op_type == "MatMul" and node.input[1] == name and a != name and ranks.get(a) == 2
+
+
+def masks_as_products(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Where(c, 0, x) becomes x * Cast(Not(c)), and Where(c, x, 0) becomes x * Cast(c), the 0 a scalar constant.
+
+    Clip's and ReLU's gradients are written as such a Where; onnxruntime's CPU Where broadcasts the scalar
+    element by element, 6-9x the time of a Cast and a Mul (EfficientNet-Lite1's step at K 4: 10 % of it).
+    The products are equal wherever x is finite; an infinite or NaN x under the mask gives NaN, not 0."""
+    graph = model.graph
+    zeros = {i.name: i.data_type for i in graph.initializer if not i.dims and _is_zero(numpy_helper.to_array(i))}
+    rewritten, changed = [], False
+    for node in graph.node:
+        if node.op_type != "Where" or not ({node.input[1], node.input[2]} & zeros.keys()):
+            rewritten.append(node)
+            continue
+        changed = True
+        cond, if_true, if_false = node.input
+        out = node.output[0]
+        added = []
+        if if_false in zeros:
+            keep, value, zero = cond, if_true, if_false
+        else:
+            keep, value, zero = f"{out}.keep", if_false, if_true
+            added.append(helper.make_node("Not", [cond], [keep], name=f"{node.name}.not"))
+        added.append(helper.make_node("Cast", [keep], [f"{out}.mask"], name=f"{node.name}.mask", to=zeros[zero]))
+        added.append(helper.make_node("Mul", [value, f"{out}.mask"], [out], name=node.name))
+        for new in added:  # the torch op they came from, which bench --cost reads
+            new.metadata_props.extend(node.metadata_props)
+        rewritten.extend(added)
+    if changed:
+        del graph.node[:]
+        graph.node.extend(rewritten)
+    return model
+
+
+def _is_zero(scalar: np.ndarray) -> bool:
+    return scalar.dtype.kind == "f" and scalar.item() == 0

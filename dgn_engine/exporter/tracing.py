@@ -14,13 +14,10 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..kernels.decompositions import decomposition_table
 from .coupled import CoupledStep
-from .graph_rewrites import linear_weights_shared
+from .graph_rewrites import linear_weights_shared, masks_as_products
 from .op_origin import forward_op, layer_calling
 
 OPSET = 20
-# Raised whenever the same model and settings are written as other graphs, so that a cached export of an
-# older revision is exported again: 2 = weight gradients as products where they pay, linear weights kept once.
-REVISION = 2
 
 
 class UntranslatableOp(Exception):
@@ -58,7 +55,7 @@ def trace_onnx(fn, args: list[torch.Tensor], inputs: list[str], outputs: list[st
                 (line for line in str(e).splitlines() if "Error" in line and ":" in line), str(e).splitlines()[0]
             )
             raise UntranslatableOp(".".join(missing.groups()) if missing else "", summary[:200]) from None
-    model = linear_weights_shared(program.model_proto)
+    model = masks_as_products(linear_weights_shared(program.model_proto))
     bad = {n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")}
     if bad:
         raise RuntimeError(f"exported graph uses non-standard ONNX domains: {sorted(bad)}")

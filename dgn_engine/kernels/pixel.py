@@ -53,7 +53,8 @@ def pixel_image(spectrum: torch.Tensor, order: str) -> torch.Tensor:
     size = spectrum.shape[2]
     like = {"dtype": spectrum.dtype, "device": spectrum.device}
     scaled = spectrum * torch.as_tensor(frequency_scale(size), **like)[None, None, :, :, None]
-    return colour_sigmoid(inverse_dft(scaled[..., 0], scaled[..., 1]) / (4.0 * size * size), order)
+    re, im = scaled.unbind(-1)  # whose gradient is one concatenation, where two selections' is two masked fills
+    return colour_sigmoid(inverse_dft(re, im) / (4.0 * size * size), order)
 
 
 def inverse_dft(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
