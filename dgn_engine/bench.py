@@ -136,13 +136,24 @@ def artifacts_for(size: str, mode: str, k: int, cache: str, backends=("step-grap
         return load_artifacts(out)
     from .exporter.coupled import build_coupled
     from .exporter.manifest import export_artifacts
-    from .spec import default_spec
 
-    sources = bench_sources(size, mode, cache)
-    spec = default_spec(mode)
+    sources, spec = bench_sources(size, mode, cache), bench_spec(size, mode)
     return export_artifacts(
         build_coupled(sources, spec, []), spec, sources, k, out, force=True, log=lambda *_: None, backends=backends
     )
+
+
+def bench_spec(size: str, mode: str):
+    """full: the paper's G at Table 1's settings; otherwise what `run` takes for D's input size by default."""
+    from . import demo
+    from .exporter.classifiers import resolve_preprocessing
+    from .spec import default_spec
+
+    if size == "full":
+        return default_spec(mode)
+    if size == "demo":
+        return demo.spec(mode)
+    return default_spec(mode, resolve_preprocessing(size, None).image_size)
 
 
 def _file_safe(name: str) -> str:

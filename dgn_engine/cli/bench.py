@@ -11,12 +11,13 @@ from .common import THREADS, add_device_option, ensure_writable_dir, folder, int
 HELP = "time the engine's backends against torch eager (and torch.compile) on the same work"
 DESCRIPTION = """\
 For each size x mode x batch K, times one optimisation step of every backend on the same work in
-one run, each in its own process: seconds per step, targets per second (K / (s/step x the mode's
-steps per target: 1200 pretrained, 500 untrained)), the ratio against torch eager at the same K,
-the achieved TFLOP/s from the step's FLOP count, and the peak memory (RSS; GPU memory on CUDA).
-Sizes: demo (the embedded demo), full (VGG-16 + the paper's G, random weights: timing does not
-depend on the values), or any --classifier name (module:factory, a TorchScript or ONNX file) with a G
-of its input size (a random decoder in pretrained mode). Artifacts are exported once into --cache.
+one run, each in its own process: seconds per step, targets per second (K / (s/step x the steps per
+target the settings take)), the ratio against torch eager at the same K, the achieved TFLOP/s from the
+step's FLOP count, and the peak memory (RSS; GPU memory on CUDA). Sizes: demo (the embedded demo at
+its defaults), full (VGG-16 + the paper's G at Table 1's settings, random weights: timing does not
+depend on the values), or any --classifier name (module:factory, a TorchScript or ONNX file) with the
+G and settings that `run` takes for its input size by default (a random decoder in pretrained mode).
+Artifacts are exported once into --cache.
 With --artifacts DIR only that folder is timed (no torch needed for --backends step-graph). The
 training-api backend runs where onnxruntime-training is installed (its own environment).
 
