@@ -10,7 +10,7 @@ from dgn_engine.artifacts import load_artifacts
 from dgn_engine.cli.main import main
 from dgn_engine.cost import assign_roles
 from dgn_engine.engine.backends.step_graph import StepGraphBackend
-from dgn_engine.exporter.graph_rewrites import linear_weights_shared, masks_as_products
+from dgn_engine.exporter.graph_rewrites import crops_into_convolutions, linear_weights_shared, masks_as_products
 from dgn_engine.exporter.verify import verify
 
 
@@ -115,3 +115,53 @@ def test_a_where_against_a_zero_scalar_becomes_a_product_with_the_mask(zero_firs
 def test_a_where_against_another_constant_is_kept():
     after = masks_as_products(_masked(True, zero=0.5))
     assert [n.op_type for n in after.graph.node] == ["Greater", "Where"]
+
+
+def _cropped(op: str, crop_begin: int, crop_end: int, pads=(1, 1, 1, 1), stride=1, readers=1):
+    """y = Pad(conv(x), -crop) on H and W, the conv's output read `readers` times."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 3, 3, 3) if op == "Conv" else (3, 4, 3, 3)).astype(np.float32)
+    crop = [0, 0, -crop_begin, -crop_begin, 0, 0, -crop_end, -crop_end]
+    nodes = [
+        helper.make_node(op, ["x", "w"], ["c"], pads=list(pads), strides=[stride, stride]),
+        helper.make_node("Pad", ["c", "crop"], ["y"], mode="constant"),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if readers == 2:
+        nodes.append(helper.make_node("Relu", ["c"], ["r"]))
+        outputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3 if op == "Conv" else 3, 9, 9])],
+        outputs,
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(crop, np.int64), "crop")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def _run_cropped(model):
+    x = np.random.default_rng(4).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+@pytest.mark.parametrize(
+    "op, begin, end, pads, stride",
+    [("Conv", 1, 1, (2, 2, 2, 2), 1), ("Conv", 1, 2, (2, 2, 4, 4), 2), ("ConvTranspose", 0, 1, (0, 0, 0, 0), 2)],
+)
+def test_a_crop_of_a_convolution_becomes_its_padding(op, begin, end, pads, stride):
+    expected = _run_cropped(_cropped(op, begin, end, pads, stride))[0]
+    after = crops_into_convolutions(_cropped(op, begin, end, pads, stride))
+    assert [n.op_type for n in after.graph.node] == [op]
+    assert after.graph.node[0].output[0] == "y"
+    got = _run_cropped(after)[0]
+    assert got.shape == expected.shape
+    # the same products summed in the same order, the borders left out: equal to float32 rounding
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_crop_that_would_need_negative_padding_or_a_shared_output_is_kept():
+    assert [n.op_type for n in crops_into_convolutions(_cropped("Conv", 2, 2)).graph.node] == ["Conv", "Pad"]
+    shared = crops_into_convolutions(_cropped("Conv", 1, 1, readers=2))
+    assert [n.op_type for n in shared.graph.node] == ["Conv", "Pad", "Relu"]

