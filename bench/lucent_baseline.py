@@ -61,9 +61,10 @@ def main(argv=None) -> int:
 
     import numpy as np
     import torch
-    from PIL import Image
 
+    from dgn_engine.engine.outputs import png_bytes
     from dgn_engine.exporter.classifiers import load_classifier
+    from dgn_engine.files import atomic_write
     from dgn_engine.quality import judge, load_judges, logits_count, sample_classes, table
 
     param, render = _import_lucent()
@@ -92,11 +93,14 @@ def main(argv=None) -> int:
     model = Logits().eval()
     for w in model.parameters():
         w.requires_grad_(False)
+    if os.path.islink(args.out):
+        sys.exit(f"--out {args.out!r} is a symbolic link: name a folder")
     os.makedirs(args.out, exist_ok=True)
     chosen = sample_classes(logits_count(d), args.classes)
     paths, seconds = [], []
     for c in chosen:
         torch.manual_seed(args.seed)
+        np.random.seed(args.seed)  # lucent draws its transforms' scales and angles from numpy
         start = time.perf_counter()
         images = render.render_vis(
             model,
@@ -110,7 +114,7 @@ def main(argv=None) -> int:
         )
         seconds.append(time.perf_counter() - start)
         path = os.path.join(args.out, f"class-{c:04d}.png")
-        Image.fromarray((np.clip(images[-1][0], 0, 1) * 255).round().astype(np.uint8)).save(path)
+        atomic_write(path, png_bytes((np.clip(images[-1][0], 0, 1) * 255).round().astype(np.uint8)))
         paths.append(path)
         print(f"class {c}: {seconds[-1]:.1f} s", flush=True)
     row = {

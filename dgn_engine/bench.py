@@ -144,16 +144,12 @@ def artifacts_for(size: str, mode: str, k: int, cache: str, backends=("step-grap
 
 
 def bench_spec(size: str, mode: str):
-    """full: the paper's G at Table 1's settings; otherwise what `run` takes for D's input size by default."""
-    from . import demo
+    """full: the paper's G at Table 1's settings; otherwise what `run` takes for D's input size by default
+    (the demo's own settings are those of any 32 px D)."""
     from .exporter.classifiers import resolve_preprocessing
     from .spec import default_spec
 
-    if size == "full":
-        return default_spec(mode)
-    if size == "demo":
-        return demo.spec(mode)
-    return default_spec(mode, resolve_preprocessing(size, None).image_size)
+    return default_spec(mode) if size == "full" else default_spec(mode, resolve_preprocessing(size).image_size)
 
 
 def _file_safe(name: str) -> str:

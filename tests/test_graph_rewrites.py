@@ -133,7 +133,7 @@ def _cropped(op: str, crop_begin: int, crop_end: int, pads=(1, 1, 1, 1), stride=
     graph = helper.make_graph(
         nodes,
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3 if op == "Conv" else 3, 9, 9])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 9, 9])],
         outputs,
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(crop, np.int64), "crop")],
     )
