@@ -254,8 +254,8 @@ def synthesize(
         backend: ``"step-graph"`` (the default: the exported graph in onnxruntime, exported once per model
             into the cache; an artifacts folder's first backend), ``"training-api"`` or ``"torch"`` (the eager
             reference; for an artifacts folder, of the files its manifest names).
-        batch: targets optimised together (default: up to 8, in equal batches; the demo's 5; an
-            artifacts folder's own; 1 on ``backend="torch"``).
+        batch: targets optimised together (default: up to 8, in equal batches, or up to 4 on a CPU for
+            inputs of 128 px and more; the demo's 5; an artifacts folder's own; 1 on ``backend="torch"``).
         seed: seeds G's start and the noise: the same seed gives the same images.
         out: a results folder to keep (resumable: finished targets are not recomputed); None uses a
             temporary one.

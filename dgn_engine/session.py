@@ -25,6 +25,10 @@ from .spec import RunSpec, default_spec, with_settings
 from .targets import OUTPUT, Target, all_classes, check_target
 
 MOST_PER_BATCH = 8  # targets a cached export optimises together, at most (its batches are then equal)
+# On a CPU a large D's step is compute-bound and larger batches only cost cache: EfficientNet-Lite1 at 240 px
+# took 41.9, 43.5 and 47.9 ms per target and step at 2, 4 and 8 (bench/RESULTS.md). Small inputs keep 8,
+# where each call's fixed cost is what batching saves.
+MOST_PER_BATCH_CPU_LARGE, LARGE_INPUT = 4, 128
 
 
 @dataclass(frozen=True)
@@ -268,16 +272,32 @@ def _from_classifier(req: Request, clf, base: RunSpec, backend: str, display: st
     _check_targets(req, found, coupled.layout, names)
     if backend == "torch":
         return _resolved(req, spec, found, backend, display, batch=req.execution.batch or 1, coupled=coupled)
-    batch = req.execution.batch or default_batch(len(found), is_demo)
+    on_cpu = req.execution.ray is None and _runs_on_cpu(req.execution.device)
+    batch = req.execution.batch or default_batch(len(found), is_demo, on_cpu and clf.preprocessing.image_size)
     art = cached_export(coupled, base, spec, batch, backend, _sources(req, clf, coupled.mode), req.log)
     return _resolved(req, spec, found, backend, display, batch=batch, art=art)
 
 
-def default_batch(n_targets: int, is_demo: bool = False) -> int:
-    """Targets per step of a cached export: the demo's own, else equal batches of at most 8."""
+def default_batch(n_targets: int, is_demo: bool = False, cpu_input_size: int | None = None) -> int:
+    """Targets per step of a cached export: the demo's own, else equal batches of at most 8, or of at
+    most 4 on a CPU (cpu_input_size: D's input size there) for inputs of 128 px and more."""
     if is_demo:
         return demo.BATCH
-    return -(-n_targets // -(-n_targets // MOST_PER_BATCH))
+    large_on_cpu = cpu_input_size is not None and cpu_input_size >= LARGE_INPUT
+    most = MOST_PER_BATCH_CPU_LARGE if large_on_cpu else MOST_PER_BATCH
+    return -(-n_targets // -(-n_targets // most))
+
+
+def _runs_on_cpu(device: str) -> bool:
+    """Whether an engine backend on this device runs on the CPU (auto: where onnxruntime has no GPU)."""
+    if device in ("cpu", "cuda"):
+        return device == "cpu"
+    from .engine.backends.onnx_session import providers
+
+    try:
+        return providers(device)[1] == "cpu"
+    except UsageError:  # no onnxruntime here: the run refuses later, with its own reason
+        return False
 
 
 def _finish(req: Request, base: RunSpec, layout, backend: str, *, art, display: str, batch: int) -> Resolved:

@@ -33,6 +33,9 @@ CONV_CASES = [  # groups, kernel, stride, padding, dilation, size, channels per 
     (1, 7, 2, 3, 1, 17, (3, 8)),  # ResNet stem, odd size
     (1, 1, 2, 0, 1, 10, (4, 6)),  # strided 1x1 shortcut: rows no window reaches
     (6, 3, 2, 1, 1, 13, (1, 1)),  # depthwise stride 2
+    (6, 5, 2, 0, 1, 12, (1, 1)),  # depthwise stride 2, TF-style padding outside the convolution (EfficientNet)
+    (4, 1, 3, 0, 1, 10, (1, 2)),  # grouped, strided past the last rows: the stuffed gradient is cropped
+    (4, 3, 2, 3, 1, 12, (1, 1)),  # grouped, strided, padded beyond the kernel: the transposed convolution
     (8, 5, 1, 2, 1, 9, (1, 2)),  # depthwise with a channel multiplier
     (1, 3, 1, 2, 2, 12, (4, 4)),  # dilated
     (2, 3, 3, 2, 2, 16, (2, 3)),  # strided, dilated and grouped at once

@@ -10,7 +10,12 @@ from dgn_engine.artifacts import load_artifacts
 from dgn_engine.cli.main import main
 from dgn_engine.cost import assign_roles
 from dgn_engine.engine.backends.step_graph import StepGraphBackend
-from dgn_engine.exporter.graph_rewrites import crops_into_convolutions, linear_weights_shared, masks_as_products
+from dgn_engine.exporter.graph_rewrites import (
+    clip_masks_read_outputs,
+    crops_into_convolutions,
+    linear_weights_shared,
+    masks_as_products,
+)
 from dgn_engine.exporter.verify import verify
 
 
@@ -115,6 +120,49 @@ def test_a_where_against_a_zero_scalar_becomes_a_product_with_the_mask(zero_firs
 def test_a_where_against_another_constant_is_kept():
     after = masks_as_products(_masked(True, zero=0.5))
     assert [n.op_type for n in after.graph.node] == ["Greater", "Where"]
+
+
+def _clip_and_its_masks(compares):
+    """y = Clip(x, 0, 6) and, for each (op, bound), out_i = g * Cast(op(x, bound)): ReLU6 and its gradient."""
+    nodes = [helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64])]
+    for i, (op, bound) in enumerate(compares):
+        nodes += [
+            helper.make_node(op, ["x", bound], [f"c{i}"], name=f"compare{i}"),
+            helper.make_node("Cast", [f"c{i}"], [f"m{i}"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["g", f"m{i}"], [f"out{i}"]),
+        ]
+        outputs.append(helper.make_tensor_value_info(f"out{i}", TensorProto.FLOAT, [64]))
+    consts = {"lo": 0.0, "hi": 6.0, "one": 1.0}
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [64]) for n in ("x", "g")],
+        outputs,
+        [numpy_helper.from_array(np.float32(v), k) for k, v in consts.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def test_a_clips_masks_read_its_output_where_the_answer_is_the_same():
+    compares = [("LessOrEqual", "lo"), ("Greater", "lo"), ("GreaterOrEqual", "hi"), ("Less", "hi")]
+    kept = [("Less", "lo"), ("GreaterOrEqual", "lo"), ("LessOrEqual", "one"), ("Greater", "hi")]
+    # the bounds themselves, values a rounding step inside and outside them, NaN and the infinities
+    x = np.float32([0, 6, -1e-30, 1e-30, np.nextafter(6, 0), np.nextafter(6, 7), np.nan, np.inf, -np.inf])
+    x = np.concatenate([x, np.random.default_rng(4).uniform(-3, 9, 64 - len(x)).astype(np.float32)])
+    g = np.random.default_rng(5).standard_normal(64).astype(np.float32)
+
+    def run(model):
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x, "g": g})
+
+    expected = run(_clip_and_its_masks(compares + kept))
+    after = clip_masks_read_outputs(_clip_and_its_masks(compares + kept))
+    reads = {n.name: n.input[0] for n in after.graph.node if n.name.startswith("compare")}
+    assert reads == {f"compare{i}": "y" if i < len(compares) else "x" for i in range(len(compares + kept))}
+    # the same comparisons' answers: bit for bit the same products
+    for got, want in zip(run(after), expected):
+        np.testing.assert_array_equal(got, want)
 
 
 def _cropped(op: str, crop_begin: int, crop_end: int, pads=(1, 1, 1, 1), stride=1, readers=1):

@@ -39,6 +39,9 @@ def test_one_rule_for_the_defaults():
     assert default_mode("net.onnx", decoder="d.pt") == "pretrained"
     assert [default_batch(n) for n in (1, 8, 9, 10, 17, 24)] == [1, 8, 5, 5, 6, 8]  # equal, at most 8
     assert default_batch(2, is_demo=True) == 5
+    # on a CPU, inputs of 128 px and more: equal batches of at most 4; smaller inputs keep 8
+    assert [default_batch(n, cpu_input_size=224) for n in (1, 4, 5, 9, 16)] == [1, 4, 3, 3, 4]
+    assert default_batch(8, cpu_input_size=32) == 8
 
 
 @pytest.mark.slow  # two exports (the factory's and the module's): 19 s

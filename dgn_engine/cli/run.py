@@ -68,7 +68,7 @@ def add_parser(sub) -> None:
         type=integer(1),
         metavar="K",
         help="targets optimised together (default: the artifacts' batch; 1 for --backend torch; else "
-        "equal batches of at most 8, the demo's 5)",
+        "equal batches of at most 8, or 4 on a CPU for inputs of 128 px and more; the demo's 5)",
     )
     add_device_option(e)
     e.add_argument(

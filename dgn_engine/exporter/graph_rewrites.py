@@ -169,3 +169,32 @@ def _fold_crop(conv: onnx.NodeProto, crop: list[int]) -> bool:
         conv.attribute.remove(attrs["pads"])
     conv.attribute.append(helper.make_attribute("pads", folded))
     return True
+
+
+# x compared with Clip(x, lo, hi)'s bound: the same answer from the Clip's output (lo < hi, NaN false in both)
+_SAME_ON_CLIPPED = {"LessOrEqual": "lo", "Greater": "lo", "GreaterOrEqual": "hi", "Less": "hi"}
+
+
+def clip_masks_read_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """x <= lo, x > lo, x >= hi and x < hi, where Clip(x, lo, hi) is in the graph, read the Clip's output.
+
+    Clip's gradient (ReLU6's: MobileNets, EfficientNet-Lite) compares Clip's input with its bounds, so
+    the Conv before it has two readers and onnxruntime cannot fuse the Clip into it: an extra pass over
+    the activation, and a layout reorder before the next Conv. Compared on the output, the answers are
+    the same (clip(x) <= lo exactly where x <= lo, as lo < hi) and the input has one reader."""
+    graph = model.graph
+    scalars = {i.name: numpy_helper.to_array(i) for i in graph.initializer if not i.dims}
+    bounds = {}  # a Clip's input -> (its output, lo, hi)
+    for node in graph.node:
+        if node.op_type == "Clip" and len(node.input) == 3 and all(b in scalars for b in node.input[1:]):
+            lo, hi = (float(scalars[b]) for b in node.input[1:])
+            if lo < hi:
+                bounds.setdefault(node.input[0], (node.output[0], lo, hi))
+    for node in graph.node:
+        side = _SAME_ON_CLIPPED.get(node.op_type)
+        if side is None or node.input[0] not in bounds or node.input[1] not in scalars:
+            continue
+        clipped, lo, hi = bounds[node.input[0]]
+        if float(scalars[node.input[1]]) == (lo if side == "lo" else hi):
+            node.input[0] = clipped
+    return model

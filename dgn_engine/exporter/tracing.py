@@ -14,7 +14,12 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..kernels.decompositions import decomposition_table
 from .coupled import CoupledStep
-from .graph_rewrites import crops_into_convolutions, linear_weights_shared, masks_as_products
+from .graph_rewrites import (
+    clip_masks_read_outputs,
+    crops_into_convolutions,
+    linear_weights_shared,
+    masks_as_products,
+)
 from .op_origin import forward_op, layer_calling
 
 OPSET = 20
@@ -55,7 +60,8 @@ def trace_onnx(fn, args: list[torch.Tensor], inputs: list[str], outputs: list[st
                 (line for line in str(e).splitlines() if "Error" in line and ":" in line), str(e).splitlines()[0]
             )
             raise UntranslatableOp(".".join(missing.groups()) if missing else "", summary[:200]) from None
-    model = crops_into_convolutions(masks_as_products(linear_weights_shared(program.model_proto)))
+    model = linear_weights_shared(program.model_proto)
+    model = crops_into_convolutions(clip_masks_read_outputs(masks_as_products(model)))
     bad = {n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")}
     if bad:
         raise RuntimeError(f"exported graph uses non-standard ONNX domains: {sorted(bad)}")

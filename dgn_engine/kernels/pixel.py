@@ -68,4 +68,5 @@ def inverse_dft(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
 def colour_sigmoid(x: torch.Tensor, order: str) -> torch.Tensor:
     """Decorrelated colour channels [K, C, H, W] -> D's channel order with pixels in (0, 1)."""
     colours = torch.as_tensor(colour_matrix(order), dtype=x.dtype, device=x.device)
-    return torch.sigmoid(torch.einsum("dc,kchw->kdhw", colours, x))
+    # a 1x1 convolution, not a product over moved axes: no transposes of the image in the graph
+    return torch.sigmoid(torch.nn.functional.conv2d(x, colours[:, :, None, None]))
