@@ -124,6 +124,21 @@ def test_the_dispatcher_takes_products_for_enough_channels_and_work(monkeypatch)
     assert "convolution" in traced_ops(16, 4)  # 4 per group
 
 
+@pytest.mark.parametrize(
+    "groups, pad, transposed", [(6, 1, False), (1, 1, True), (6, 3, True)], ids=["grouped", "dense", "over-padded"]
+)
+def test_strided_input_gradients_are_stride_one_convolutions_where_grouped(groups, pad, transposed):
+    """A grouped (depthwise) strided convolution's input gradient convolves the zero-stuffed output
+    gradient; a dense one, or one padded beyond the kernel's reach, stays a transposed convolution."""
+    x, w = torch.randn(2, 6, 12, 12, **f64), torch.randn(6, 6 // groups, 3, 3, **f64)
+    g = torch.randn_like(F.conv2d(x, w, None, 2, pad, 1, groups))
+    fn = lambda g, x, w: dec.convolution_backward(  # noqa: E731
+        g, x, w, None, [2, 2], [pad, pad], [1, 1], False, [0, 0], groups, [True, False, False]
+    )[0]
+    calls = [n for n in make_fx(fn)(g, x, w).graph.nodes if n.target == torch.ops.aten.convolution.default]
+    assert [c.args[6] for c in calls] == [transposed]
+
+
 def test_convolution_backward_1d():
     torch.manual_seed(2)
     x, w = torch.randn(2, 6, 15, **f64), torch.randn(9, 2, 3, **f64)

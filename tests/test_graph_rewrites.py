@@ -165,15 +165,18 @@ def test_a_clips_masks_read_its_output_where_the_answer_is_the_same():
         np.testing.assert_array_equal(got, want)
 
 
-def _cropped(op: str, crop_begin: int, crop_end: int, pads=(1, 1, 1, 1), stride=1, readers=1):
-    """y = Pad(conv(x), -crop) on H and W, the conv's output read `readers` times."""
+def _cropped(op: str, crop_begin: int, crop_end: int, pads=(1, 1, 1, 1), stride=1, readers=1, twice=False):
+    """y = Pad(conv(x), -crop) on H and W, the conv's output read `readers` times; `twice`: a second
+    crop of the same size after the first."""
     rng = np.random.default_rng(3)
     w = rng.standard_normal((4, 3, 3, 3) if op == "Conv" else (3, 4, 3, 3)).astype(np.float32)
     crop = [0, 0, -crop_begin, -crop_begin, 0, 0, -crop_end, -crop_end]
     nodes = [
         helper.make_node(op, ["x", "w"], ["c"], pads=list(pads), strides=[stride, stride]),
-        helper.make_node("Pad", ["c", "crop"], ["y"], mode="constant"),
+        helper.make_node("Pad", ["c", "crop"], ["c2" if twice else "y"], mode="constant"),
     ]
+    if twice:
+        nodes.append(helper.make_node("Pad", ["c2", "crop"], ["y"], mode="constant"))
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
     if readers == 2:
         nodes.append(helper.make_node("Relu", ["c"], ["r"]))
@@ -207,6 +210,15 @@ def test_a_crop_of_a_convolution_becomes_its_padding(op, begin, end, pads, strid
     assert got.shape == expected.shape
     # the same products summed in the same order, the borders left out: equal to float32 rounding
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_two_crops_in_a_row_both_fold_into_the_convolution():
+    """A strided convolution's input gradient may crop its own output, then the gradient of an explicit
+    padding layer crops it again."""
+    expected = _run_cropped(_cropped("Conv", 0, 1, (1, 1, 3, 3), 1, twice=True))[0]
+    after = crops_into_convolutions(_cropped("Conv", 0, 1, (1, 1, 3, 3), 1, twice=True))
+    assert [n.op_type for n in after.graph.node] == ["Conv"]
+    np.testing.assert_allclose(_run_cropped(after)[0], expected, rtol=1e-6, atol=1e-6)  # as above
 
 
 def test_a_crop_that_would_need_negative_padding_or_a_shared_output_is_kept():

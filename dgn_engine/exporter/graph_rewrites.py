@@ -124,6 +124,7 @@ def crops_into_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         gone.add(conv.output[0])
         conv.output[0] = node.output[0]
+        producer[node.output[0]] = conv  # a second crop after this one folds in too
     if gone:
         del graph.node[:]
         graph.node.extend(kept)

@@ -3,8 +3,11 @@
 Which case takes which path:
 - convolution_backward, input gradient: a plain (non-transposed) convolution with stride 1 and
   padding <= dilation * (kernel - 1) is a Conv of the output gradient with the flipped, in/out-swapped
-  kernel (onnxruntime's Conv is much faster than its ConvTranspose on the CPU); every other strided,
-  over-padded convolution is a ConvTranspose (output_padding restores the rows no window reached);
+  kernel (onnxruntime's Conv is much faster than its ConvTranspose on the CPU); a grouped strided one
+  (depthwise: MobileNets, EfficientNets) convolves the output gradient with zeros stuffed between its
+  values at stride 1 (onnxruntime's ConvTranspose runs one outer product per group and sums their
+  k*k-fold copies: 3-4 % of EfficientNet-Lite1's step each); every other strided or over-padded
+  convolution is a ConvTranspose (output_padding restores the rows no window reached);
   a transposed convolution's input gradient is the plain convolution with its own weight.
 - convolution_backward, weight gradient (a transposed convolution swaps the roles of input and output
   gradient; any number of spatial axes, any groups):
@@ -103,6 +106,36 @@ def weight_grad_conv(inp, grad_out, kernel, stride, padding, dilation, groups):
     return g.transpose(0, 1)
 
 
+def _zero_stuffed(grad_out, stride):
+    """[N, C, O1, O2, ...] -> [N, C, O1*s1, O2*s2, ...], each value followed by s-1 zeros on every axis
+    (a concatenation with zeros on a new axis after it, merged into it)."""
+    for axis, s in enumerate(stride, start=2):
+        if s > 1:
+            one = grad_out.unsqueeze(axis + 1)
+            zeros = one.new_zeros((*one.shape[: axis + 1], s - 1, *one.shape[axis + 2 :]))
+            shape = list(grad_out.shape)
+            shape[axis] *= s
+            grad_out = torch.cat([one, zeros], axis + 1).reshape(shape)
+    return grad_out
+
+
+def _zero_stuffed_pads(grad_out, inp, kernel, stride, padding, dilation):
+    """The input gradient of a strided convolution is the stride-1 convolution of its zero-stuffed
+    output gradient with the flipped kernel, padded dl*(k-1)-p before and n-o*s+p after. torch pads
+    both sides alike: (that padding, the crop before, the crop after), or None where p exceeds the
+    kernel's reach."""
+    pads, before, after = [], [], []
+    for o, n, k, s, p, dl in zip(grad_out.shape[2:], inp.shape[2:], kernel, stride, padding, dilation):
+        lead, trail = dl * (k - 1) - p, n - o * s + p
+        if lead < 0:
+            return None
+        both = max(lead, trail)
+        pads.append(both)
+        before.append(both - lead)
+        after.append(both - trail)
+    return pads, before, after
+
+
 def convolution_backward(
     grad_out, inp, weight, bias_sizes, stride, padding, dilation, transposed, output_padding, groups, output_mask
 ):
@@ -117,6 +150,14 @@ def convolution_backward(
             grad_in = aten.convolution(
                 grad_out, _flip_swap(weight, groups), None, [1] * d, pads, dilation, False, [0] * d, groups
             )
+        elif groups > 1 and (stuffed := _zero_stuffed_pads(grad_out, inp, kernel, stride, padding, dilation)):
+            pads, before, after = stuffed
+            grad_in = aten.convolution(
+                _zero_stuffed(grad_out, stride), _flip_swap(weight, groups), None, [1] * d, pads, dilation, False,
+                [0] * d, groups,
+            )
+            if any(before) or any(after):  # a crop, which the exported graph folds into the Conv's own pads
+                grad_in = F.pad(grad_in, [x for b, a in zip(reversed(before), reversed(after)) for x in (-b, -a)])
         else:
             covered = [
                 (o - 1) * s - 2 * p + dl * (k - 1) + 1
