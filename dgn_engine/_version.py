@@ -6,5 +6,6 @@ __version__ = "0.1.0"
 # older revision is exported again: 2 = weight gradients as products where they pay, linear weights kept
 # once; 3 = masked gradients as products; 4 = crops folded into convolutions, upsampling by Concat,
 # BatchNorm's variance by a product; 5 = Clip's gradient reads its output; 6 = grouped strided convolutions'
-# input gradient from the zero-stuffed output gradient.
-GRAPHS_REVISION = 6
+# input gradient from the zero-stuffed output gradient; 7 = pixel mode's spectrum with its real and imaginary
+# parts ahead of the frequencies.
+GRAPHS_REVISION = 7

@@ -38,7 +38,7 @@ from .spec import HYPER, RunSpec
 from .state import state_shapes
 from .targets import OUTPUT
 
-FORMAT_VERSION = 3  # 3: the manifest records every file's size and sha256
+FORMAT_VERSION = 4  # 3: the manifest records every file's size and sha256; 4: pixel mode's spectrum [C, 2, S, S//2+1]
 MANIFEST = "manifest.json"
 RESULTS_INDIFFERENT = ("export_seconds", "versions", "sources", "sha256", "labels")
 LOCK = ".lock"  # readers share it, an export holds it alone; not an artifact (not in the manifest's files)

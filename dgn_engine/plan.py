@@ -212,6 +212,7 @@ def phase_shape(channels: int, size: int) -> tuple[int, ...]:
 
 
 def spectrum_shape(channels: int, size: int) -> tuple[int, ...]:
-    """Pixel mode's trainable per target: [channels, rows (all frequencies), columns (the
-    non-negative half), real and imaginary part]."""
-    return (channels, size, size // 2 + 1, 2)
+    """Pixel mode's trainable per target: [channels, real and imaginary part, rows (all frequencies),
+    columns (the non-negative half)]. The parts ahead of the frequencies: splitting them, scaling by
+    frequency and their gradients are copies of whole planes, not of every other number."""
+    return (channels, 2, size, size // 2 + 1)

@@ -99,7 +99,7 @@ def test_export_twice_gives_the_same_graph(tmp_path, artifacts, decoder_file):
 
 def test_manifest(artifacts, decoder_file):
     m = artifacts["pretrained"].manifest
-    assert m["format_version"] == 3 and m["backends"] == ["step-graph"]
+    assert m["format_version"] == 4 and m["backends"] == ["step-graph"]
     assert m["mode"] == "pretrained" and m["batch"] == 3
     assert m["taps"] == ["features.3"] and m["layout"]["features.3"] == [16, 16, 16]
     assert m["num_classes"] == 10 and m["trainable_per_target"] == artifacts["pretrained"].plan.features

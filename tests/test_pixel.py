@@ -25,7 +25,7 @@ def test_pixel_image_is_the_sigmoid_of_the_inverse_fft(size):
     rng = np.random.default_rng(size)
     images = rng.standard_normal((2, 3, size, size))
     spectra = np.fft.rfft2(images)
-    spectrum = np.stack([spectra.real, spectra.imag], -1) / frequency_scale(size)[None, None, :, :, None]
+    spectrum = np.stack([spectra.real, spectra.imag], 2) / frequency_scale(size)
     ours = pixel_image(torch.from_numpy(spectrum), "RGB").numpy()
     mixed = np.einsum("dc,kchw->kdhw", colour_matrix("RGB"), images / 4)
     np.testing.assert_allclose(ours, 1 / (1 + np.exp(-mixed)), rtol=0, atol=1e-12)

@@ -49,11 +49,11 @@ def colour_matrix(order: str) -> np.ndarray:
 
 
 def pixel_image(spectrum: torch.Tensor, order: str) -> torch.Tensor:
-    """spectrum [K, C, S, S//2+1, 2] -> image [K, C, S, S] with pixels in (0, 1)."""
-    size = spectrum.shape[2]
+    """spectrum [K, C, 2 (real, imaginary), S, S//2+1] -> image [K, C, S, S] with pixels in (0, 1)."""
+    size = spectrum.shape[3]
     like = {"dtype": spectrum.dtype, "device": spectrum.device}
-    scaled = spectrum * torch.as_tensor(frequency_scale(size), **like)[None, None, :, :, None]
-    re, im = scaled.unbind(-1)  # whose gradient is one concatenation, where two selections' is two masked fills
+    scaled = spectrum * torch.as_tensor(frequency_scale(size), **like)
+    re, im = scaled.unbind(2)  # whose gradient is one concatenation, where two selections' is two masked fills
     return colour_sigmoid(inverse_dft(re, im) / (4.0 * size * size), order)
 
 
