@@ -11,6 +11,7 @@ from dgn_engine.cli.main import main
 from dgn_engine.cost import assign_roles
 from dgn_engine.engine.backends.step_graph import StepGraphBackend
 from dgn_engine.exporter.graph_rewrites import (
+    channel_scales_into_convolutions,
     clip_masks_read_outputs,
     crops_into_convolutions,
     linear_weights_shared,
@@ -225,3 +226,45 @@ def test_a_crop_that_would_need_negative_padding_or_a_shared_output_is_kept():
     assert [n.op_type for n in crops_into_convolutions(_cropped("Conv", 2, 2)).graph.node] == ["Conv", "Pad"]
     shared = crops_into_convolutions(_cropped("Conv", 1, 1, readers=2))
     assert [n.op_type for n in shared.graph.node] == ["Conv", "Pad", "Relu"]
+
+
+def _scaled_conv(group: int, readers: int = 1, kernel_through_transpose: bool = False):
+    """y = Conv(x * s, W) with s [1, 4, 1, 1] constant; W [4, 4/group, 3, 3], or its transpose's transpose."""
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((4, 4 // group, 3, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(rng.uniform(0.5, 2, (1, 4, 1, 1)).astype(np.float32), "s")]
+    nodes = [helper.make_node("Mul", ["x", "s"], ["xs"], name="scale")]
+    if kernel_through_transpose:  # a kernel computed from a constant, as the exported input gradients' are
+        inits.append(numpy_helper.from_array(w.transpose(1, 0, 2, 3).copy(), "wt"))
+        nodes.append(helper.make_node("Transpose", ["wt"], ["w"], perm=[1, 0, 2, 3]))
+    else:
+        inits.append(numpy_helper.from_array(w, "w"))
+    nodes.append(helper.make_node("Conv", ["xs", "w"], ["y"], group=group, pads=[1, 1, 1, 1]))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 6, 6])]
+    if readers == 2:
+        outputs.append(helper.make_tensor_value_info("xs", TensorProto.FLOAT, [2, 4, 6, 6]))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 6, 6])], outputs, inits
+    )
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]))
+
+
+def _run_scaled(model):
+    x = np.random.default_rng(7).standard_normal((2, 4, 6, 6)).astype(np.float32)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("group, through", [(1, False), (4, False), (1, True)], ids=["dense", "depthwise", "computed"])
+def test_a_channel_scale_before_a_convolution_moves_onto_its_kernel(group, through):
+    expected = _run_scaled(_scaled_conv(group, kernel_through_transpose=through))
+    after = channel_scales_into_convolutions(_scaled_conv(group, kernel_through_transpose=through))
+    conv = next(n for n in after.graph.node if n.op_type == "Conv")
+    assert conv.input[0] == "x" and not any(n.name == "scale" for n in after.graph.node)
+    # (x s) W against x (W s): the same products rounded in another order, float32
+    np.testing.assert_allclose(_run_scaled(after), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_scale_read_elsewhere_or_across_grouped_channels_stays():
+    for model in (_scaled_conv(1, readers=2), _scaled_conv(2)):
+        after = channel_scales_into_convolutions(model)
+        assert [n.name for n in after.graph.node if n.op_type == "Mul"] == ["scale"]

@@ -199,3 +199,91 @@ def clip_masks_read_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
         if float(scalars[node.input[1]]) == (lo if side == "lo" else hi):
             node.input[0] = clipped
     return model
+
+
+def channel_scales_into_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Conv(x * s, W), s a constant per channel [1, C, 1, ...] and W constant, becomes Conv(x, W * s):
+    the scale moves onto the kernel, which onnxruntime folds once at load.
+
+    A BatchNorm's gradient in eval mode is such a scale, and the convolution before it in the forward
+    pass reads the result in the backward one (EfficientNet-Lite1's pixel step: 59 of them, each a pass
+    over an activation). Group 1 (s over W's input channels) and depthwise (s over its output channels)
+    are rewritten; the products agree to float32 rounding."""
+    graph = model.graph
+    constant = _constant_names(graph)
+    dims = _dims(graph)
+    readers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    outputs = {v.name for v in graph.output}
+    before: dict[int, list] = defaultdict(list)  # id(conv) -> nodes to insert ahead of it
+    dropped = set()
+    for index, node in enumerate(graph.node):
+        scaled = _scaled_convolution(node, constant, dims, readers, outputs)
+        if scaled is None:
+            continue
+        conv, x, s, depthwise = scaled
+        tag = f"{node.name or node.output[0]}.onto_kernel"
+        if depthwise:  # s over the output channels of a [C, 1, k...] kernel
+            shape = f"{tag}.shape"
+            graph.initializer.append(numpy_helper.from_array(np.array([-1] + [1] * (len(dims[s]) - 1), np.int64), shape))
+            before[id(conv)].append(helper.make_node("Reshape", [s, shape], [f"{tag}.s"], name=f"{tag}.reshape"))
+            s = f"{tag}.s"
+        before[id(conv)].append(helper.make_node("Mul", [conv.input[1], s], [f"{tag}.w"], name=tag))
+        for new_node in before[id(conv)][-2 if depthwise else -1 :]:  # the torch op, which bench --cost reads
+            new_node.metadata_props.extend(node.metadata_props)
+        conv.input[0], conv.input[1] = x, f"{tag}.w"
+        dropped.add(index)
+    if dropped:
+        kept = []
+        for index, node in enumerate(graph.node):
+            if index not in dropped:
+                kept.extend(before.get(id(node), []))
+                kept.append(node)
+        del graph.node[:]
+        graph.node.extend(kept)
+    return model
+
+
+def _scaled_convolution(node, constant, dims, readers, outputs):
+    """(the Conv, x, s, whether depthwise) where node is x * s read only by that Conv as its input."""
+    if node.op_type != "Mul" or len(node.input) != 2:
+        return None
+    x, s = node.input if node.input[1] in constant else reversed(node.input)
+    out, users = node.output[0], readers[node.output[0]]
+    if x in constant or s not in constant or out in outputs or len(users) != 1:
+        return None
+    conv = users[0]
+    if conv.op_type != "Conv" or conv.input[0] != out or len(conv.input) < 2 or conv.input[1] not in constant:
+        return None
+    sd, wd = dims.get(s), dims.get(conv.input[1])
+    if sd is None or wd is None or len(sd) != len(wd) or sd[0] != 1 or any(d != 1 for d in sd[2:]):
+        return None
+    group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+    if group == 1 and wd[1] == sd[1]:
+        return conv, x, s, False
+    if group == sd[1] == wd[0] and wd[1] == 1:
+        return conv, x, s, True
+    return None
+
+
+def _constant_names(graph: onnx.GraphProto) -> set[str]:
+    """Initializers and what nodes compute from them alone (onnxruntime folds those at load)."""
+    constant = {i.name for i in graph.initializer}
+    for node in graph.node:
+        if node.input and all(not i or i in constant for i in node.input):
+            constant.update(node.output)
+        elif node.op_type == "Constant":
+            constant.update(node.output)
+    return constant
+
+
+def _dims(graph: onnx.GraphProto) -> dict[str, list[int]]:
+    """Each tensor's static shape, where the graph records one."""
+    dims = {i.name: list(i.dims) for i in graph.initializer}
+    for v in [*graph.value_info, *graph.input, *graph.output]:
+        shape = v.type.tensor_type.shape if v.type.tensor_type.HasField("shape") else None
+        if shape is not None and all(d.HasField("dim_value") for d in shape.dim):
+            dims[v.name] = [d.dim_value for d in shape.dim]
+    return dims
