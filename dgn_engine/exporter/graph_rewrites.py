@@ -18,6 +18,15 @@ def _ranks(graph: onnx.GraphProto) -> dict[str, int]:
     return ranks
 
 
+def _readers(graph: onnx.GraphProto) -> defaultdict:
+    """Each tensor's name -> the nodes that read it."""
+    readers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    return readers
+
+
 def _reverses_two_axes(node: onnx.NodeProto) -> bool:
     perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
     return perm in (None, [1, 0])
@@ -32,10 +41,7 @@ def linear_weights_shared(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     weights = {i.name for i in graph.initializer if len(i.dims) == 2}
     ranks = _ranks(graph)
-    readers = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            readers[name].append(node)
+    readers = _readers(graph)
     outputs = {v.name for v in graph.output}
     dropped = set()
     for index, node in enumerate(graph.node):
@@ -110,16 +116,13 @@ def crops_into_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     ints = {i.name: numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT64}
     producer = {out: node for node in graph.node for out in node.output}
-    readers = defaultdict(int)
-    for node in graph.node:
-        for name in node.input:
-            readers[name] += 1
+    readers = _readers(graph)
     outputs = {v.name for v in graph.output}
     kept, gone = [], set()
     for node in graph.node:
         conv = producer.get(node.input[0]) if node.op_type == "Pad" else None
         crop = _spatial_crop(node, ints) if conv is not None else None
-        if crop is None or readers[node.input[0]] != 1 or node.input[0] in outputs or not _fold_crop(conv, crop):
+        if crop is None or len(readers[node.input[0]]) != 1 or node.input[0] in outputs or not _fold_crop(conv, crop):
             kept.append(node)
             continue
         gone.add(conv.output[0])
@@ -212,10 +215,7 @@ def channel_scales_into_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = model.graph
     constant = _constant_names(graph)
     dims = _dims(graph)
-    readers = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            readers[name].append(node)
+    readers = _readers(graph)
     outputs = {v.name for v in graph.output}
     before: dict[int, list] = defaultdict(list)  # id(conv) -> nodes to insert ahead of it
     dropped = set()
