@@ -273,7 +273,8 @@ def _from_classifier(req: Request, clf, base: RunSpec, backend: str, display: st
     if backend == "torch":
         return _resolved(req, spec, found, backend, display, batch=req.execution.batch or 1, coupled=coupled)
     on_cpu = req.execution.ray is None and _runs_on_cpu(req.execution.device)
-    batch = req.execution.batch or default_batch(len(found), is_demo, on_cpu and clf.preprocessing.image_size)
+    cpu_input_size = clf.preprocessing.image_size if on_cpu else None
+    batch = req.execution.batch or default_batch(len(found), is_demo, cpu_input_size)
     art = cached_export(coupled, base, spec, batch, backend, _sources(req, clf, coupled.mode), req.log)
     return _resolved(req, spec, found, backend, display, batch=batch, art=art)
 
