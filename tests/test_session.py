@@ -44,6 +44,16 @@ def test_one_rule_for_the_defaults():
     assert default_batch(8, cpu_input_size=32) == 8
 
 
+def test_which_devices_take_the_cpu_batches():
+    import onnxruntime
+
+    from dgn_engine.session import _runs_on_cpu
+
+    assert _runs_on_cpu("cpu") and not _runs_on_cpu("cuda")
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert _runs_on_cpu("auto")  # onnxruntime without CUDA runs on the CPU
+
+
 @pytest.mark.slow  # two exports (the factory's and the module's): 19 s
 def test_the_cli_runs_a_classifier_on_its_cached_export_as_the_api_does(tmp_path, cache, capsys):
     """`run --classifier` on the step graph exports once into the cache, as synthesize does, and writes
