@@ -227,7 +227,8 @@ def channel_scales_into_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
         tag = f"{node.name or node.output[0]}.onto_kernel"
         if depthwise:  # s over the output channels of a [C, 1, k...] kernel
             shape = f"{tag}.shape"
-            graph.initializer.append(numpy_helper.from_array(np.array([-1] + [1] * (len(dims[s]) - 1), np.int64), shape))
+            ones = np.array([-1] + [1] * (len(dims[s]) - 1), np.int64)
+            graph.initializer.append(numpy_helper.from_array(ones, shape))
             before[id(conv)].append(helper.make_node("Reshape", [s, shape], [f"{tag}.s"], name=f"{tag}.reshape"))
             s = f"{tag}.s"
         before[id(conv)].append(helper.make_node("Mul", [conv.input[1], s], [f"{tag}.w"], name=tag))

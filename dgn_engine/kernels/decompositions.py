@@ -153,8 +153,15 @@ def convolution_backward(
         elif groups > 1 and (stuffed := _zero_stuffed_pads(grad_out, inp, kernel, stride, padding, dilation)):
             pads, before, after = stuffed
             grad_in = aten.convolution(
-                _zero_stuffed(grad_out, stride), _flip_swap(weight, groups), None, [1] * d, pads, dilation, False,
-                [0] * d, groups,
+                _zero_stuffed(grad_out, stride),
+                _flip_swap(weight, groups),
+                None,
+                [1] * d,
+                pads,
+                dilation,
+                False,
+                [0] * d,
+                groups,
             )
             if any(before) or any(after):  # a crop, which the exported graph folds into the Conv's own pads
                 grad_in = F.pad(grad_in, [x for b, a in zip(reversed(before), reversed(after)) for x in (-b, -a)])
