@@ -25,8 +25,10 @@ class Pixel(Generator):
     def initial_trainables(self, plan, seed, targets):
         from ..rng import init_spectrum
 
-        shape = self.trainable_shapes(plan)["spectrum"]
-        return {"spectrum": np.stack([init_spectrum(shape, seed, t) for t in targets])}
+        channels, parts, rows, columns = self.trainable_shapes(plan)["spectrum"]
+        # drawn as earlier versions stored it, [C, S, S//2+1, 2], then moved: a seed's start is the same
+        drawn = [init_spectrum((channels, rows, columns, parts), seed, t) for t in targets]
+        return {"spectrum": np.stack([np.moveaxis(d, -1, 1) for d in drawn])}
 
     def make(self, pp, spec, source):
         from ..plan import pixel_plan
