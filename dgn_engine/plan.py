@@ -143,8 +143,10 @@ def _block_kernels(out_size: int, max_start: int = 6) -> tuple[int, list[int]]:
 PAPER_WIDTHS = (512, 256, 256, 128, 128)  # the trunk's five blocks at 224 px
 # the untrained G's default width with a sigmoid output (generators/untrained.py): on EfficientNet-Lite1
 # at 240 px a quarter-width G reached higher activations in 150 steps than half or full width, at a
-# fraction of the cost (bench/RESULTS.md)
-SIGMOID_G_WIDTH = 0.25
+# fraction of the cost; 3/16 (24 to 96 channels: multiples of 8, which onnxruntime's blocked convolutions
+# need) for 500 steps is recognised by a judge more often than a quarter for 400, in less time per target
+# (bench/RESULTS.md)
+SIGMOID_G_WIDTH = 0.1875
 
 
 def untrained_width(image_size: int, image_range: str) -> float:

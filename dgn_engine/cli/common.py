@@ -221,7 +221,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         type=finite,
         metavar="X",
         help="untrained G: scale of the paper's layer widths (default: image size / 224, at most 1; at most "
-        "0.25 with --image-range sigmoid, the default from 224 px)",
+        "0.1875 with --image-range sigmoid, the default from 224 px)",
     )
     g.add_argument(
         "--steps",
