@@ -62,10 +62,7 @@ def inverse_dft(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
     -> [..., S, S], split into real matrix products."""
     like = {"dtype": re.dtype, "device": re.device}
     cos_r, sin_r, cos_c, sin_c = (torch.as_tensor(m, **like) for m in fourier_bases(re.shape[-2]))
-    # over the rows first, as complex numbers: then two products over the columns, not four (6 S^2 W
-    # multiply-adds instead of 8)
-    real, imaginary = cos_r @ re - sin_r @ im, sin_r @ re + cos_r @ im
-    return real @ cos_c.T - imaginary @ sin_c.T
+    return cos_r @ re @ cos_c.T - sin_r @ re @ sin_c.T - sin_r @ im @ cos_c.T - cos_r @ im @ sin_c.T
 
 
 def colour_sigmoid(x: torch.Tensor, order: str) -> torch.Tensor:
