@@ -11,6 +11,7 @@ from dgn_engine.cli.main import main
 from dgn_engine.cost import assign_roles
 from dgn_engine.engine.backends.step_graph import StepGraphBackend
 from dgn_engine.exporter.graph_rewrites import (
+    bound_masks_as_convolutions,
     channel_scales_into_convolutions,
     clip_masks_read_outputs,
     crops_into_convolutions,
@@ -268,3 +269,105 @@ def test_a_scale_read_elsewhere_or_across_grouped_channels_stays():
     for model in (_scaled_conv(1, readers=2), _scaled_conv(2)):
         after = channel_scales_into_convolutions(model)
         assert [n.name for n in after.graph.node if n.op_type == "Mul"] == ["scale"]
+
+
+def _bound_masks(channels: int = 16, blocked: bool = False):
+    """ReLU6 and ReLU with their gradients' masks as the exporter writes them, on [2, C, 4, 4]:
+    out6 = g * Cast(Not(Or(y6 <= 0, y6 >= 6))), y6 = Clip(x, 0, 6); out = g * Cast(Not(y <= 0)), y = Relu(x).
+    `blocked`: x (a convolution for each activation), g and the masked gradients pass through 1x1
+    convolutions first and after, as in a step."""
+    rng = np.random.default_rng(8)
+    shape = [2, channels, 4, 4]
+    inits = {"lo": np.float32(0), "hi": np.float32(6)}
+    nodes = []
+    x6, x, g = "x", "x", "g"
+    if blocked:
+        for name in ("x6", "x", "g", "m6", "m"):
+            inits[f"w_{name}"] = rng.standard_normal((channels, channels, 1, 1)).astype(np.float32)
+        nodes += [helper.make_node("Conv", ["x", f"w_{name}"], [f"{name}c"]) for name in ("x6", "x")]
+        nodes.append(helper.make_node("Conv", ["g", "w_g"], ["gc"]))
+        x6, x, g = "x6c", "xc", "gc"
+    nodes += [
+        helper.make_node("Clip", [x6, "lo", "hi"], ["y6"]),
+        helper.make_node("LessOrEqual", ["y6", "lo"], ["le6"]),
+        helper.make_node("GreaterOrEqual", ["y6", "hi"], ["ge6"]),
+        helper.make_node("Or", ["le6", "ge6"], ["c6"]),
+        helper.make_node("Not", ["c6"], ["k6"]),
+        helper.make_node("Cast", ["k6"], ["mask6"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [g, "mask6"], ["gm6"]),
+        helper.make_node("Relu", [x], ["y"]),
+        helper.make_node("LessOrEqual", ["y", "lo"], ["le"]),
+        helper.make_node("Not", ["le"], ["k"]),
+        helper.make_node("Cast", ["k"], ["mask"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [g, "mask"], ["gm"]),
+    ]
+    if blocked:
+        nodes += [helper.make_node("Conv", ["gm6", "w_m6"], ["out6"]), helper.make_node("Conv", ["gm", "w_m"], ["out"])]
+    else:
+        nodes += [helper.make_node("Identity", ["gm6"], ["out6"]), helper.make_node("Identity", ["gm"], ["out"])]
+    vec = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [vec("x", TensorProto.FLOAT, shape), vec("g", TensorProto.FLOAT, shape)],
+        [vec("out6", TensorProto.FLOAT, shape), vec("out", TensorProto.FLOAT, shape)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]))
+
+
+def _run_bound_masks(model, x, g, optimized=None):
+    options = ort.SessionOptions()
+    if optimized:
+        options.optimized_model_filepath = optimized
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x, "g": g})
+
+
+def test_a_relu_or_clip_mask_becomes_clipped_depthwise_convolutions_with_the_same_values():
+    # the bounds, a rounding step inside and outside them, values far past them, and the smallest
+    # distance from 0 that ReLU6's mask is exact for (2^-123; ReLU's: 2^-126, float32's smallest normal)
+    edges = [0, 6, np.nextafter(6, 0), np.nextafter(6, 7), 2.0**-123, 1e-30, -1e-30, 7e5, -3e38, 3e38]
+    x = np.random.default_rng(9).uniform(-3, 9, (2, 16, 4, 4)).astype(np.float32)
+    x.reshape(-1)[: len(edges)] = edges
+    g = np.random.default_rng(10).standard_normal(x.shape).astype(np.float32)
+    expected = _run_bound_masks(_bound_masks(), x, g)
+    after = bound_masks_as_convolutions(_bound_masks())
+    ops = [n.op_type for n in after.graph.node]
+    assert ops.count("Conv") == 3 and ops.count("Clip") == 4, ops  # two sides for ReLU6, one for ReLU
+    assert not {"LessOrEqual", "GreaterOrEqual", "Or", "Not", "Cast"} & set(ops)
+    # the masks are exactly 0 or 1 here, so the products are bit for bit the comparisons' ones
+    for got, want in zip(_run_bound_masks(after, x, g), expected):
+        np.testing.assert_array_equal(got, want)
+    assert all((want == 0).any() and (want != 0).any() for want in expected)
+
+
+def test_a_mask_of_unblockable_channels_or_read_elsewhere_is_kept():
+    after = bound_masks_as_convolutions(_bound_masks(channels=24))  # not a multiple of 16
+    assert "Conv" not in [n.op_type for n in after.graph.node]
+    shared = _bound_masks()
+    shared.graph.output.append(helper.make_tensor_value_info("k", TensorProto.BOOL, None))  # Not's output read
+    ops = [n.op_type for n in bound_masks_as_convolutions(shared).graph.node]
+    assert ops.count("Not") == 1 and ops.count("Conv") == 2  # the ReLU6 mask rewritten, the ReLU one kept
+
+
+def test_rewritten_masks_leave_onnxruntimes_blocked_layout_alone(tmp_path):
+    """Between convolutions, the masks and the masked gradients stay in onnxruntime's CPU blocked layout:
+    the layout reorders left are those at the graph's inputs and outputs."""
+    rng = np.random.default_rng(11)
+    x, g = (rng.standard_normal((2, 16, 4, 4)).astype(np.float32) for _ in range(2))
+
+    def reorders(model, name):
+        path = str(tmp_path / name)
+        values = _run_bound_masks(model, x, g, optimized=path)
+        ops = [n.op_type for n in onnx.load(path).graph.node]
+        return sum(op.startswith("Reorder") for op in ops), values
+
+    before, expected = reorders(_bound_masks(blocked=True), "before.onnx")
+    if before == 0:
+        pytest.skip("this CPU's onnxruntime does not use its blocked layout (NCHWc)")
+    after, got = reorders(bound_masks_as_convolutions(_bound_masks(blocked=True)), "after.onnx")
+    assert after == 4, after  # x and g in, out6 and out out
+    assert before > after
+    for a, b in zip(got, expected):  # the same masks, the same convolutions: float32 rounding only
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -288,3 +288,106 @@ def _dims(graph: onnx.GraphProto) -> dict[str, list[int]]:
         if shape is not None and all(d.HasField("dim_value") for d in shape.dim):
             dims[v.name] = [d.dim_value for d in shape.dim]
     return dims
+
+
+# onnxruntime's CPU blocked layout (NCHWc) takes a depthwise convolution whose channels fill its blocks
+# (8 or 16 floats, by the CPU's vector width): multiples of 16 fill both.
+_BLOCKED_CHANNELS = 16
+
+
+def bound_masks_as_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A mask Cast(Not(y <= lo)) or Cast(Not(Or(y <= lo, y >= hi))), y [N, C, H, W] with C a multiple of 16
+    (a ReLU's or a Clip's gradient compares its output so), becomes clip(K (y - lo), 0, 1) * clip(K (hi - y),
+    0, 1): 1x1 depthwise convolutions with the clip fused into them, K a power of two.
+
+    onnxruntime's CPU runs convolutions in a blocked layout (NCHWc) that products can stay in, but not
+    comparisons: each activation a mask compared left that layout, and so did each masked gradient, to
+    come back for the next convolution (EfficientNet-Lite1's pixel step: 3 reorders per ReLU6, 14 % of
+    it). K y is exact (a power of two; K max(|lo|, |hi|) <= 2^126, so K (y - lo) and K (hi - y) stay
+    finite for y between the bounds, and past them an overflow to infinity is still on the right side)
+    and the bias adds one rounding, which cannot cross 0 or 1: the mask is the comparisons' 0 or 1
+    wherever y is a bound or at least 1/K from it. Within 1/K above a zero bound (2^-123 for ReLU6; for
+    ReLU, float32's denormals) it is K y, a fraction. A NaN y gives NaN, not 1."""
+    graph = model.graph
+    scalars = {i.name: float(numpy_helper.to_array(i)) for i in graph.initializer if not i.dims}
+    dims = _dims(graph)
+    readers = _readers(graph)
+    producer = {out: node for node in graph.node for out in node.output}
+    outputs = {v.name for v in graph.output}
+    replaced: dict[int, list] = {}
+    dropped: set[int] = set()
+
+    def only_reader(name, op):
+        users = readers[name]
+        return users[0] if len(users) == 1 and users[0].op_type == op and name not in outputs else None
+
+    for node in graph.node:
+        if node.op_type != "Not" or (cast := only_reader(node.output[0], "Cast")) is None:
+            continue
+        found = _compared_bounds(producer.get(node.input[0]), producer, readers, outputs, scalars)
+        if found is None:
+            continue
+        y, lo, hi, compares = found
+        shape = dims.get(y)
+        if not np.isfinite([lo, 0.0 if hi is None else hi]).all():
+            continue
+        if shape is None or len(shape) != 4 or shape[1] % _BLOCKED_CHANNELS:
+            continue
+        if next(a.i for a in cast.attribute if a.name == "to") != onnx.TensorProto.FLOAT:
+            continue
+        sides = [(1.0, -lo)] + ([(-1.0, hi)] if hi is not None else [])
+        magnitude = max(abs(lo), abs(hi) if hi is not None else 0.0, 1.0)
+        scale = 2.0 ** (126 - int(np.ceil(np.log2(magnitude))))
+        added = _clipped_ramps(graph, y, shape[1], scale, sides, cast.output[0])
+        for new in added:  # the torch op they came from, which bench --cost reads
+            new.metadata_props.extend(cast.metadata_props)
+        replaced[id(cast)] = added
+        dropped.update(id(n) for n in (*compares, node))
+    if replaced:
+        kept = []
+        for node in graph.node:
+            if id(node) in replaced:
+                kept.extend(replaced[id(node)])
+            elif id(node) not in dropped:
+                kept.append(node)
+        del graph.node[:]
+        graph.node.extend(kept)
+    return model
+
+
+def _compared_bounds(node, producer, readers, outputs, scalars):
+    """(y, lo, hi or None, the comparison nodes) where node is y <= lo, or Or(y <= lo, y >= hi), each
+    comparison read by nothing else."""
+    if node is None or node.output[0] in outputs or len(readers[node.output[0]]) != 1:
+        return None
+    if node.op_type == "LessOrEqual" and node.input[1] in scalars:
+        return node.input[0], scalars[node.input[1]], None, [node]
+    if node.op_type != "Or":
+        return None
+    parts = [producer.get(name) for name in node.input]
+    if any(p is None or p.output[0] in outputs or len(readers[p.output[0]]) != 1 for p in parts):
+        return None
+    ops = {p.op_type: p for p in parts}
+    le, ge = ops.get("LessOrEqual"), ops.get("GreaterOrEqual")
+    if le is None or ge is None or le.input[0] != ge.input[0] or not {le.input[1], ge.input[1]} <= scalars.keys():
+        return None
+    return le.input[0], scalars[le.input[1]], scalars[ge.input[1]], [le, ge, node]
+
+
+def _clipped_ramps(graph, y: str, channels: int, scale: float, sides, out: str) -> list:
+    """Nodes computing out = prod over sides (sign, offset) of clip(scale (sign y + offset), 0, 1)."""
+    zero, one = f"{out}.zero", f"{out}.one"
+    graph.initializer.extend(numpy_helper.from_array(np.float32(v), name) for v, name in ((0, zero), (1, one)))
+    nodes, ramps = [], []
+    for i, (sign, offset) in enumerate(sides):
+        w, b, ramp = f"{out}.w{i}", f"{out}.b{i}", f"{out}.ramp{i}" if len(sides) > 1 else out
+        graph.initializer.extend([
+            numpy_helper.from_array(np.full((channels, 1, 1, 1), sign * scale, np.float32), w),
+            numpy_helper.from_array(np.full(channels, offset * scale, np.float32), b),
+        ])  # fmt: skip
+        nodes.append(helper.make_node("Conv", [y, w, b], [f"{ramp}.linear"], name=f"{out}.conv{i}", group=channels))
+        nodes.append(helper.make_node("Clip", [f"{ramp}.linear", zero, one], [ramp], name=f"{out}.clip{i}"))
+        ramps.append(ramp)
+    if len(ramps) > 1:
+        nodes.append(helper.make_node("Mul", ramps, [out], name=f"{out}.both"))
+    return nodes

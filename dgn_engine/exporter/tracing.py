@@ -15,6 +15,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from ..kernels.decompositions import decomposition_table
 from .coupled import CoupledStep
 from .graph_rewrites import (
+    bound_masks_as_convolutions,
     channel_scales_into_convolutions,
     clip_masks_read_outputs,
     crops_into_convolutions,
@@ -63,7 +64,7 @@ def trace_onnx(fn, args: list[torch.Tensor], inputs: list[str], outputs: list[st
             raise UntranslatableOp(".".join(missing.groups()) if missing else "", summary[:200]) from None
     model = linear_weights_shared(program.model_proto)
     model = crops_into_convolutions(clip_masks_read_outputs(masks_as_products(model)))
-    model = channel_scales_into_convolutions(model)
+    model = bound_masks_as_convolutions(channel_scales_into_convolutions(model))
     bad = {n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")}
     if bad:
         raise RuntimeError(f"exported graph uses non-standard ONNX domains: {sorted(bad)}")
