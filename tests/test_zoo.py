@@ -176,14 +176,15 @@ def test_gradient_of_d(tmp_path, name, form):
 
 def _verified(art):
     """`verify`: each step from float64's state, the gradient through the optimiser's slots.
-    Untrained mode: 10 steps of the batch's 2 targets, as verify judges the state at 90% of the
-    target-steps, so 2 of 20 may hold a ReLU input within rounding of 0 (the ONNX-file ResNet at step 2,
+    Untrained mode: 10 steps of the batch's 2 targets, as verify judges the state at 75% of the
+    target-steps, so 5 of 20 may hold a ReLU input within rounding of 0 (the ONNX-file ResNet at step 2,
     after AdaMax's first full-size move: in each target a pixel of G's last convolution at 1e-7 of its
     largest falls on the other side in onnxruntime and moves that target's gradient by 0.7-0.9%; every
-    other target-step within 2.3e-5); with fewer the worst is judged. Pretrained mode: 2 steps, as over
-    10 torch float32 itself parts from float64 (ResNet and SqueezeNet: state 0.7 at 90%, 184 at worst)
-    and the later steps measure nothing. A wrong graph is wrong in every target-step."""
-    steps = 10 if art.spec.mode == "untrained" else 2
+    other target-step within 2.3e-5). Pretrained mode: 4 steps, so 2 of 8 may (the Inception net on an
+    Intel Xeon: 2 in its first 2 steps, at 3e-3 and 1e-2), and no more, as over 10 torch float32 itself
+    parts from float64 (ResNet and SqueezeNet: state 0.7 at 90%, 184 at worst) and the later steps
+    measure nothing. A wrong graph is wrong in every target-step."""
+    steps = 10 if art.spec.mode == "untrained" else 4
     ok, report = verify(art, steps, "cpu", log=lambda *_: None, engine_backends=[StepGraphBackend(art, "cpu")])
     assert ok, report
 

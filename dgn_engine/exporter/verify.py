@@ -6,7 +6,7 @@ computation, not chaos compounded over steps (AdaMax turns any gradient near zer
 lr-sized move of either sign). Per step and path we compare the change of the state, part by part
 (the trainables, then each optimiser slot, each part as one vector: ||da - db|| / ||db||) for each
 target, and the loss (max |a - b| over targets, over max |b|). The state is judged at the error that
-90% of the target-steps are within (see AGREEING), the loss at its worst; both worsts are reported.
+75% of the target-steps are within (see AGREEING), the loss at its worst; both worsts are reported.
 
 With AdaMax (and Adam) the trainables' change m / (u + eps) is ill-conditioned where a gradient is near 0: a
 rounding difference there (or a ReLU input within rounding of 0) moves an entry by up to lr. So the
@@ -40,9 +40,12 @@ FLOOR = 1e-4
 # jumps where D's max-pooling switches between two near-equal inputs (or a ReLU input crosses 0), and
 # float32 rounding puts such a near-tie on either side: then one target's gradient differs by ~1% at
 # that step (untrained demo with transforms, 20 steps x 4 targets: 5 of 80 for the step graph, 4 of 80
-# for torch float32 itself; without transforms too, less often). A wrong graph is wrong for every
-# target and step; the loss, which is continuous, is judged at its worst.
-AGREEING = 0.9
+# for torch float32 itself; without transforms too, less often). How many depends on the CPU's rounding:
+# on an Intel Xeon, where an AMD EPYC had passed 90 %, an ONNX-file ResNet (untrained, 10 steps x 2
+# targets) had 3 of 20 for the step graph and 2 for torch float32, the Inception net (pretrained, 6 x 2)
+# 2 of 12 and 1. A wrong graph is wrong for every target and step, or for every step of one kind of target
+# (half of them here); the loss, which is continuous, is judged at its worst.
+AGREEING = 0.75
 
 
 def _parts(names) -> dict[str, list[str]]:
