@@ -2,9 +2,11 @@
 in each mode through the exported step graph, one target and a few steps, and the written PNG keeping
 the verdict of the image chosen. Marked imagenet: the README's quick command leaves it out, CI runs it."""
 
+import glob
 import json
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 
@@ -32,6 +34,10 @@ def test_lite1_in_each_mode(mode, tmp_path, monkeypatch):
     spec = record["spec"]
     if mode == "untrained":  # from 224 px: the ImageNet defaults (spec.LARGE_G_UNTRAINED)
         assert (spec["image_range"], spec["snapshots"]["pick"], spec["noise"]["sigma"]) == ("sigmoid", "best", 0.0)
+    if mode == "pixel":  # each ReLU6 mask of D's gradient became clipped convolutions (graph_rewrites)
+        [step] = glob.glob(str(tmp_path / "cache" / "**" / "step.onnx"), recursive=True)
+        ops = [n.op_type for n in onnx.load(step, load_external_data=False).graph.node]
+        assert ops.count("GreaterOrEqual") == ops.count("Or") == 0
     chosen, on_png = record["faithfulness"][spec["snapshots"]["pick"]], record["faithfulness"]["png"]
     assert np.isfinite(on_png["activation"]) and on_png["top1"] == record["top5"][0]["class"]
     if spec["snapshots"]["pick"] == "best":
