@@ -58,7 +58,11 @@ def init_phase(shape: tuple[int, ...], seed: int, target: Target) -> np.ndarray:
 
 def init_generator(plan: GeneratorPlan, seed: int, target: Target) -> dict[str, np.ndarray]:
     """A fresh untrained G for one target, as Keras initialises it: Glorot-uniform kernels, zero
-    biases, BatchNorm gamma 1 and beta 0; alpha (the 1x1 locally connected layer) starts at 1."""
+    biases, BatchNorm gamma 1 and beta 0; alpha (the 1x1 locally connected layer) starts uniform in
+    [0.9, 1.1]. A constant alpha makes G's input constant over space where no noise is added (sigma 0,
+    the defaults from 224 px): the first convolution's output is then constant too, its BatchNorm
+    normalises rounding errors, and the start is float rounding amplified (float32 and float64 at the
+    same state: images 2.2 apart, losses 4.75 and 7.52 on EfficientNet-Lite1)."""
     rng = _generator(seed, target, _INIT)
     params = {}
     for name, shape in plan.param_shapes().items():
@@ -66,7 +70,9 @@ def init_generator(plan: GeneratorPlan, seed: int, target: Target) -> dict[str, 
             cout, cin, k, _ = shape
             limit = math.sqrt(6.0 / ((cin + cout) * k * k))
             params[name] = rng.uniform(-limit, limit, shape).astype(np.float32)
-        elif name == "alpha" or name.startswith("bn") and name.endswith(".weight"):
+        elif name == "alpha":
+            params[name] = rng.uniform(0.9, 1.1, shape).astype(np.float32)
+        elif name.startswith("bn") and name.endswith(".weight"):
             params[name] = np.ones(shape, np.float32)
         else:
             params[name] = np.zeros(shape, np.float32)

@@ -123,3 +123,25 @@ def test_decoder_module_matches_frozen_functional_form():
     torch.testing.assert_close(
         dec(f), generator_forward(plan, f, *frozen_generator(dec.tensors())), rtol=1e-5, atol=1e-5
     )
+
+
+def test_a_noiseless_untrained_start_is_the_same_in_float32_and_float64():
+    """From 224 px the untrained mode adds no noise (sigma 0), so G's input is alpha itself. alpha starts
+    spread around 1: a constant one would make the first convolution's output constant over space and
+    its BatchNorm normalise rounding errors, so the start would be float rounding amplified (checked
+    below: float32 and float64 then give other images)."""
+    plan = generator_plan("untrained", 240, 3, 0.1875, linear_head=True)
+    params = init_generator(plan, 0, parse_target("class:1"))
+
+    def image(dtype, alpha):
+        p = {k: torch.from_numpy(v)[None].to(dtype) for k, v in params.items()}
+        return generator_forward(plan, alpha.to(dtype), *stacked_generator(plan, p), groups=1).double()
+
+    alpha = torch.from_numpy(params["alpha"]).reshape(1, -1)
+    assert alpha.std() > 0.03
+    ref = image(torch.float64, alpha)
+    # 11 convolutions and BatchNorms in float32: relative errors of ~1e-6 each; 1e-4 leaves room
+    assert (image(torch.float32, alpha) - ref).norm() / ref.norm() < 1e-4
+    ones = torch.ones_like(alpha)
+    flat = image(torch.float64, ones)
+    assert (image(torch.float32, ones) - flat).norm() / flat.norm() > 0.1
