@@ -309,8 +309,10 @@ def bound_masks_as_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
     wherever y is a bound or at least 1/K from it. Within 1/K above a zero bound (2^-123 for ReLU6; for
     ReLU, float32's denormals) it is K y, a fraction. A NaN y gives NaN, not 1."""
     graph = model.graph
-    scalars = {i.name: float(numpy_helper.to_array(i)) for i in graph.initializer if not i.dims}
+    real = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+    scalars = {i.name: float(numpy_helper.to_array(i)) for i in graph.initializer if not i.dims and i.data_type in real}
     dims = _dims(graph)
+    floats = {v.name for v in graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     readers = _readers(graph)
     producer = {out: node for node in graph.node for out in node.output}
     outputs = {v.name for v in graph.output}
@@ -331,7 +333,7 @@ def bound_masks_as_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
         shape = dims.get(y)
         if not np.isfinite([lo, 0.0 if hi is None else hi]).all():
             continue
-        if shape is None or len(shape) != 4 or shape[1] % _BLOCKED_CHANNELS:
+        if y not in floats or shape is None or len(shape) != 4 or shape[1] % _BLOCKED_CHANNELS:
             continue
         if next(a.i for a in cast.attribute if a.name == "to") != onnx.TensorProto.FLOAT:
             continue
