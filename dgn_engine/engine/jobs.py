@@ -248,9 +248,11 @@ class Job:
         bar = progress.bar(
             n * steps, initial=done * steps, unit="step", desc=f"targets {done}/{n}", disable=not self.options.progress
         )
-        self._write_run(done, 0.0, "running")
         try:
             with _StopFlag() as stop:
+                # run.json says "running" only once a stop is caught here (a signal before would end the
+                # process without marking the run interrupted)
+                self._write_run(done, 0.0, "running")
                 pending = self._batches(finished)
                 already = {id(b): sum(t in finished for t in b) for b in pending}  # a batch cut short by a kill
 
