@@ -318,13 +318,9 @@ def bound_masks_as_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
     outputs = {v.name for v in graph.output}
     replaced: dict[int, list] = {}
     dropped: set[int] = set()
-
-    def only_reader(name, op):
-        users = readers[name]
-        return users[0] if len(users) == 1 and users[0].op_type == op and name not in outputs else None
-
     for node in graph.node:
-        if node.op_type != "Not" or (cast := only_reader(node.output[0], "Cast")) is None:
+        cast = _sole_reader(node, readers, outputs) if node.op_type == "Not" else None
+        if cast is None or cast.op_type != "Cast":
             continue
         found = _compared_bounds(producer.get(node.input[0]), producer, readers, outputs, scalars)
         if found is None:
@@ -357,17 +353,23 @@ def bound_masks_as_convolutions(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _sole_reader(node, readers, outputs):
+    """The one node that reads node's output, where nothing else does (the graph's outputs included)."""
+    users = readers[node.output[0]]
+    return users[0] if len(users) == 1 and node.output[0] not in outputs else None
+
+
 def _compared_bounds(node, producer, readers, outputs, scalars):
     """(y, lo, hi or None, the comparison nodes) where node is y <= lo, or Or(y <= lo, y >= hi), each
     comparison read by nothing else."""
-    if node is None or node.output[0] in outputs or len(readers[node.output[0]]) != 1:
+    if node is None or _sole_reader(node, readers, outputs) is None:
         return None
     if node.op_type == "LessOrEqual" and node.input[1] in scalars:
         return node.input[0], scalars[node.input[1]], None, [node]
     if node.op_type != "Or":
         return None
     parts = [producer.get(name) for name in node.input]
-    if any(p is None or p.output[0] in outputs or len(readers[p.output[0]]) != 1 for p in parts):
+    if any(p is None or _sole_reader(p, readers, outputs) is None for p in parts):
         return None
     ops = {p.op_type: p for p in parts}
     le, ge = ops.get("LessOrEqual"), ops.get("GreaterOrEqual")
