@@ -16,7 +16,8 @@ import sys
 import time
 
 # (N, C, H, W) input, Cout, kernel, groups, stride, padding: a 224 px quarter-width G's layers at K=1
-# and K=4 targets (targets are groups), the paper's G's widest layer at K=32, an RGB stem, a D layer.
+# and K=4 targets (targets are groups), the paper's G's widest layer at K=32, an RGB stem, a D layer,
+# then the default G from 224 px (3/16 width; here at 240 px, EfficientNet-Lite1's size) at K=4.
 SHAPES = [
     ((1, 128, 116, 116), 128, 4, 1, 1, 0),
     ((1, 128, 60, 60), 256, 3, 1, 1, 0),
@@ -30,6 +31,12 @@ SHAPES = [
     ((1, 32 * 32, 116, 116), 32 * 32, 4, 32, 1, 0),
     ((4, 3, 224, 224), 64, 7, 1, 2, 3),
     ((4, 64, 56, 56), 64, 3, 1, 1, 1),
+    ((1, 384, 20, 20), 192, 4, 4, 1, 0),
+    ((1, 192, 34, 34), 192, 3, 4, 1, 0),
+    ((1, 192, 64, 64), 96, 3, 4, 1, 0),
+    ((1, 96, 62, 62), 96, 3, 4, 1, 1),
+    ((1, 96, 124, 124), 96, 4, 4, 1, 0),
+    ((1, 96, 242, 242), 12, 3, 4, 1, 0),
 ]
 
 
@@ -55,7 +62,9 @@ def main(argv=None) -> int:
 
     provider_list, device = providers(args.device, "float32")
     rows = []
-    print(f"{'input':>22s} {'Cout':>5s} {'k':>2s} {'groups':>6s} {'conv ms':>8s} {'products ms':>11s} {'torch ms':>8s}")
+    forms = {"conv": dec.weight_grad_conv, "products": dec.weight_grad_matmul, "shifted": dec.weight_grad_shifted}
+    header = "".join(f"{f + ' ms':>12s}" for f in forms)
+    print(f"{'input':>22s} {'Cout':>5s} {'k':>2s} {'groups':>6s}{header} torch ms")
     for shape, cout, k, groups, stride, pad in SHAPES:
         torch.manual_seed(0)
         x = torch.randn(*shape)
@@ -63,7 +72,9 @@ def main(argv=None) -> int:
         g = torch.randn_like(F.conv2d(x, w, None, stride, pad, 1, groups))
         exact = torch.nn.grad.conv2d_weight(x.double(), w.shape, g.double(), stride, pad, 1, groups).numpy()
         row = {"input": list(shape), "cout": cout, "kernel": k, "groups": groups, "stride": stride}
-        for name, form in (("conv", dec.weight_grad_conv), ("products", dec.weight_grad_matmul)):
+        for name, form in forms.items():
+            if name == "shifted" and stride != 1:  # stride-1 convolutions only
+                continue
             layer = ((k, k), (stride, stride), (pad, pad), (1, 1), groups)
             model = trace_onnx(functools.partial(_call, form, layer), [x, g], ["x", "g"], ["w"])
             sess = ort.InferenceSession(model.SerializeToString(), providers=provider_list)
@@ -89,10 +100,11 @@ def main(argv=None) -> int:
             times.append(time.perf_counter() - t0)
         row["torch_ms"] = 1000 * min(times[1:])
         rows.append(row)
+        times = "".join(f"{row[f + '_ms']:12.1f}" if f + "_ms" in row else f"{'-':>12s}" for f in forms)
+        errors = [row[f + "_error"] for f in forms if f + "_error" in row]
         print(
-            f"{str(tuple(shape)):>22s} {cout:5d} {k:2d} {groups:6d} {row['conv_ms']:8.1f} {row['products_ms']:11.1f} "
-            f"{row['torch_ms']:8.1f}"
-            + ("  (error over 1e-4!)" if max(row["conv_error"], row["products_error"]) > 1e-4 else ""),
+            f"{str(tuple(shape)):>22s} {cout:5d} {k:2d} {groups:6d}{times} {row['torch_ms']:8.1f}"
+            + ("  (error over 1e-4!)" if max(errors) > 1e-4 else ""),
             flush=True,
         )
     if args.json:

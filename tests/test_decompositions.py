@@ -5,6 +5,8 @@ gradient autograd computes for the same forward op. All are float64 sums of at m
 products, so agreement is to rounding: 1e-10.
 """
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -76,13 +78,20 @@ def test_transposed_convolution_backward(groups, k, stride, pad, dil, out_pad):
     torch.testing.assert_close(ours[1], gw, **TOL)
 
 
-WEIGHT_GRADIENT_PATHS = [dec.weight_grad_matmul, dec.weight_grad_conv]
+WEIGHT_GRADIENT_PATHS = [dec.weight_grad_matmul, dec.weight_grad_conv, dec.weight_grad_shifted]
 
 
-@pytest.mark.parametrize("path", WEIGHT_GRADIENT_PATHS, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("groups, k, stride, pad, dil, size, ch", CONV_CASES)
-def test_both_weight_gradient_paths(path, groups, k, stride, pad, dil, size, ch):
-    """Each path on every case, whichever the dispatcher would pick for its channel count."""
+@pytest.mark.parametrize(
+    "path, groups, k, stride, pad, dil, size, ch",
+    [
+        pytest.param(path, *case, id=f"{path.__name__}-{i}")
+        for path in WEIGHT_GRADIENT_PATHS
+        for i, case in enumerate(CONV_CASES)
+        if path is not dec.weight_grad_shifted or case[2] == 1  # the shifted products serve stride 1 only
+    ],
+)
+def test_every_weight_gradient_path(path, groups, k, stride, pad, dil, size, ch):
+    """Each path on every case it serves, whichever the dispatcher would pick for its channel count."""
     torch.manual_seed(3)
     k2 = k if isinstance(k, tuple) else (k, k)
     pair = lambda v: tuple(v) if isinstance(v, tuple) else (v, v)  # noqa: E731
@@ -98,17 +107,45 @@ def test_weight_gradient_paths_batch_transposed_and_1d(path, batch, transposed, 
     """A batch of one (the untrained G's layout: one image per target, targets as groups) and of
     several, a transposed convolution (input and output gradient swap roles) and a 1-d convolution."""
     torch.manual_seed(4)
-    size, groups, stride, pad, dil, k = [9, 8][:dims], 2, (2,) * dims, (1,) * dims, (1,) * dims, (3,) * dims
+    stride = (1 if path is dec.weight_grad_shifted else 2,) * dims
+    size, groups, pad, dil, k = [9, 8][:dims], 2, (1,) * dims, (1,) * dims, (3,) * dims
     x = torch.randn(batch, 8 * groups, *size, **f64)
     conv = (F.conv_transpose1d, F.conv_transpose2d)[dims - 1] if transposed else (F.conv1d, F.conv2d)[dims - 1]
     w = torch.randn(8 * groups, 8, *k, **f64) if transposed else torch.randn(10 * groups, 8, *k, **f64)
     if transposed:
-        fn = lambda x, w: conv(x, w, None, stride, pad, 1, groups, dil)  # noqa: E731
+        fn = lambda x, w: conv(x, w, None, stride, pad, stride[0] - 1, groups, dil)  # noqa: E731
     else:
         fn = lambda x, w: conv(x, w, None, stride, pad, dil, groups)  # noqa: E731
     _, g, (_, gw) = _autograd(fn, x, w)
     ours = path(g, x, k, stride, pad, dil, groups) if transposed else path(x, g, k, stride, pad, dil, groups)
     torch.testing.assert_close(ours, gw, **TOL)
+
+
+@pytest.mark.parametrize(
+    "ch, k, pad, dil, groups, batch, dims",
+    [
+        ((4, 2), (3, 3), (0, 0), (1, 1), 1, 1, 2),  # an RGB-like head: the output gradient is sliced
+        ((2, 4), (3, 3), (0, 0), (1, 1), 1, 1, 2),  # widening: the input is sliced
+        ((6, 2), (3, 5), (1, 2), (2, 1), 3, 2, 2),  # thin output, padded, dilated, grouped, a batch
+        ((2, 6), (4, 2), (2, 1), (1, 2), 2, 2, 2),  # thin input, the same
+        ((5, 2), (3,), (2,), (2,), 1, 2, 1),  # 1-d
+        ((2, 3), (2, 3, 2), (1, 0, 1), (1, 1, 1), 1, 1, 3),  # 3-d
+    ],
+)
+def test_shifted_products_slice_the_thinner_tensor(ch, k, pad, dil, groups, batch, dims):
+    """The shifted products against autograd, on both of its branches: the slices it copies are of the
+    tensor with fewer channels, and each is one contiguous range of the flattened pixels."""
+    torch.manual_seed(5)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    x = torch.randn(batch, ch[0] * groups, *[9, 8, 7][:dims], **f64)
+    w = torch.randn(ch[1] * groups, ch[0], *k, **f64)
+    _, g, (_, gw) = _autograd(lambda x, w: conv(x, w, None, 1, pad, dil, groups), x, w)
+    fn = lambda x, g: dec.weight_grad_shifted(x, g, k, (1,) * dims, pad, dil, groups)  # noqa: E731
+    torch.testing.assert_close(fn(x, g), gw, **TOL)
+    graph = make_fx(fn)(x, g).graph
+    slices = [n for n in graph.nodes if n.target == torch.ops.aten.slice.Tensor and n.args[0].meta["val"].dim() == 3]
+    per_offset = [n for n in slices if n.args[1] == 2 and n.args[0].meta["val"].shape[1] == min(ch)]
+    assert len(per_offset) == math.prod(k)  # one contiguous slice per kernel offset, of the thinner tensor
 
 
 def test_the_dispatcher_takes_products_for_enough_channels_and_work(monkeypatch):

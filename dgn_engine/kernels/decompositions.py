@@ -12,11 +12,14 @@ Which case takes which path:
 - convolution_backward, weight gradient (a transposed convolution swaps the roles of input and output
   gradient; any number of spatial axes, any groups):
   - at least MATMUL_MIN_CHANNELS input channels per group and MATMUL_MIN_FLOPS (a 224 px generator's
-    layers; not the 32 px demo's): one batched MatMul per kernel offset, of the strided slice of the
-    padded input that the offset's tap reads with the output gradient, the reduction over pixels and
-    the groups in one product. onnxruntime's Conv would run this as a convolution whose kernel is
+    layers; not the 32 px demo's): one batched MatMul per kernel offset, of the slice of the padded
+    input that the offset's tap reads with the output gradient, the reduction over pixels and the
+    groups in one product. onnxruntime's Conv would run this as a convolution whose kernel is
     image-sized; on 2 CPU cores the products take 0.4-0.8x its time for a 224 px generator's layers
-    (bench/RESULTS.md);
+    (bench/RESULTS.md). At stride 1 the pixels are flattened on one row pitch, so that each offset's
+    slice is one contiguous range, and the tensor with fewer channels is the one sliced (a generator's
+    RGB head: its 3-channel output gradient, not its input): 0.4-0.6x the strided slices' time for
+    such heads (bench/weight_gradients.py);
   - otherwise: a convolution of the input with the output gradient, groups folded into the batch
     axis, the forward stride as the kernel dilation and the forward dilation as the stride, cropped to
     the kernel size. With few channels (an RGB stem, depthwise layers) the products would be too thin
@@ -37,6 +40,7 @@ Which case takes which path:
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -63,6 +67,8 @@ def _weight_grad(inp, grad_out, kernel, stride, padding, dilation, groups):
     """d/dw of y = conv(inp, w), by the path the module's docstring gives for its shape."""
     flops = 2 * inp.shape[0] * inp.shape[1] * math.prod(grad_out.shape[1:]) * math.prod(kernel) // groups
     if inp.shape[1] // groups >= MATMUL_MIN_CHANNELS and flops >= MATMUL_MIN_FLOPS:
+        if all(s == 1 for s in stride):
+            return weight_grad_shifted(inp, grad_out, kernel, stride, padding, dilation, groups)
         return weight_grad_matmul(inp, grad_out, kernel, stride, padding, dilation, groups)
     return weight_grad_conv(inp, grad_out, kernel, stride, padding, dilation, groups)
 
@@ -90,6 +96,40 @@ def weight_grad_matmul(inp, grad_out, kernel, stride, padding, dilation, groups)
     g = torch.cat(per_offset, -1).reshape(n, groups, cg, -1, og)
     g = g.sum(0) if n > 1 else g.reshape(groups, cg, -1, og)  # [groups, cg, offsets, og]
     return g.permute(0, 3, 1, 2).reshape(cout, cg, *kernel)
+
+
+def weight_grad_shifted(inp, grad_out, kernel, stride, padding, dilation, groups):
+    """d/dw of a stride-1 y = conv(inp, w) as products over flattened pixels. Both tensors are laid
+    on one row pitch, so each kernel offset reads one contiguous slice of a flattened tensor: of the
+    padded input (w[offset] = sum_p x[p + offset] g[p]), or, where the output gradient has fewer
+    channels, of the output gradient padded by the kernel's reach (sum_r x[r] g[r - offset]): the
+    copied slices are of the thinner tensor. Columns past a row's end are zeros on the fixed side, so
+    what a slice wraps into the next row multiplies zero."""
+    n, cin = inp.shape[:2]
+    cout, d = grad_out.shape[1], len(kernel)
+    cg, og = cin // groups, cout // groups
+    x = F.pad(inp, [q for p in reversed(padding) for q in (p, p)]) if any(padding) else inp
+    reach = [dl * (k - 1) for k, dl in zip(kernel, dilation)]
+    slide_input = cg * math.prod(x.shape[2:]) <= og * math.prod(s + r for s, r in zip(x.shape[2:], reach))
+    if slide_input:
+        slid, fixed, cs, cf = x, grad_out, cg, og
+    else:
+        slid, fixed, cs, cf = F.pad(grad_out, [q for r in reversed(reach) for q in (r, r)]), x, og, cg
+    grid, sizes = slid.shape[2:], fixed.shape[2:]
+    pitch = [math.prod(grid[a + 1 :]) for a in range(d)]
+    length = sum((m - 1) * p for m, p in zip(sizes, pitch)) + 1
+    fixed = F.pad(fixed, [q for a in reversed(range(1, d)) for q in (0, grid[a] - sizes[a])])
+    f_t = fixed.reshape(n * groups, cf, -1)[:, :, :length].transpose(1, 2)  # once per layer, not per offset
+    s = slid.reshape(n * groups, cs, -1)
+    per_offset = []
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        taps = offset if slide_input else [k - 1 - o for k, o in zip(kernel, offset)]
+        start = sum(t * dl * p for t, dl, p in zip(taps, dilation, pitch))
+        per_offset.append(torch.bmm(s[:, :, start : start + length], f_t))  # [n * groups, cs, cf]
+    g = torch.cat(per_offset, -1).reshape(n, groups, cs, -1, cf)
+    g = g.sum(0) if n > 1 else g.reshape(groups, cs, -1, cf)  # [groups, cs, offsets, cf]
+    g = g.permute(0, 3, 1, 2) if slide_input else g.permute(0, 1, 3, 2)  # [groups, og, cg, offsets]
+    return g.reshape(cout, cg, *kernel)
 
 
 def weight_grad_conv(inp, grad_out, kernel, stride, padding, dilation, groups):
