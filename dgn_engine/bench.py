@@ -84,9 +84,10 @@ LAYOUT = "layout"  # nodes onnxruntime adds itself: reorders between its blocked
 
 def _role_of(name: str, node_roles: dict[str, str]) -> str:
     """A profiled node's role in the exported graph. onnxruntime renames what it rewrites: a fusion
-    appends '/<Fusion>/', its NCHWc layout drops the 'node_' prefix and appends '_nchwc'."""
-    base = name.split("/")[0]
-    base = base[: -len("_nchwc")] if base.endswith("_nchwc") else base
+    appends '/<Fusion>/' (a Gemm's with its activation prefixes 'fused '), its NCHWc layout names a node
+    after its output and appends '_nchwc' (so `node_roles` holds output names too)."""
+    base = name.split("/")[0].removeprefix("fused ")
+    base = base.removesuffix("_nchwc")
     for candidate in (base, "node_" + base):
         if candidate in node_roles:
             return node_roles[candidate]
@@ -239,7 +240,11 @@ def _node_roles(art) -> dict[str, str] | None:
     from .cost import assign_roles, load_step_graph
 
     graph = load_step_graph(art).graph
-    return {node.name: role for node, role in zip(graph.node, assign_roles(graph))}
+    roles = {}
+    for node, role in zip(graph.node, assign_roles(graph)):
+        roles[node.name] = role
+        roles.update((out, role) for out in node.output if out not in roles)
+    return roles
 
 
 def _row_in_subprocess(row: dict) -> dict:

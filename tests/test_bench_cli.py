@@ -68,3 +68,24 @@ def test_weight_gradient_forms_table(tmp_path, monkeypatch):
     (row,) = json.loads(out.read_text())["rows"]
     assert row["conv_error"] < 1e-5 and row["products_error"] < 1e-5
     assert row["conv_ms"] > 0 and row["products_ms"] > 0 and row["torch_ms"] > 0
+
+
+def test_profile_roles_leave_only_onnxruntime_reorders_as_layout(tmp_path):
+    """Each node onnxruntime ran is given its role in the exported graph, under the names its rewrites
+    give (fusions, the blocked layout's nodes named after their outputs): what is left as `layout` is
+    only the reorders and transposes onnxruntime inserts itself."""
+    from dgn_engine import bench, demo
+    from dgn_engine.artifacts import load_artifacts
+    from dgn_engine.engine.backends import engine_backend
+    from dgn_engine.engine.backends.onnx_session import session
+
+    art = load_artifacts(demo.shipped_artifacts("untrained"))
+    backend = engine_backend("step-graph", art, "cpu", 1, "float32")
+    backend.session = session(art.graph("step"), backend.providers, 1, str(tmp_path / "step"), art.weights_bytes)
+    bench.time_backend(backend, art.spec, art.batch, 1, 0)
+    ran = list(bench._kernel_times(backend.session.end_profiling()))
+    roles = bench._node_roles(art)
+    if not any(name.endswith("_nchwc") for name, _, _ in ran):
+        pytest.skip("onnxruntime ran no node in its blocked layout on this CPU")
+    layout = {(name, op) for name, op, _ in ran if bench._role_of(name, roles) == bench.LAYOUT}
+    assert layout and {op for _, op in layout} <= {"ReorderInput", "ReorderOutput", "Transpose"}, layout
