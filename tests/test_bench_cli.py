@@ -57,17 +57,20 @@ def test_faithfulness_bench(tmp_path):
 
 
 def test_weight_gradient_forms_table(tmp_path, monkeypatch):
-    """bench/weight_gradients.py: both forms of a weight gradient through onnxruntime, checked against
-    float64 (each is a few thousand float32 products: 1e-5 relative) and timed beside torch's."""
+    """bench/weight_gradients.py: each form of a weight gradient through onnxruntime (the shifted
+    products at stride 1 only), checked against float64 (each is a few thousand float32 products: 1e-5
+    relative) and timed beside torch's."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
     import weight_gradients
 
-    monkeypatch.setattr(weight_gradients, "SHAPES", [((2, 16, 9, 9), 8, 3, 2, 2, 1)])
+    monkeypatch.setattr(weight_gradients, "SHAPES", [((2, 16, 9, 9), 8, 3, 2, 2, 1), ((1, 16, 9, 9), 4, 3, 2, 1, 0)])
     out = tmp_path / "w.json"
     assert weight_gradients.main(["--repeats", "1", "--json", str(out)]) == 0
-    (row,) = json.loads(out.read_text())["rows"]
-    assert row["conv_error"] < 1e-5 and row["products_error"] < 1e-5
-    assert row["conv_ms"] > 0 and row["products_ms"] > 0 and row["torch_ms"] > 0
+    strided, thin_head = json.loads(out.read_text())["rows"]
+    for row in (strided, thin_head):
+        assert row["conv_error"] < 1e-5 and row["products_error"] < 1e-5
+        assert row["conv_ms"] > 0 and row["products_ms"] > 0 and row["torch_ms"] > 0
+    assert "shifted_ms" not in strided and thin_head["shifted_error"] < 1e-5 and thin_head["shifted_ms"] > 0
 
 
 def test_profile_roles_leave_only_onnxruntime_reorders_as_layout(tmp_path):
@@ -89,3 +92,19 @@ def test_profile_roles_leave_only_onnxruntime_reorders_as_layout(tmp_path):
         pytest.skip("onnxruntime ran no node in its blocked layout on this CPU")
     layout = {(name, op) for name, op, _ in ran if bench._role_of(name, roles) == bench.LAYOUT}
     assert layout and {op for _, op in layout} <= {"ReorderInput", "ReorderOutput", "Transpose"}, layout
+
+
+def test_alternate_rounds(tmp_path):
+    """bench/alternate.py on the demo's shipped artifacts against themselves: every round timed for both,
+    and the ratios are those of the recorded times."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import alternate
+
+    from dgn_engine import demo
+
+    art, out = demo.shipped_artifacts("pretrained"), tmp_path / "a.json"
+    assert alternate.main([art, art, "--rounds", "3", "--steps", "1", "--threads", "1", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    before, after = got["seconds_per_step"]
+    assert len(before) == len(after) == 3 and min(before + after) > 0
+    assert got["ratio"] == sorted(after)[1] / sorted(before)[1]
