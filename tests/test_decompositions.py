@@ -148,6 +148,12 @@ def test_shifted_products_slice_the_thinner_tensor(ch, k, pad, dil, groups, batc
     assert len(per_offset) == math.prod(k)  # one contiguous slice per kernel offset, of the thinner tensor
 
 
+def test_shifted_products_refuse_a_stride():
+    x, g = torch.randn(1, 4, 9, 9, **f64), torch.randn(1, 2, 4, 4, **f64)
+    with pytest.raises(ValueError, match="stride-1 convolutions only"):
+        dec.weight_grad_shifted(x, g, (3, 3), (2, 2), (0, 0), (1, 1), 1)
+
+
 def test_the_dispatcher_takes_products_for_enough_channels_and_work(monkeypatch):
     def traced_ops(cin, groups):
         x, g = torch.randn(1, cin, 6, 6, **f64), torch.randn(1, 4, 4, 4, **f64)

@@ -105,6 +105,8 @@ def weight_grad_shifted(inp, grad_out, kernel, stride, padding, dilation, groups
     channels, of the output gradient padded by the kernel's reach (sum_r x[r] g[r - offset]): the
     copied slices are of the thinner tensor. Columns past a row's end are zeros on the fixed side, so
     what a slice wraps into the next row multiplies zero."""
+    if any(s != 1 for s in stride):
+        raise ValueError(f"weight_grad_shifted serves stride-1 convolutions only, not stride {tuple(stride)}")
     n, cin = inp.shape[:2]
     cout, d = grad_out.shape[1], len(kernel)
     cg, og = cin // groups, cout // groups
