@@ -59,6 +59,11 @@ def _flip_swap(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return w.reshape(groups * c, o // groups, *k)
 
 
+def _padded(t: torch.Tensor, pads) -> torch.Tensor:
+    """t padded by pads[a] zeros before and after each spatial axis a (t itself where all are 0)."""
+    return F.pad(t, [q for p in reversed(pads) for q in (p, p)]) if any(pads) else t
+
+
 MATMUL_MIN_CHANNELS = 8
 MATMUL_MIN_FLOPS = 1e8
 
@@ -78,7 +83,7 @@ def weight_grad_matmul(inp, grad_out, kernel, stride, padding, dilation, groups)
     n, cin = inp.shape[:2]
     cout, osize = grad_out.shape[1], list(grad_out.shape[2:])
     cg, og, pixels = cin // groups, cout // groups, math.prod(osize)
-    x = F.pad(inp, [q for p in reversed(padding) for q in (p, p)]) if any(padding) else inp
+    x = _padded(inp, padding)
     go_t = grad_out.reshape(n * groups, og, pixels).transpose(1, 2)  # once per layer, not per offset
     taps = [
         [slice(o * dl, o * dl + s * (m - 1) + 1, s) for o in range(k)]
@@ -110,24 +115,24 @@ def weight_grad_shifted(inp, grad_out, kernel, stride, padding, dilation, groups
     n, cin = inp.shape[:2]
     cout, d = grad_out.shape[1], len(kernel)
     cg, og = cin // groups, cout // groups
-    x = F.pad(inp, [q for p in reversed(padding) for q in (p, p)]) if any(padding) else inp
+    x = _padded(inp, padding)
     reach = [dl * (k - 1) for k, dl in zip(kernel, dilation)]
-    slide_input = cg * math.prod(x.shape[2:]) <= og * math.prod(s + r for s, r in zip(x.shape[2:], reach))
+    slide_input = cg * math.prod(x.shape[2:]) <= og * math.prod(m + r for m, r in zip(x.shape[2:], reach))
     if slide_input:
         slid, fixed, cs, cf = x, grad_out, cg, og
     else:
-        slid, fixed, cs, cf = F.pad(grad_out, [q for r in reversed(reach) for q in (r, r)]), x, og, cg
+        slid, fixed, cs, cf = _padded(grad_out, reach), x, og, cg
     grid, sizes = slid.shape[2:], fixed.shape[2:]
     pitch = [math.prod(grid[a + 1 :]) for a in range(d)]
     length = sum((m - 1) * p for m, p in zip(sizes, pitch)) + 1
     fixed = F.pad(fixed, [q for a in reversed(range(1, d)) for q in (0, grid[a] - sizes[a])])
     f_t = fixed.reshape(n * groups, cf, -1)[:, :, :length].transpose(1, 2)  # once per layer, not per offset
-    s = slid.reshape(n * groups, cs, -1)
+    flat = slid.reshape(n * groups, cs, -1)
     per_offset = []
     for offset in itertools.product(*(range(k) for k in kernel)):
         taps = offset if slide_input else [k - 1 - o for k, o in zip(kernel, offset)]
         start = sum(t * dl * p for t, dl, p in zip(taps, dilation, pitch))
-        per_offset.append(torch.bmm(s[:, :, start : start + length], f_t))  # [n * groups, cs, cf]
+        per_offset.append(torch.bmm(flat[:, :, start : start + length], f_t))  # [n * groups, cs, cf]
     g = torch.cat(per_offset, -1).reshape(n, groups, cs, -1, cf)
     g = g.sum(0) if n > 1 else g.reshape(groups, cs, -1, cf)  # [groups, cs, offsets, cf]
     g = g.permute(0, 3, 1, 2) if slide_input else g.permute(0, 1, 3, 2)  # [groups, og, cg, offsets]
